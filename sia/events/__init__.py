@@ -1,0 +1,1 @@
+"""Typed events, their canonical encoding, hash chain and upcasting."""

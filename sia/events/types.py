@@ -1,0 +1,288 @@
+"""The event vocabulary of a sia run: one frozen pydantic model per event type.
+
+Events are facts. Three sources append them, and each type has exactly one source:
+
+* the shell (a user command): RunCreated, RunForked, RunPaused, RunResumed;
+* `decide` (the pure state machine): GenerationStarted, EffectRequested, HarnessEdited,
+  GenerationCompleted, RunCompleted, RunFailed;
+* an effect's outcome, through the pure `interpret` (the runtime appends it in the same
+  transaction as the EffectCompleted it came from): HarnessProposed, EpisodeRecorded,
+  EvaluationRecorded, FeedbackDecided, TrainingJobSubmitted, AdapterCheckpointed,
+  plus EffectCompleted / EffectFailed themselves.
+
+Large payloads (harness source, trajectories, adapters) live in the blob store; events
+carry their sha256. Each class has a `schema_version`; older stored versions are brought
+up to date by the upcasters in `sia.events.upcasting`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["H", "WH"]
+Action = Literal["edit_harness", "update_weights", "stop"]
+Algorithm = Literal["ppo_gae", "grpo", "entropic", "reinforce_kl", "dpo", "best_of_n"]
+ALGORITHMS: tuple[str, ...] = ("ppo_gae", "grpo", "entropic", "reinforce_kl", "dpo", "best_of_n")
+EpisodeStatus = Literal[
+    "ok", "crash", "timeout", "memory", "malformed", "invalid_harness", "error"
+]
+RunStatus = Literal["new", "running", "paused", "completed", "failed"]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---------------------------------------------------------------- value types
+
+
+class Budget(Frozen):
+    """Spend limits; None means unlimited. Wall time is the sum of recorded effect times."""
+
+    tokens: int | None = None
+    dollars: float | None = None
+    wall_s: float | None = None
+    gpu_s: float | None = None
+
+
+class RunConfig(Frozen):
+    """Everything that steers a run's decisions. Recorded in RunCreated, amended by RunForked."""
+
+    task: str
+    mode: Mode = "WH"
+    max_generations: int = Field(default=3, ge=1)
+    patience: int = Field(default=3, ge=1)
+    budget: Budget = Budget()
+    seed: int = 0
+    meta: str = "builtin"
+    feedback: str = "builtin"
+    target: str = "tiny"
+    trainer: str = "local"
+    feedback_force: str | None = None
+    max_meta_attempts: int = Field(default=3, ge=1)
+    max_effect_attempts: int = Field(default=3, ge=1)
+
+
+class TaskSnapshot(Frozen):
+    """What a run knows about its task: public identity only, never held-out labels."""
+
+    name: str
+    task_hash: str
+    dev_ids: tuple[str, ...]
+    reward_kind: str = "binary"
+
+
+class Usage(Frozen):
+    """What one effect cost. Wall time is measured by the shell and only ever summed."""
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    dollars: float = 0.0
+    wall_s: float = 0.0
+    gpu_s: float = 0.0
+
+
+# ---------------------------------------------------------------- events
+
+
+class BaseEvent(Frozen):
+    schema_version: ClassVar[int] = 1
+    type: str
+
+
+class RunCreated(BaseEvent):
+    type: Literal["RunCreated"] = "RunCreated"
+    config: RunConfig
+    task: TaskSnapshot
+
+
+class RunForked(BaseEvent):
+    """First own event of a fork: its history before this is the parent's, by reference."""
+
+    type: Literal["RunForked"] = "RunForked"
+    parent_run_id: str
+    fork_seq: int
+    overrides: dict[str, str] = {}
+    config: RunConfig
+
+
+class RunPaused(BaseEvent):
+    type: Literal["RunPaused"] = "RunPaused"
+    reason: str
+
+
+class RunResumed(BaseEvent):
+    type: Literal["RunResumed"] = "RunResumed"
+    reason: str = "resume"
+
+
+class RunCompleted(BaseEvent):
+    type: Literal["RunCompleted"] = "RunCompleted"
+    reason: str
+    best_generation: int | None
+    best_score: float | None
+
+
+class RunFailed(BaseEvent):
+    type: Literal["RunFailed"] = "RunFailed"
+    error: str
+
+
+class HarnessProposed(BaseEvent):
+    """A candidate harness (from the Meta Agent) and whether it passed validation."""
+
+    type: Literal["HarnessProposed"] = "HarnessProposed"
+    effect_id: str
+    harness_hash: str | None
+    valid: bool
+    problems: tuple[str, ...] = ()
+
+
+class GenerationStarted(BaseEvent):
+    type: Literal["GenerationStarted"] = "GenerationStarted"
+    generation: int
+    harness_hash: str
+    adapter_hash: str | None
+
+
+class EffectRequested(BaseEvent):
+    """Committed before the handler runs: the effect's identity and full canonical request."""
+
+    type: Literal["EffectRequested"] = "EffectRequested"
+    effect_id: str
+    kind: str
+    request: dict[str, Any]
+    request_hash: str
+
+
+class EffectCompleted(BaseEvent):
+    type: Literal["EffectCompleted"] = "EffectCompleted"
+    effect_id: str
+    kind: str
+    result: dict[str, Any]
+    usage: Usage = Usage()
+    cached_from: str | None = None
+    """Set on a cache hit: the effect id whose recorded result was reused."""
+
+
+class EffectFailed(BaseEvent):
+    type: Literal["EffectFailed"] = "EffectFailed"
+    effect_id: str
+    kind: str
+    error: str
+    attempt: int
+    will_retry: bool
+    retry_in_s: float = 0.0
+    usage: Usage = Usage()
+
+
+class EpisodeRecorded(BaseEvent):
+    type: Literal["EpisodeRecorded"] = "EpisodeRecorded"
+    generation: int
+    episode_id: str
+    sample_id: str
+    status: EpisodeStatus
+    prediction: str | None
+    trajectory_hash: str | None
+    error: str | None = None
+
+
+class EvaluationRecorded(BaseEvent):
+    """Per-episode rewards in dev-id order; unanswered samples count as reward 0."""
+
+    type: Literal["EvaluationRecorded"] = "EvaluationRecorded"
+    generation: int
+    split: Literal["dev"] = "dev"
+    score: float
+    rewards: tuple[float, ...]
+    n: int
+    n_answered: int
+    failures: dict[str, int] = {}
+
+
+class TrainingPlan(Frozen):
+    algorithm: Algorithm
+    params: dict[str, Any] = {}
+    episodes: tuple[str, ...] = ()
+
+
+class FeedbackDecided(BaseEvent):
+    type: Literal["FeedbackDecided"] = "FeedbackDecided"
+    generation: int
+    action: Action
+    rationale: str
+    evidence: tuple[str, ...] = ()
+    digest_hash: str | None = None
+    digest_summary: str = ""
+    recommended_algorithm: str | None = None
+    harness_hash: str | None = None
+    plan: TrainingPlan | None = None
+    rollback_to: int | None = None
+    provider: str = "builtin"
+    forced: bool = False
+
+
+class HarnessEdited(BaseEvent):
+    type: Literal["HarnessEdited"] = "HarnessEdited"
+    generation: int
+    from_hash: str
+    to_hash: str
+
+
+class TrainingJobSubmitted(BaseEvent):
+    """Recorded as soon as a trainer accepts a job, so resume can re-attach by call id."""
+
+    type: Literal["TrainingJobSubmitted"] = "TrainingJobSubmitted"
+    effect_id: str
+    job_id: str
+    backend: str
+    call_id: str | None = None
+
+
+class AdapterCheckpointed(BaseEvent):
+    type: Literal["AdapterCheckpointed"] = "AdapterCheckpointed"
+    generation: int
+    job_id: str
+    adapter_hash: str
+    config_hash: str
+    algorithm: Algorithm
+    metrics: dict[str, float] = {}
+
+
+class GenerationCompleted(BaseEvent):
+    type: Literal["GenerationCompleted"] = "GenerationCompleted"
+    generation: int
+    dev_score: float
+    best_generation: int
+
+
+Event = Annotated[
+    Union[
+        RunCreated,
+        RunForked,
+        RunPaused,
+        RunResumed,
+        RunCompleted,
+        RunFailed,
+        HarnessProposed,
+        GenerationStarted,
+        EffectRequested,
+        EffectCompleted,
+        EffectFailed,
+        EpisodeRecorded,
+        EvaluationRecorded,
+        FeedbackDecided,
+        HarnessEdited,
+        TrainingJobSubmitted,
+        AdapterCheckpointed,
+        GenerationCompleted,
+    ],
+    Field(discriminator="type"),
+]
+
+EVENT_CLASSES: dict[str, type[BaseEvent]] = {
+    cls.model_fields["type"].default: cls
+    for cls in BaseEvent.__subclasses__()
+}

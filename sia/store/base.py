@@ -1,0 +1,267 @@
+"""The event store interface, its errors, and the lineage rule shared by every store.
+
+A run's history is its ancestors' prefixes plus its own events, read by reference: a
+fork records only its parent and the seq it branched at, so forking never copies and
+never writes to the parent. Seq numbers continue across the lineage (a fork at seq 40
+appends its first own event at 41), so every history is one contiguous, hash-chained
+sequence starting at 1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from sia.events.canonical import GENESIS_HASH
+from sia.events.envelope import EncodedEvent, StoredEvent, hash_is_valid
+from sia.store.blobs import BlobStore
+
+
+class StoreError(Exception):
+    """Base of every error a store raises on purpose."""
+
+
+class UnknownRun(StoreError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run {run_id!r} in this store (see `sia runs`)")
+        self.run_id = run_id
+
+
+class RunExists(StoreError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} already exists")
+        self.run_id = run_id
+
+
+class ConcurrencyError(StoreError):
+    """Another writer appended first: the caller's view of the run is stale."""
+
+    def __init__(self, run_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"run {run_id}: expected last seq {expected}, but the log is at {actual} "
+            "(another process appended to this run)"
+        )
+        self.run_id, self.expected, self.actual = run_id, expected, actual
+
+
+class InvalidFork(StoreError):
+    pass
+
+
+class LeaseHeld(StoreError):
+    def __init__(self, run_id: str, holder: str, expires_in: float) -> None:
+        super().__init__(
+            f"run {run_id} is being driven by {holder} (lease expires in {expires_in:.0f}s "
+            "unless renewed); stop that process or wait"
+        )
+        self.run_id, self.holder = run_id, holder
+
+
+class IntegrityError(StoreError):
+    """The log is not what was written: a hash, a link or a seq does not check out."""
+
+    def __init__(self, run_id: str, seq: int, reason: str) -> None:
+        super().__init__(f"run {run_id} seq {seq}: {reason}")
+        self.run_id, self.seq, self.reason = run_id, seq, reason
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    run_id: str
+    parent_run_id: str | None
+    fork_seq: int | None
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Events `first..last` (inclusive; `last` None = to the end) of `run_id`'s own log."""
+
+    run_id: str
+    first: int
+    last: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    key: str
+    kind: str
+    effect_id: str
+    run_id: str
+    result: str
+    usage: str
+
+
+def lineage_segments(chain: Sequence[RunRecord]) -> list[Segment]:
+    """Segments of a history, oldest first; `chain` runs from the run up to its root.
+
+    Each ancestor contributes its own events up to the smallest fork seq below it, which
+    also covers a fork of a fork taken at a seq that lies in the grandparent's range.
+    """
+    segments: list[Segment] = []
+    cutoff: int | None = None
+    for run in chain:
+        first = (run.fork_seq or 0) + 1
+        if cutoff is None or cutoff >= first:
+            segments.append(Segment(run.run_id, first, cutoff))
+        if run.fork_seq is not None:
+            cutoff = run.fork_seq if cutoff is None else min(cutoff, run.fork_seq)
+    segments.reverse()
+    return segments
+
+
+def segment_bounds(segment: Segment, after: int, upto: int | None) -> tuple[int, int | None]:
+    """Seq bounds `(lo, hi)` to read from a segment: lo < seq <= hi (hi None = no end)."""
+    limits = [x for x in (segment.last, upto) if x is not None]
+    return max(after, segment.first - 1), (min(limits) if limits else None)
+
+
+def new_holder() -> str:
+    """Identify a live driver: host and pid make a dead holder detectable."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True when the holder ran on this host and its process is gone (e.g. kill -9)."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class EventStore(ABC):
+    """Append-only, hash-chained event logs with fork lineage, blobs, cache and leases."""
+
+    blobs: BlobStore
+
+    # ---- runs and events
+
+    @abstractmethod
+    def create_run(
+        self,
+        run_id: str,
+        events: Sequence[EncodedEvent],
+        parent_run_id: str | None = None,
+        fork_seq: int | None = None,
+    ) -> list[StoredEvent]:
+        """Create a run with its first events, atomically; a fork chains onto its parent."""
+
+    @abstractmethod
+    def append(
+        self, run_id: str, events: Sequence[EncodedEvent], expected_last_seq: int
+    ) -> list[StoredEvent]:
+        """Append a batch atomically if the run's history ends at `expected_last_seq`."""
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> RunRecord: ...
+
+    @abstractmethod
+    def list_runs(self) -> list[RunRecord]: ...
+
+    @abstractmethod
+    def _read_segment(self, segment: Segment, after: int, upto: int | None) -> Iterator[StoredEvent]:
+        """Own events of one run with after < seq <= upto, within the segment."""
+
+    @abstractmethod
+    def _last_own(self, run_id: str) -> StoredEvent | None: ...
+
+    @abstractmethod
+    def _event_at(self, run_id: str, seq: int) -> StoredEvent | None: ...
+
+    @abstractmethod
+    def import_events(self, runs: Sequence[RunRecord], events: Sequence[StoredEvent]) -> None:
+        """Insert already-sealed runs and events verbatim, atomically (used by `sia import`)."""
+
+    # ---- cache and leases
+
+    @abstractmethod
+    def cache_get(self, key: str) -> CacheEntry | None: ...
+
+    @abstractmethod
+    def cache_put(self, entry: CacheEntry) -> None:
+        """Keep the first entry for a key: the original effect stays the one cited."""
+
+    @abstractmethod
+    def acquire_lease(self, run_id: str, holder: str, ttl_s: float) -> None:
+        """Take or renew the right to drive `run_id`; LeaseHeld if a live holder has it."""
+
+    @abstractmethod
+    def release_lease(self, run_id: str, holder: str) -> None: ...
+
+    def close(self) -> None:
+        """Release resources; a no-op for stores without any."""
+
+    # ---- derived reads, the same for every store
+
+    def chain(self, run_id: str) -> list[RunRecord]:
+        """The run and its ancestors, newest first."""
+        chain = [self.get_run(run_id)]
+        while chain[-1].parent_run_id is not None:
+            chain.append(self.get_run(chain[-1].parent_run_id))
+        return chain
+
+    def segments(self, run_id: str) -> list[Segment]:
+        return lineage_segments(self.chain(run_id))
+
+    def read(self, run_id: str, after: int = 0, upto: int | None = None) -> Iterator[StoredEvent]:
+        """The run's whole history (inherited prefix, then own events), in seq order."""
+        for segment in self.segments(run_id):
+            if segment.last is not None and segment.last <= after:
+                continue
+            if upto is not None and segment.first > upto:
+                break
+            yield from self._read_segment(segment, after, upto)
+
+    def event_at(self, run_id: str, seq: int) -> StoredEvent | None:
+        for segment in self.segments(run_id):
+            if segment.first <= seq and (segment.last is None or seq <= segment.last):
+                return self._event_at(segment.run_id, seq)
+        return None
+
+    def last_event(self, run_id: str) -> StoredEvent | None:
+        """The last event of the run's history (its parent's fork point if it has none)."""
+        own = self._last_own(run_id)
+        if own is not None:
+            return own
+        run = self.get_run(run_id)
+        if run.parent_run_id is None or run.fork_seq is None:
+            return None
+        return self.event_at(run.parent_run_id, run.fork_seq)
+
+    def last_seq(self, run_id: str) -> int:
+        last = self.last_event(run_id)
+        return 0 if last is None else last.seq
+
+    def verify(self, run_id: str) -> int:
+        """Check every hash, link and seq of the history; return the number of events."""
+        prev_hash, expected_seq = GENESIS_HASH, 1
+        for event in self.read(run_id):
+            if event.seq != expected_seq:
+                raise IntegrityError(run_id, expected_seq, f"missing event (found seq {event.seq})")
+            if event.prev_hash != prev_hash:
+                raise IntegrityError(run_id, event.seq, "prev_hash does not link to the previous event")
+            if not hash_is_valid(event):
+                raise IntegrityError(run_id, event.seq, f"hash mismatch: event {event.type} was altered")
+            prev_hash, expected_seq = event.hash, expected_seq + 1
+        return expected_seq - 1
+
+    def fork_point(self, parent_run_id: str, fork_seq: int) -> StoredEvent:
+        """The parent's event a fork chains onto; refuses seqs outside its history."""
+        last = self.last_seq(parent_run_id)
+        if not 1 <= fork_seq <= last:
+            raise InvalidFork(
+                f"cannot fork {parent_run_id} at seq {fork_seq}: its history is seq 1..{last}"
+            )
+        event = self.event_at(parent_run_id, fork_seq)
+        assert event is not None
+        return event

@@ -1,0 +1,140 @@
+"""An in-memory EventStore: the reference behaviour, and fast for tests and replay."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from sia.events.canonical import GENESIS_HASH
+from sia.events.envelope import EncodedEvent, StoredEvent, seal
+from sia.store.base import (
+    CacheEntry,
+    ConcurrencyError,
+    EventStore,
+    InvalidFork,
+    LeaseHeld,
+    RunExists,
+    RunRecord,
+    Segment,
+    UnknownRun,
+    holder_is_dead,
+    segment_bounds,
+)
+from sia.store.blobs import MemoryBlobStore
+from sia.store.clock import utc_now
+
+
+class MemoryEventStore(EventStore):
+    def __init__(self, clock: Callable[[], str] = utc_now) -> None:
+        self.blobs = MemoryBlobStore()
+        self._clock = clock
+        self._runs: dict[str, RunRecord] = {}
+        self._events: dict[str, list[StoredEvent]] = {}
+        self._cache: dict[str, CacheEntry] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._lock = threading.RLock()
+
+    def create_run(
+        self,
+        run_id: str,
+        events: Sequence[EncodedEvent],
+        parent_run_id: str | None = None,
+        fork_seq: int | None = None,
+    ) -> list[StoredEvent]:
+        with self._lock:
+            if run_id in self._runs:
+                raise RunExists(run_id)
+            if (parent_run_id is None) != (fork_seq is None):
+                raise InvalidFork("a fork needs both a parent run and a fork seq")
+            if parent_run_id is None:
+                seq, prev = 0, GENESIS_HASH
+            else:
+                point = self.fork_point(parent_run_id, fork_seq or 0)
+                seq, prev = point.seq, point.hash
+            self._runs[run_id] = RunRecord(run_id, parent_run_id, fork_seq, self._clock())
+            self._events[run_id] = []
+            return self._seal_and_add(run_id, events, seq, prev)
+
+    def append(
+        self, run_id: str, events: Sequence[EncodedEvent], expected_last_seq: int
+    ) -> list[StoredEvent]:
+        with self._lock:
+            last = self.last_event(run_id)
+            actual = 0 if last is None else last.seq
+            if actual != expected_last_seq:
+                raise ConcurrencyError(run_id, expected_last_seq, actual)
+            return self._seal_and_add(run_id, events, actual, last.hash if last else GENESIS_HASH)
+
+    def _seal_and_add(
+        self, run_id: str, events: Sequence[EncodedEvent], seq: int, prev: str
+    ) -> list[StoredEvent]:
+        now = self._clock()
+        sealed = []
+        for encoded in events:
+            seq += 1
+            stored = seal(encoded, run_id, seq, prev, now)
+            sealed.append(stored)
+            prev = stored.hash
+        self._events[run_id].extend(sealed)
+        return sealed
+
+    def get_run(self, run_id: str) -> RunRecord:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise UnknownRun(run_id) from None
+
+    def list_runs(self) -> list[RunRecord]:
+        return sorted(self._runs.values(), key=lambda r: (r.created_at, r.run_id))
+
+    def _own(self, run_id: str) -> list[StoredEvent]:
+        self.get_run(run_id)
+        return self._events[run_id]
+
+    def _read_segment(self, segment: Segment, after: int, upto: int | None) -> Iterator[StoredEvent]:
+        own = self._own(segment.run_id)
+        base = self._runs[segment.run_id].fork_seq or 0
+        lo, hi = segment_bounds(segment, after, upto)
+        yield from own[max(lo - base, 0) : len(own) if hi is None else max(hi - base, 0)]
+
+    def _last_own(self, run_id: str) -> StoredEvent | None:
+        own = self._own(run_id)
+        return own[-1] if own else None
+
+    def _event_at(self, run_id: str, seq: int) -> StoredEvent | None:
+        own = self._own(run_id)
+        index = seq - (self._runs[run_id].fork_seq or 0) - 1
+        return own[index] if 0 <= index < len(own) else None
+
+    def import_events(self, runs: Sequence[RunRecord], events: Sequence[StoredEvent]) -> None:
+        with self._lock:
+            for run in runs:
+                if run.run_id in self._runs:
+                    raise RunExists(run.run_id)
+            for run in runs:
+                self._runs[run.run_id] = run
+                self._events[run.run_id] = []
+            for event in sorted(events, key=lambda e: (e.run_id, e.seq)):
+                self._events[event.run_id].append(event)
+
+    def cache_get(self, key: str) -> CacheEntry | None:
+        return self._cache.get(key)
+
+    def cache_put(self, entry: CacheEntry) -> None:
+        with self._lock:
+            self._cache.setdefault(entry.key, entry)
+
+    def acquire_lease(self, run_id: str, holder: str, ttl_s: float) -> None:
+        with self._lock:
+            self.get_run(run_id)
+            now = time.time()
+            current = self._leases.get(run_id)
+            if current and current[0] != holder and current[1] > now and not holder_is_dead(current[0]):
+                raise LeaseHeld(run_id, current[0], current[1] - now)
+            self._leases[run_id] = (holder, now + ttl_s)
+
+    def release_lease(self, run_id: str, holder: str) -> None:
+        with self._lock:
+            if self._leases.get(run_id, ("",))[0] == holder:
+                del self._leases[run_id]

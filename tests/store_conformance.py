@@ -1,0 +1,212 @@
+"""The reusable conformance suite every EventStore implementation must pass.
+
+Subclass `EventStoreConformance` in a `Test…` class and provide a `store` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from sia.events.canonical import GENESIS_HASH
+from sia.events.envelope import EncodedEvent, StoredEvent, seal
+from sia.store.base import (
+    CacheEntry,
+    ConcurrencyError,
+    EventStore,
+    IntegrityError,
+    InvalidFork,
+    LeaseHeld,
+    RunExists,
+    RunRecord,
+    UnknownRun,
+)
+from sia.store.blobs import BlobMissing
+
+
+def encoded(n: int, tag: str = "e") -> list[EncodedEvent]:
+    return [EncodedEvent("RunPaused", 1, f'{{"reason":"{tag}{i}"}}') for i in range(n)]
+
+
+def reasons(events: list[StoredEvent]) -> list[str]:
+    return [e.payload for e in events]
+
+
+class EventStoreConformance:
+    # ---------------------------------------------------------------- ordering
+
+    def test_create_and_read_in_order(self, store: EventStore) -> None:
+        store.create_run("a", encoded(3))
+        store.append("a", encoded(2, "x"), expected_last_seq=3)
+        events = list(store.read("a"))
+        assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+        assert events[0].prev_hash == GENESIS_HASH
+        assert all(b.prev_hash == a.hash for a, b in zip(events, events[1:]))
+        assert events[3].payload == '{"reason":"x0"}'
+        assert store.last_seq("a") == 5
+        assert store.verify("a") == 5
+
+    def test_read_window(self, store: EventStore) -> None:
+        store.create_run("a", encoded(10))
+        assert [e.seq for e in store.read("a", after=3, upto=6)] == [4, 5, 6]
+        assert [e.seq for e in store.read("a", after=9)] == [10]
+        assert store.event_at("a", 7).seq == 7
+        assert store.event_at("a", 11) is None
+
+    def test_unknown_and_duplicate_runs(self, store: EventStore) -> None:
+        with pytest.raises(UnknownRun, match="nope"):
+            list(store.read("nope"))
+        with pytest.raises(UnknownRun):
+            store.append("nope", encoded(1), expected_last_seq=0)
+        store.create_run("a", encoded(1))
+        with pytest.raises(RunExists):
+            store.create_run("a", encoded(1))
+
+    # ---------------------------------------------------------------- atomicity and concurrency
+
+    def test_batch_is_atomic(self, store: EventStore) -> None:
+        store.create_run("a", encoded(2))
+
+        def broken() -> Iterator[EncodedEvent]:
+            yield from encoded(2, "ok")
+            raise RuntimeError("encoder died mid-batch")
+
+        with pytest.raises(RuntimeError):
+            store.append("a", list(broken()), expected_last_seq=2)
+        assert store.last_seq("a") == 2
+        store.append("a", encoded(3, "y"), expected_last_seq=2)
+        assert [e.seq for e in store.read("a")] == [1, 2, 3, 4, 5]
+
+    def test_stale_writer_gets_concurrency_error(self, store: EventStore) -> None:
+        store.create_run("a", encoded(2))
+        store.append("a", encoded(1, "first"), expected_last_seq=2)
+        with pytest.raises(ConcurrencyError, match="expected last seq 2, but the log is at 3"):
+            store.append("a", encoded(5, "second"), expected_last_seq=2)
+        assert store.last_seq("a") == 3
+        assert store.verify("a") == 3
+
+    # ---------------------------------------------------------------- lineage
+
+    def test_fork_reads_parent_prefix_by_reference(self, store: EventStore) -> None:
+        store.create_run("p", encoded(6))
+        parent_before = list(store.read("p"))
+        store.create_run("c", encoded(2, "c"), parent_run_id="p", fork_seq=4)
+        child = list(store.read("c"))
+        assert [e.seq for e in child] == [1, 2, 3, 4, 5, 6]
+        assert child[:4] == parent_before[:4]
+        assert [e.run_id for e in child] == ["p"] * 4 + ["c"] * 2
+        assert child[4].prev_hash == parent_before[3].hash
+        assert list(store.read("p")) == parent_before
+        assert store.verify("c") == 6
+        store.append("c", encoded(1, "z"), expected_last_seq=6)
+        assert store.last_seq("p") == 6 and store.last_seq("c") == 7
+
+    def test_fork_of_fork_inside_grandparent_range(self, store: EventStore) -> None:
+        store.create_run("a", encoded(10))
+        store.create_run("b", encoded(3, "b"), parent_run_id="a", fork_seq=8)
+        store.create_run("c", encoded(2, "c"), parent_run_id="b", fork_seq=5)
+        history = list(store.read("c"))
+        assert [e.seq for e in history] == [1, 2, 3, 4, 5, 6, 7]
+        assert [e.run_id for e in history] == ["a"] * 5 + ["c"] * 2
+        assert store.verify("c") == 7
+
+    def test_deep_fork_chain(self, store: EventStore) -> None:
+        store.create_run("r0", encoded(2))
+        for depth in range(1, 25):
+            parent = f"r{depth - 1}"
+            store.create_run(f"r{depth}", encoded(1, f"d{depth}"), parent_run_id=parent,
+                             fork_seq=store.last_seq(parent))
+        history = list(store.read("r24"))
+        assert [e.seq for e in history] == list(range(1, 27))
+        assert store.verify("r24") == 26
+        assert len(store.chain("r24")) == 25
+
+    def test_fork_outside_history_is_refused(self, store: EventStore) -> None:
+        store.create_run("p", encoded(3))
+        for bad in (0, 4):
+            with pytest.raises(InvalidFork, match="seq 1..3"):
+                store.create_run("c", encoded(1), parent_run_id="p", fork_seq=bad)
+        with pytest.raises(UnknownRun):
+            store.get_run("c")
+
+    # ---------------------------------------------------------------- integrity
+
+    def test_verify_names_altered_event(self, store: EventStore) -> None:
+        chain, prev = [], GENESIS_HASH
+        for seq, event in enumerate(encoded(4), start=1):
+            chain.append(seal(event, "b", seq, prev, "t"))
+            prev = chain[-1].hash
+        chain[2] = StoredEvent(**{**_fields(chain[2]), "payload": '{"reason":"forged"}'})
+        store.import_events([RunRecord("b", None, None, "t")], chain)
+        with pytest.raises(IntegrityError, match="run b seq 3: hash mismatch"):
+            store.verify("b")
+
+    def test_verify_detects_gap(self, store: EventStore) -> None:
+        store.create_run("a", encoded(4))
+        events = [e for e in store.read("a") if e.seq != 2]
+        run = RunRecord("g", None, None, "t")
+        store.import_events([run], [StoredEvent(**{**_fields(e), "run_id": "g"}) for e in events])
+        with pytest.raises(IntegrityError, match="seq"):
+            store.verify("g")
+
+    def test_import_is_atomic(self, store: EventStore) -> None:
+        store.create_run("a", encoded(2))
+        events = list(store.read("a"))
+        with pytest.raises(RunExists):
+            store.import_events([RunRecord("n", None, None, "t"), RunRecord("a", None, None, "t")],
+                                events)
+        with pytest.raises(UnknownRun):
+            store.get_run("n")
+
+    # ---------------------------------------------------------------- blobs
+
+    def test_blobs_are_content_addressed(self, store: EventStore) -> None:
+        sha = store.blobs.put(b"harness source")
+        assert store.blobs.put(b"harness source") == sha
+        assert store.blobs.get(sha) == b"harness source"
+        assert store.blobs.has(sha)
+        assert store.blobs.get_text(store.blobs.put_text("é")) == "é"
+        with pytest.raises(BlobMissing):
+            store.blobs.get("0" * 64)
+
+    # ---------------------------------------------------------------- cache
+
+    def test_cache_keeps_first_entry(self, store: EventStore) -> None:
+        assert store.cache_get("k") is None
+        store.cache_put(CacheEntry("k", "episode", "e1", "a", '{"x":1}', "{}"))
+        store.cache_put(CacheEntry("k", "episode", "e2", "b", '{"x":2}', "{}"))
+        hit = store.cache_get("k")
+        assert hit is not None and hit.effect_id == "e1" and hit.result == '{"x":1}'
+
+    # ---------------------------------------------------------------- leases
+
+    def test_lease_excludes_a_second_driver(self, store: EventStore) -> None:
+        store.create_run("a", encoded(1))
+        me = f"{os.uname().nodename}:{os.getpid()}:aaaa"
+        other = f"{os.uname().nodename}:{os.getpid()}:bbbb"
+        store.acquire_lease("a", me, ttl_s=60)
+        store.acquire_lease("a", me, ttl_s=60)
+        with pytest.raises(LeaseHeld, match="bbbb|aaaa") as info:
+            store.acquire_lease("a", other, ttl_s=60)
+        assert me in str(info.value)
+        store.release_lease("a", me)
+        store.acquire_lease("a", other, ttl_s=60)
+
+    def test_expired_or_dead_lease_is_taken_over(self, store: EventStore) -> None:
+        store.create_run("a", encoded(1))
+        store.create_run("b", encoded(1))
+        live = f"{os.uname().nodename}:{os.getpid()}:live"
+        store.acquire_lease("a", live, ttl_s=-1)
+        store.acquire_lease("a", "elsewhere:1:new", ttl_s=60)
+        dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        store.acquire_lease("b", f"{os.uname().nodename}:{dead_pid}:dead", ttl_s=600)
+        store.acquire_lease("b", live, ttl_s=60)
+
+
+def _fields(event: StoredEvent) -> dict[str, object]:
+    return {name: getattr(event, name) for name in event.__slots__}
