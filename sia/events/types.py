@@ -4,7 +4,7 @@ Events are facts. Three sources append them, and each type has exactly one sourc
 
 * the shell (a user command): RunCreated, RunForked, RunPaused, RunResumed;
 * `decide` (the pure state machine): GenerationStarted, EffectRequested, HarnessEdited,
-  GenerationCompleted, RunCompleted, RunFailed;
+  RolledBack, GenerationCompleted, RunCompleted, RunFailed;
 * an effect's outcome, through the pure `interpret` (the runtime appends it in the same
   transaction as the EffectCompleted it came from): HarnessProposed, EpisodeRecorded,
   EvaluationRecorded, FeedbackDecided, TrainingJobSubmitted, AdapterCheckpointed,
@@ -231,6 +231,16 @@ class HarnessEdited(BaseEvent):
     to_hash: str
 
 
+class RolledBack(BaseEvent):
+    """The decision restored an earlier generation's harness and adapter before acting."""
+
+    type: Literal["RolledBack"] = "RolledBack"
+    generation: int
+    to_generation: int
+    harness_hash: str
+    adapter_hash: str | None
+
+
 class TrainingJobSubmitted(BaseEvent):
     """Recorded as soon as a trainer accepts a job, so resume can re-attach by call id."""
 
@@ -275,6 +285,7 @@ Event = Annotated[
         EvaluationRecorded,
         FeedbackDecided,
         HarnessEdited,
+        RolledBack,
         TrainingJobSubmitted,
         AdapterCheckpointed,
         GenerationCompleted,

@@ -1,0 +1,79 @@
+"""Run configuration: defaults, `sia.toml`, and `key=value` overrides (CLI and forks).
+
+Overrides are validated against RunConfig before anything is recorded, so a bad
+`--set` is a clear error and never a half-written fork.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from sia.events.types import ALGORITHMS, RunConfig
+
+OVERRIDE_KEYS: dict[str, tuple[str, ...]] = {
+    "mode": ("mode",),
+    "max_gen": ("max_generations",),
+    "max_generations": ("max_generations",),
+    "patience": ("patience",),
+    "seed": ("seed",),
+    "meta": ("meta",),
+    "meta.provider": ("meta",),
+    "feedback": ("feedback",),
+    "feedback.provider": ("feedback",),
+    "feedback.force": ("feedback_force",),
+    "target": ("target",),
+    "trainer": ("trainer",),
+    "budget.tokens": ("budget", "tokens"),
+    "budget.dollars": ("budget", "dollars"),
+    "budget.wall_s": ("budget", "wall_s"),
+    "budget.gpu_s": ("budget", "gpu_s"),
+    "max_meta_attempts": ("max_meta_attempts",),
+    "max_effect_attempts": ("max_effect_attempts",),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value or override that cannot be used; the message says which."""
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not key=value")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def check_force(value: str | None) -> None:
+    if not value:
+        return
+    action, _, algorithm = value.partition(":")
+    if action not in ("edit_harness", "update_weights", "stop"):
+        raise ConfigError(f"feedback.force: unknown action {action!r} "
+                          "(edit_harness | update_weights[:ALGORITHM] | stop)")
+    if algorithm and algorithm not in ALGORITHMS:
+        raise ConfigError(f"feedback.force: unknown algorithm {algorithm!r} "
+                          f"(one of {', '.join(ALGORITHMS)})")
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, str]) -> RunConfig:
+    data: dict[str, Any] = config.model_dump()
+    for key, value in overrides.items():
+        path = OVERRIDE_KEYS.get(key)
+        if path is None:
+            raise ConfigError(f"unknown setting {key!r}; known: {', '.join(sorted(OVERRIDE_KEYS))}")
+        target = data
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = None if value.lower() in ("", "none", "null") else value
+    try:
+        updated = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from None
+    check_force(updated.feedback_force)
+    return updated

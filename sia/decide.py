@@ -1,0 +1,286 @@
+"""The state machine of the loop: every transition, in one pure function.
+
+    decide(state) -> events
+
+`decide` looks at the folded state and returns the next events to append: pure
+transitions (a generation starts, completes, a decision is applied, the run ends) and
+`EffectRequested` for anything that needs the outside world (an LLM, the sandbox, a
+trainer). It keeps stepping through pure transitions until it needs an effect or the run
+ends, so each batch it returns is one transaction, and `replay --check` can re-run it at
+every batch boundary of a recorded log and demand the same answer.
+
+While effects are pending it returns nothing: the runtime settles them first.
+
+The loop, per generation g:
+
+    GenerationStarted(g) → episode effects (one per dev sample) → evaluate effect
+    → GenerationCompleted(g) → stop? RunCompleted : feedback effect
+    → FeedbackDecided → [RolledBack] → HarnessEdited | train effect → AdapterCheckpointed
+    → GenerationStarted(g+1)
+
+before which the meta effect proposes the first harness (re-asked until valid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from sia.events.canonical import content_hash
+from sia.events.types import (
+    BaseEvent,
+    EffectRequested,
+    GenerationCompleted,
+    GenerationStarted,
+    HarnessEdited,
+    RolledBack,
+    RunCompleted,
+    RunFailed,
+)
+from sia.reducers.loop import apply_event
+from sia.reducers.state import Generation, LoopState
+from sia.reward_shape import classify_rewards
+
+MAX_PURE_STEPS = 32
+"""Pure transitions per batch; a loop needs at most a handful before it needs an effect."""
+
+
+def decide(state: LoopState) -> list[BaseEvent]:
+    """All events up to and including the next effect requests (or the run's end)."""
+    batch: list[BaseEvent] = []
+    for _ in range(MAX_PURE_STEPS):
+        events = step(state)
+        if not events:
+            break
+        batch.extend(events)
+        for event in events:
+            state = dataclasses.replace(
+                apply_event(state, event, state.seq + 1, state.run_id), seq=state.seq + 1
+            )
+        if state.pending or state.status != "running":
+            break
+    return batch
+
+
+def step(state: LoopState) -> list[BaseEvent]:
+    """The next transition from `state`: a short list of events, or [] to wait or stop."""
+    if state.status != "running" or state.pending or state.config is None or state.task is None:
+        return []
+    config = state.config
+    if state.harness_hash is None:
+        if state.meta_attempts >= config.max_meta_attempts:
+            problems = "; ".join(state.meta_problems) or "no harness"
+            return [RunFailed(error=f"the Meta Agent gave no valid harness in "
+                                    f"{state.meta_attempts} attempts: {problems}")]
+        return [request_meta(state)]
+
+    current = state.current
+    if current is None:
+        return [GenerationStarted(generation=0, harness_hash=state.harness_hash,
+                                  adapter_hash=state.adapter_hash)]
+
+    missing = [s for s in state.task.dev_ids if s not in current.recorded_samples]
+    if missing:
+        return [request_episode(state, current, sample_id) for sample_id in missing]
+
+    if current.score is None:
+        failure = failed_effect(state, "evaluate", current.index)
+        if failure:
+            return [RunFailed(error=f"evaluation of generation {current.index} failed: {failure}")]
+        return [request_evaluation(state, current)]
+
+    if not current.completed:
+        return [GenerationCompleted(generation=current.index, dev_score=current.score,
+                                    best_generation=best_generation(state))]
+
+    decision = current.decision
+    if decision is None:
+        reason = stop_reason(state)
+        if reason:
+            return [completed(state, reason)]
+        failure = failed_effect(state, "feedback", current.index)
+        if failure:
+            return [RunFailed(error=f"feedback for generation {current.index} failed: {failure}")]
+        return [request_feedback(state, current)]
+
+    if decision.action == "stop":
+        return [completed(state, f"the Feedback Agent decided to stop: {decision.rationale}")]
+
+    if decision.rollback_to is not None and not current.rolled_back:
+        target = rollback_target(state, decision.rollback_to)
+        if target is not None:
+            return [RolledBack(generation=current.index, to_generation=target.index,
+                               harness_hash=target.harness_hash,
+                               adapter_hash=target.adapter_hash_after or target.adapter_hash)]
+
+    if (decision.action == "edit_harness" and decision.harness_hash
+            and not current.harness_edited and decision.harness_hash != state.harness_hash):
+        return [HarnessEdited(generation=current.index, from_hash=state.harness_hash,
+                              to_hash=decision.harness_hash)]
+
+    if (decision.action == "update_weights" and config.mode == "WH" and decision.plan
+            and current.adapter_hash_after is None
+            and failed_effect(state, "train", current.index) is None):
+        return [request_training(state, current)]
+
+    return [GenerationStarted(generation=current.index + 1, harness_hash=state.harness_hash,
+                              adapter_hash=state.adapter_hash)]
+
+
+# ---------------------------------------------------------------- stopping and best
+
+
+def best_generation(state: LoopState) -> int:
+    """Highest dev score wins; the earliest on a tie, so a later equal score is no 'gain'."""
+    scored = [g for g in state.generations if g.score is not None]
+    return max(scored, key=lambda g: (g.score, -g.index)).index
+
+
+def stop_reason(state: LoopState) -> str | None:
+    config = state.config
+    assert config is not None and state.current is not None
+    done = sum(1 for g in state.generations if g.completed)
+    if done >= config.max_generations:
+        return f"max_generations ({config.max_generations}) reached"
+    spent, budget = state.ledger.total, config.budget
+    for name, used, limit in (
+        ("tokens", spent.tokens, budget.tokens),
+        ("dollars", spent.dollars, budget.dollars),
+        ("wall_s", spent.wall_s, budget.wall_s),
+        ("gpu_s", spent.gpu_s, budget.gpu_s),
+    ):
+        if limit is not None and used >= limit:
+            return f"budget exhausted: {name} {used:g} >= {limit:g}"
+    if state.best_generation is not None:
+        stale = state.current.index - state.best_generation
+        if stale >= config.patience:
+            return f"no improvement for {stale} generations (patience {config.patience})"
+    return None
+
+
+def completed(state: LoopState, reason: str) -> RunCompleted:
+    best = state.best_generation
+    return RunCompleted(reason=reason, best_generation=best, best_score=state.best_score)
+
+
+def rollback_target(state: LoopState, index: int) -> Generation | None:
+    return state.generations[index] if 0 <= index < len(state.generations) else None
+
+
+def failed_effect(state: LoopState, kind: str, generation: int) -> str | None:
+    for failure in reversed(state.failed):
+        if failure.kind == kind and failure.request.get("generation") == generation:
+            return failure.error
+    return None
+
+
+# ---------------------------------------------------------------- effect requests
+
+
+def derive_seed(run_seed: int, kind: str, request: dict[str, Any]) -> int:
+    """A handler's seed: from the run seed and what is asked, not from where it is asked,
+    so the same request in a fork gets the same seed and is served from the cache."""
+    return int(content_hash({"run_seed": run_seed, "kind": kind, "request": request})[:12], 16)
+
+
+def effect_id_for(run_id: str | None, kind: str, request_hash: str) -> str:
+    return content_hash({"run_id": run_id, "kind": kind, "request_hash": request_hash})[:32]
+
+
+def request_effect(state: LoopState, kind: str, request: dict[str, Any]) -> EffectRequested:
+    assert state.config is not None
+    request = {**request, "seed": derive_seed(state.config.seed, kind, request)}
+    request_hash = content_hash(request)
+    return EffectRequested(effect_id=effect_id_for(state.run_id, kind, request_hash),
+                           kind=kind, request=request, request_hash=request_hash)
+
+
+def _task_fields(state: LoopState) -> dict[str, Any]:
+    assert state.task is not None and state.config is not None
+    return {"task": state.task.name, "task_hash": state.task.task_hash}
+
+
+def request_meta(state: LoopState) -> EffectRequested:
+    assert state.config is not None
+    return request_effect(state, "meta", {
+        **_task_fields(state),
+        "provider": state.config.meta,
+        "attempt": state.meta_attempts + 1,
+        "problems": list(state.meta_problems),
+    })
+
+
+def request_episode(state: LoopState, generation: Generation, sample_id: str) -> EffectRequested:
+    assert state.config is not None
+    return request_effect(state, "episode", {
+        **_task_fields(state),
+        "generation": generation.index,
+        "sample_id": sample_id,
+        "harness_hash": generation.harness_hash,
+        "adapter_hash": generation.adapter_hash,
+        "target": state.config.target,
+    })
+
+
+def request_evaluation(state: LoopState, generation: Generation) -> EffectRequested:
+    assert state.task is not None
+    by_sample = {e.sample_id: e for e in generation.episodes}
+    return request_effect(state, "evaluate", {
+        **_task_fields(state),
+        "generation": generation.index,
+        "predictions": [[s, by_sample[s].prediction] for s in state.task.dev_ids],
+    })
+
+
+def request_feedback(state: LoopState, generation: Generation) -> EffectRequested:
+    config = state.config
+    assert config is not None and state.task is not None
+    shape = classify_rewards(generation.rewards)
+    history = [
+        {"generation": g.index, "score": g.score,
+         "action": g.decision.action if g.decision else None,
+         "algorithm": g.decision.algorithm if g.decision else None}
+        for g in state.generations
+    ]
+    rewards = dict(zip(state.task.dev_ids, generation.rewards))
+    return request_effect(state, "feedback", {
+        **_task_fields(state),
+        "generation": generation.index,
+        "provider": config.feedback,
+        "mode": config.mode,
+        "harness_hash": state.harness_hash,
+        "adapter_hash": state.adapter_hash,
+        "history": history,
+        "best_generation": state.best_generation,
+        "episodes": [
+            {"episode_id": e.episode_id, "sample_id": e.sample_id, "status": e.status,
+             "reward": rewards.get(e.sample_id, 0.0), "trajectory_hash": e.trajectory_hash}
+            for e in generation.episodes
+        ],
+        "reward_shape": {"kind": shape.kind, "recommended": shape.recommended_algorithm,
+                         "reason": shape.reason},
+        "force": config.feedback_force,
+    })
+
+
+def request_training(state: LoopState, generation: Generation) -> EffectRequested:
+    config, decision = state.config, generation.decision
+    assert config is not None and decision is not None and decision.plan is not None
+    assert state.task is not None
+    rewards = dict(zip(state.task.dev_ids, generation.rewards))
+    chosen = set(decision.plan.episodes)
+    return request_effect(state, "train", {
+        **_task_fields(state),
+        "generation": generation.index,
+        "trainer": config.trainer,
+        "target": config.target,
+        "algorithm": decision.plan.algorithm,
+        "params": decision.plan.params,
+        "initial_adapter_hash": state.adapter_hash,
+        "harness_hash": state.harness_hash,
+        "episodes": [
+            {"episode_id": e.episode_id, "sample_id": e.sample_id,
+             "reward": rewards.get(e.sample_id, 0.0), "trajectory_hash": e.trajectory_hash}
+            for e in generation.episodes if not chosen or e.episode_id in chosen
+        ],
+    })

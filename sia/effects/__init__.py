@@ -1,0 +1,1 @@
+"""Effect handlers: LLM calls, harness episodes, evaluation, training."""

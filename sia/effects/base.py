@@ -1,0 +1,73 @@
+"""The effect handler interface: the only place nondeterminism enters a run.
+
+A handler turns one recorded request into a result dict plus what it cost. It never
+appends events itself; it may `report` a progress fact (a submitted training job) that
+the runtime records at once, so a crash can re-attach instead of re-submitting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sia.events.types import BaseEvent, Usage
+from sia.store.blobs import BlobStore
+
+
+class TransientEffectError(Exception):
+    """Worth retrying (rate limit, 5xx, a lost connection); `retry_after` in seconds."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EffectError(Exception):
+    """The effect failed for good; the message is recorded in EffectFailed."""
+
+
+@dataclass(frozen=True)
+class EffectResult:
+    result: dict[str, Any]
+    usage: Usage = Usage()
+
+
+@dataclass
+class EffectContext:
+    run_id: str
+    effect_id: str
+    kind: str
+    seed: int
+    attempt: int
+    blobs: BlobStore
+    home: Any
+    job_id: str | None = None
+    call_id: str | None = None
+    """Set when a previous attempt recorded TrainingJobSubmitted: re-attach, don't re-submit."""
+    report: Callable[[BaseEvent], None] = field(default=lambda event: None)
+
+
+class EffectHandler(Protocol):
+    kind: str
+
+    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult: ...
+
+
+class HandlerRegistry:
+    """Which handler serves each effect kind in this process."""
+
+    def __init__(self, handlers: dict[str, EffectHandler] | None = None,
+                 name: str = "custom") -> None:
+        self.handlers: dict[str, EffectHandler] = dict(handlers or {})
+        self.name = name
+
+    def register(self, handler: EffectHandler) -> None:
+        self.handlers[handler.kind] = handler
+
+    def get(self, kind: str) -> EffectHandler:
+        try:
+            return self.handlers[kind]
+        except KeyError:
+            raise EffectError(f"no handler registered for effect kind {kind!r} "
+                              f"(registry {self.name!r} has {sorted(self.handlers)})") from None

@@ -1,0 +1,158 @@
+"""Deterministic handlers: a whole loop with no model, for proving the runtime.
+
+Every result is a pure function of the request (and of blobs the request names), so two
+runs with the same recorded history agree byte for byte. The simulated agent gets
+better with each harness edit (`STRENGTH` in the harness text) and each adapter
+(`level`), so decisions have visible outcomes. Costs are simulated constants, never
+measured, so the ledger is deterministic too. `SIA_EFFECT_COUNTER=FILE` appends one
+line per finished execution, which crash tests use to prove no effect ran twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+from sia.events.canonical import canonical_json, content_hash
+from sia.events.types import TaskSnapshot, TrainingJobSubmitted, Usage
+from sia.effects.base import EffectContext, EffectResult, HandlerRegistry
+
+TOY_DEV_IDS = tuple(f"toy-{i:02d}" for i in range(8))
+
+
+def toy_task() -> TaskSnapshot:
+    return TaskSnapshot(name="toy", task_hash=content_hash("sia toy task v1"),
+                        dev_ids=TOY_DEV_IDS, reward_kind="binary")
+
+
+def _count(ctx: EffectContext) -> None:
+    path = os.environ.get("SIA_EFFECT_COUNTER")
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{ctx.effect_id} {ctx.kind}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _unit(seed: int, *salt: Any) -> float:
+    return int(content_hash([seed, *salt])[:8], 16) / 0xFFFFFFFF
+
+
+def _strength(source: str) -> int:
+    match = re.search(r"STRENGTH = (\d+)", source)
+    return int(match.group(1)) if match else 0
+
+
+def _harness(strength: int) -> str:
+    return f'"""Deterministic harness."""\nSTRENGTH = {strength}\n\n\ndef solve(sample, model):\n    return model.complete(sample["question"])\n'
+
+
+class DeterministicMeta:
+    kind = "meta"
+
+    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        sha = ctx.blobs.put_text(_harness(1))
+        _count(ctx)
+        return EffectResult({"harness_hash": sha, "valid": True, "problems": []},
+                            Usage(tokens_in=120, tokens_out=80, wall_s=2.0))
+
+
+class DeterministicEpisode:
+    kind = "episode"
+
+    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        strength = _strength(ctx.blobs.get_text(request["harness_hash"]))
+        level = 0
+        if request["adapter_hash"]:
+            level = json.loads(ctx.blobs.get_text(request["adapter_hash"]))["level"]
+        p_right = min(0.95, 0.2 + 0.15 * strength + 0.2 * level)
+        prediction = "right" if _unit(ctx.seed, "answer") < p_right else "wrong"
+        trajectory = {"sample_id": request["sample_id"], "calls": [
+            {"prompt": f"question {request['sample_id']}", "completion": prediction}]}
+        sha = ctx.blobs.put_text(canonical_json(trajectory))
+        _count(ctx)
+        return EffectResult({"status": "ok", "prediction": prediction, "trajectory_hash": sha},
+                            Usage(tokens_in=30, tokens_out=2, wall_s=0.5))
+
+
+class DeterministicEvaluate:
+    kind = "evaluate"
+
+    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        rewards = [1.0 if p == "right" else 0.0 for _, p in request["predictions"]]
+        answered = sum(1 for _, p in request["predictions"] if p is not None)
+        _count(ctx)
+        return EffectResult({"score": sum(rewards) / len(rewards), "rewards": rewards,
+                             "n": len(rewards), "n_answered": answered, "failures": {}},
+                            Usage(wall_s=0.1))
+
+
+class DeterministicFeedback:
+    """Alternates harness edits and weight updates; rolls back after a regression."""
+
+    kind = "feedback"
+
+    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        generation, history = request["generation"], request["history"]
+        best = request["best_generation"]
+        rollback = best if history[-1]["score"] < history[best]["score"] else None
+        action, algorithm = self._choose(request)
+        result: dict[str, Any] = {
+            "action": action, "provider": "deterministic", "forced": bool(request["force"]),
+            "rationale": f"generation {generation} scored {history[-1]['score']:.2f}",
+            "evidence": [e["episode_id"] for e in request["episodes"][:3]],
+            "digest_hash": content_hash(request["episodes"]),
+            "digest_summary": f"{len(request['episodes'])} episodes",
+            "rollback_to": rollback,
+        }
+        if action == "edit_harness":
+            source = ctx.blobs.get_text(request["harness_hash"])
+            result["harness_hash"] = ctx.blobs.put_text(_harness(_strength(source) + 1))
+        elif action == "update_weights":
+            result["plan"] = {"algorithm": algorithm, "params": {"lr": 1e-4}}
+        _count(ctx)
+        return EffectResult(result, Usage(tokens_in=900, tokens_out=150, dollars=0.004, wall_s=3.0))
+
+    @staticmethod
+    def _choose(request: dict[str, Any]) -> tuple[str, str]:
+        recommended = request["reward_shape"]["recommended"]
+        if request["force"]:
+            action, _, algorithm = request["force"].partition(":")
+            return action, algorithm or recommended
+        if request["mode"] == "H" or request["generation"] % 2 == 0:
+            return "edit_harness", recommended
+        return "update_weights", recommended
+
+
+class DeterministicTrain:
+    kind = "train"
+
+    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        job_id = content_hash({k: v for k, v in request.items() if k != "generation"})
+        if ctx.call_id is None:
+            ctx.report(TrainingJobSubmitted(effect_id=ctx.effect_id, job_id=job_id,
+                                            backend="deterministic", call_id=f"det-{job_id[:12]}"))
+        level = 0
+        if request["initial_adapter_hash"]:
+            level = json.loads(ctx.blobs.get_text(request["initial_adapter_hash"]))["level"]
+        adapter = canonical_json({"level": level + 1, "algorithm": request["algorithm"],
+                                  "job_id": job_id})
+        sha = ctx.blobs.put_text(adapter)
+        _count(ctx)
+        return EffectResult({"job_id": job_id, "adapter_hash": sha,
+                             "config_hash": content_hash({"r": 32}),
+                             "algorithm": request["algorithm"],
+                             "metrics": {"loss": round(1.0 / (level + 2), 6)}},
+                            Usage(gpu_s=12.0, wall_s=15.0))
+
+
+def deterministic_registry() -> HandlerRegistry:
+    return HandlerRegistry(
+        {h.kind: h for h in (DeterministicMeta(), DeterministicEpisode(), DeterministicEvaluate(),
+                             DeterministicFeedback(), DeterministicTrain())},
+        name="deterministic",
+    )

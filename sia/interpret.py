@@ -1,0 +1,140 @@
+"""What an effect's recorded outcome means for the loop (pure).
+
+The runtime appends `EffectCompleted` together with `interpret(...)`'s events in one
+transaction; replay can re-run `interpret` on the recorded result and demand the same
+events. A result that does not fit its kind's schema is a failure of that effect, not a
+crash of the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from sia.events.types import (
+    AdapterCheckpointed,
+    BaseEvent,
+    EpisodeRecorded,
+    EvaluationRecorded,
+    FeedbackDecided,
+    Frozen,
+    HarnessProposed,
+    TrainingPlan,
+)
+
+
+class MetaResult(Frozen):
+    harness_hash: str | None
+    valid: bool
+    problems: tuple[str, ...] = ()
+
+
+class EpisodeResult(Frozen):
+    status: str
+    prediction: str | None = None
+    trajectory_hash: str | None = None
+    error: str | None = None
+
+
+class EvaluateResult(Frozen):
+    score: float
+    rewards: tuple[float, ...]
+    n: int
+    n_answered: int
+    failures: dict[str, int] = {}
+
+
+class FeedbackResult(Frozen):
+    action: str
+    rationale: str
+    evidence: tuple[str, ...] = ()
+    digest_hash: str | None = None
+    digest_summary: str = ""
+    harness_hash: str | None = None
+    plan: TrainingPlan | None = None
+    rollback_to: int | None = None
+    provider: str = "builtin"
+    forced: bool = False
+
+
+class TrainResult(Frozen):
+    job_id: str
+    adapter_hash: str
+    config_hash: str
+    algorithm: str
+    metrics: dict[str, float] = {}
+
+
+class ResultInvalid(ValueError):
+    """An effect handler returned a result that does not fit its kind."""
+
+
+def interpret(kind: str, effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
+    try:
+        return _INTERPRETERS[kind](effect_id, request, result)
+    except KeyError:
+        raise ResultInvalid(f"no interpreter for effect kind {kind!r}") from None
+    except ValidationError as exc:
+        raise ResultInvalid(f"{kind} result does not fit its schema: {exc}") from exc
+
+
+def interpret_failure(kind: str, effect_id: str, request: dict[str, Any], error: str) -> list[BaseEvent]:
+    """Events for an effect that failed for good; the decider sees the failure itself."""
+    if kind == "meta":
+        return [HarnessProposed(effect_id=effect_id, harness_hash=None, valid=False,
+                                problems=(f"meta effect failed: {error}",))]
+    if kind == "episode":
+        return [EpisodeRecorded(generation=request["generation"], episode_id=effect_id,
+                                sample_id=request["sample_id"], status="error", prediction=None,
+                                trajectory_hash=None, error=error)]
+    return []
+
+
+def _meta(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
+    r = MetaResult.model_validate(result)
+    return [HarnessProposed(effect_id=effect_id, harness_hash=r.harness_hash,
+                            valid=r.valid and r.harness_hash is not None, problems=r.problems)]
+
+
+def _episode(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
+    r = EpisodeResult.model_validate(result)
+    status = r.status if r.status in _EPISODE_STATUSES else "error"
+    return [EpisodeRecorded(generation=request["generation"], episode_id=effect_id,
+                            sample_id=request["sample_id"], status=status,
+                            prediction=r.prediction if status == "ok" else None,
+                            trajectory_hash=r.trajectory_hash, error=r.error)]
+
+
+def _evaluate(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
+    r = EvaluateResult.model_validate(result)
+    return [EvaluationRecorded(generation=request["generation"], score=r.score, rewards=r.rewards,
+                               n=r.n, n_answered=r.n_answered, failures=r.failures)]
+
+
+def _feedback(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
+    r = FeedbackResult.model_validate(result)
+    return [FeedbackDecided(
+        generation=request["generation"], action=r.action, rationale=r.rationale,  # type: ignore[arg-type]
+        evidence=r.evidence, digest_hash=r.digest_hash, digest_summary=r.digest_summary,
+        recommended_algorithm=(request.get("reward_shape") or {}).get("recommended"),
+        harness_hash=r.harness_hash, plan=r.plan, rollback_to=r.rollback_to,
+        provider=r.provider, forced=r.forced,
+    )]
+
+
+def _train(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
+    r = TrainResult.model_validate(result)
+    return [AdapterCheckpointed(generation=request["generation"], job_id=r.job_id,
+                                adapter_hash=r.adapter_hash, config_hash=r.config_hash,
+                                algorithm=r.algorithm, metrics=r.metrics)]  # type: ignore[arg-type]
+
+
+_EPISODE_STATUSES = {"ok", "crash", "timeout", "memory", "malformed", "invalid_harness", "error"}
+_INTERPRETERS = {
+    "meta": _meta,
+    "episode": _episode,
+    "evaluate": _evaluate,
+    "feedback": _feedback,
+    "train": _train,
+}

@@ -1,0 +1,1 @@
+"""Pure reducers: fold events into LoopState and its Ledger."""

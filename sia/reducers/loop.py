@@ -1,0 +1,275 @@
+"""Folding events into LoopState: `evolve` checks an event's place, `apply_event` its meaning.
+
+Pure: no I/O, no clock, no randomness. `decide` reuses `apply_event` to look ahead at the
+events it is about to emit, so the two can never disagree about what an event means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sia.events.mapper import RecordedEvent
+from sia.events.types import (
+    AdapterCheckpointed,
+    BaseEvent,
+    EffectCompleted,
+    EffectFailed,
+    EffectRequested,
+    EpisodeRecorded,
+    EvaluationRecorded,
+    FeedbackDecided,
+    GenerationCompleted,
+    GenerationStarted,
+    HarnessEdited,
+    HarnessProposed,
+    RolledBack,
+    RunCompleted,
+    RunCreated,
+    RunFailed,
+    RunForked,
+    RunPaused,
+    RunResumed,
+    TrainingJobSubmitted,
+)
+from sia.reducers.state import (
+    Decision,
+    Episode,
+    FailedEffect,
+    Generation,
+    LoopState,
+    PendingEffect,
+    Spend,
+)
+
+replace = dataclasses.replace
+
+
+class FoldError(ValueError):
+    """An event does not fit the state it is folded into (order, link or meaning)."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"seq {seq}: {reason}")
+        self.seq = seq
+
+
+def fold(events: Iterable[RecordedEvent], state: LoopState | None = None) -> LoopState:
+    state = LoopState() if state is None else state
+    for recorded in events:
+        state = evolve(state, recorded)
+    return state
+
+
+def evolve(state: LoopState, recorded: RecordedEvent) -> LoopState:
+    """Fold one recorded event; refuse one that is out of order or not linked."""
+    if recorded.seq != state.seq + 1:
+        raise FoldError(recorded.seq, f"out of order: expected seq {state.seq + 1}")
+    if recorded.prev_hash != state.last_hash:
+        raise FoldError(recorded.seq, "prev_hash does not link to the folded history")
+    state = apply_event(state, recorded.event, recorded.seq, recorded.run_id)
+    return replace(state, seq=recorded.seq, last_hash=recorded.hash)
+
+
+def apply_event(state: LoopState, event: BaseEvent, seq: int, run_id: str | None) -> LoopState:
+    handler = _HANDLERS.get(type(event))
+    if handler is None:
+        raise FoldError(seq, f"no reducer for {event.type}")
+    return handler(state, event, seq, run_id)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _with_current(state: LoopState, seq: int, **changes: Any) -> LoopState:
+    if not state.generations:
+        raise FoldError(seq, "no generation has started")
+    current = replace(state.generations[-1], **changes)
+    return replace(state, generations=state.generations[:-1] + (current,))
+
+
+def _require_generation(state: LoopState, generation: int, seq: int, what: str) -> Generation:
+    current = state.current
+    if current is None or current.index != generation:
+        raise FoldError(seq, f"{what} for generation {generation}, but the current one is "
+                             f"{None if current is None else current.index}")
+    return current
+
+
+def _own(state: LoopState, seq: int) -> bool:
+    return state.fork_seq is None or seq > state.fork_seq
+
+
+# ---------------------------------------------------------------- run lifecycle
+
+
+def _run_created(state: LoopState, e: RunCreated, seq: int, run_id: str | None) -> LoopState:
+    if state.status != "new":
+        raise FoldError(seq, "RunCreated in a run that already exists")
+    return replace(state, run_id=run_id, status="running", config=e.config, task=e.task)
+
+
+def _run_forked(state: LoopState, e: RunForked, seq: int, run_id: str | None) -> LoopState:
+    if state.status == "new":
+        raise FoldError(seq, "RunForked before RunCreated")
+    return replace(
+        state, run_id=run_id, parent_run_id=e.parent_run_id, fork_seq=e.fork_seq,
+        config=e.config, overrides={**state.overrides, **e.overrides},
+        status="running", stop_reason=None, error=None, ledger=replace(state.ledger, own=Spend()),
+    )
+
+
+def _run_paused(state: LoopState, e: RunPaused, seq: int, run_id: str | None) -> LoopState:
+    return replace(state, status="paused") if state.status == "running" else state
+
+
+def _run_resumed(state: LoopState, e: RunResumed, seq: int, run_id: str | None) -> LoopState:
+    return replace(state, status="running") if state.status == "paused" else state
+
+
+def _run_completed(state: LoopState, e: RunCompleted, seq: int, run_id: str | None) -> LoopState:
+    return replace(state, status="completed", stop_reason=e.reason)
+
+
+def _run_failed(state: LoopState, e: RunFailed, seq: int, run_id: str | None) -> LoopState:
+    return replace(state, status="failed", error=e.error)
+
+
+# ---------------------------------------------------------------- effects
+
+
+def _effect_requested(state: LoopState, e: EffectRequested, seq: int, run_id: str | None) -> LoopState:
+    if e.effect_id in state.pending:
+        raise FoldError(seq, f"effect {e.effect_id} is already pending")
+    pending = PendingEffect(e.effect_id, e.kind, e.request, e.request_hash, seq)
+    return replace(state, pending={**state.pending, e.effect_id: pending})
+
+
+def _settle(state: LoopState, effect_id: str, seq: int) -> tuple[PendingEffect, dict[str, PendingEffect]]:
+    pending = state.pending.get(effect_id)
+    if pending is None:
+        raise FoldError(seq, f"effect {effect_id} was not requested or already settled")
+    rest = {k: v for k, v in state.pending.items() if k != effect_id}
+    return pending, rest
+
+
+def _effect_completed(state: LoopState, e: EffectCompleted, seq: int, run_id: str | None) -> LoopState:
+    _, rest = _settle(state, e.effect_id, seq)
+    ledger = state.ledger.add(e.kind, e.usage, _own(state, seq), cache_hit=e.cached_from is not None)
+    return replace(state, pending=rest, ledger=ledger)
+
+
+def _effect_failed(state: LoopState, e: EffectFailed, seq: int, run_id: str | None) -> LoopState:
+    ledger = state.ledger.add(e.kind, e.usage, _own(state, seq), failed=True)
+    if e.will_retry:
+        pending = state.pending.get(e.effect_id)
+        if pending is None:
+            raise FoldError(seq, f"retry of effect {e.effect_id} that is not pending")
+        retried = replace(pending, attempts=e.attempt)
+        return replace(state, pending={**state.pending, e.effect_id: retried}, ledger=ledger)
+    pending, rest = _settle(state, e.effect_id, seq)
+    failure = FailedEffect(e.effect_id, e.kind, pending.request, e.error)
+    return replace(state, pending=rest, failed=state.failed + (failure,), ledger=ledger)
+
+
+def _job_submitted(state: LoopState, e: TrainingJobSubmitted, seq: int, run_id: str | None) -> LoopState:
+    pending = state.pending.get(e.effect_id)
+    if pending is None:
+        raise FoldError(seq, f"training job for effect {e.effect_id} that is not pending")
+    updated = replace(pending, job_id=e.job_id, call_id=e.call_id)
+    return replace(state, pending={**state.pending, e.effect_id: updated})
+
+
+# ---------------------------------------------------------------- the loop's facts
+
+
+def _harness_proposed(state: LoopState, e: HarnessProposed, seq: int, run_id: str | None) -> LoopState:
+    attempts = state.meta_attempts + 1
+    if e.valid and e.harness_hash:
+        return replace(state, meta_attempts=attempts, harness_hash=e.harness_hash, meta_problems=())
+    return replace(state, meta_attempts=attempts, meta_problems=e.problems)
+
+
+def _generation_started(state: LoopState, e: GenerationStarted, seq: int, run_id: str | None) -> LoopState:
+    expected = 0 if state.current is None else state.current.index + 1
+    if e.generation != expected:
+        raise FoldError(seq, f"generation {e.generation} started, expected {expected}")
+    generation = Generation(e.generation, e.harness_hash, e.adapter_hash)
+    return replace(state, generations=state.generations + (generation,))
+
+
+def _episode_recorded(state: LoopState, e: EpisodeRecorded, seq: int, run_id: str | None) -> LoopState:
+    current = _require_generation(state, e.generation, seq, "episode")
+    if e.sample_id in current.recorded_samples:
+        raise FoldError(seq, f"sample {e.sample_id} already recorded in generation {e.generation}")
+    episode = Episode(e.episode_id, e.sample_id, e.status, e.prediction,
+                      e.trajectory_hash, e.error)
+    return _with_current(state, seq, episodes=current.episodes + (episode,))
+
+
+def _evaluation_recorded(state: LoopState, e: EvaluationRecorded, seq: int, run_id: str | None) -> LoopState:
+    _require_generation(state, e.generation, seq, "evaluation")
+    return _with_current(state, seq, score=e.score, rewards=e.rewards, failures=dict(e.failures))
+
+
+def _generation_completed(state: LoopState, e: GenerationCompleted, seq: int, run_id: str | None) -> LoopState:
+    _require_generation(state, e.generation, seq, "completion")
+    best_score = state.best_score
+    if state.best_generation != e.best_generation:
+        best_score = state.generations[e.best_generation].score
+    return replace(_with_current(state, seq, completed=True),
+                   best_generation=e.best_generation, best_score=best_score)
+
+
+def _feedback_decided(state: LoopState, e: FeedbackDecided, seq: int, run_id: str | None) -> LoopState:
+    _require_generation(state, e.generation, seq, "decision")
+    decision = Decision(
+        generation=e.generation, seq=seq, action=e.action, rationale=e.rationale,
+        algorithm=e.plan.algorithm if e.plan else None,
+        recommended_algorithm=e.recommended_algorithm, evidence=e.evidence,
+        digest_hash=e.digest_hash, digest_summary=e.digest_summary,
+        harness_hash=e.harness_hash, plan=e.plan, rollback_to=e.rollback_to,
+        provider=e.provider, forced=e.forced,
+    )
+    return _with_current(state, seq, decision=decision)
+
+
+def _rolled_back(state: LoopState, e: RolledBack, seq: int, run_id: str | None) -> LoopState:
+    _require_generation(state, e.generation, seq, "rollback")
+    state = _with_current(state, seq, rolled_back=True)
+    return replace(state, harness_hash=e.harness_hash, adapter_hash=e.adapter_hash)
+
+
+def _harness_edited(state: LoopState, e: HarnessEdited, seq: int, run_id: str | None) -> LoopState:
+    _require_generation(state, e.generation, seq, "harness edit")
+    return replace(_with_current(state, seq, harness_edited=True), harness_hash=e.to_hash)
+
+
+def _adapter_checkpointed(state: LoopState, e: AdapterCheckpointed, seq: int, run_id: str | None) -> LoopState:
+    _require_generation(state, e.generation, seq, "adapter")
+    return replace(_with_current(state, seq, adapter_hash_after=e.adapter_hash),
+                   adapter_hash=e.adapter_hash)
+
+
+_Handler = Callable[[LoopState, Any, int, "str | None"], LoopState]
+_HANDLERS: dict[type[BaseEvent], _Handler] = {
+    RunCreated: _run_created,
+    RunForked: _run_forked,
+    RunPaused: _run_paused,
+    RunResumed: _run_resumed,
+    RunCompleted: _run_completed,
+    RunFailed: _run_failed,
+    EffectRequested: _effect_requested,
+    EffectCompleted: _effect_completed,
+    EffectFailed: _effect_failed,
+    TrainingJobSubmitted: _job_submitted,
+    HarnessProposed: _harness_proposed,
+    GenerationStarted: _generation_started,
+    EpisodeRecorded: _episode_recorded,
+    EvaluationRecorded: _evaluation_recorded,
+    GenerationCompleted: _generation_completed,
+    FeedbackDecided: _feedback_decided,
+    RolledBack: _rolled_back,
+    HarnessEdited: _harness_edited,
+    AdapterCheckpointed: _adapter_checkpointed,
+}

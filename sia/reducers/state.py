@@ -1,0 +1,194 @@
+"""The folded state of a run: immutable values that only `evolve` produces.
+
+Collections are tuples and dicts that are copied, never mutated, so every intermediate
+state stays valid (a fork at seq N is exactly the state at N) and `state_hash` can prove
+that two folds agree byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from sia.events.canonical import GENESIS_HASH, content_hash
+from sia.events.types import RunConfig, RunStatus, TaskSnapshot, TrainingPlan, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    tokens_in: int = 0
+    tokens_out: int = 0
+    dollars: float = 0.0
+    wall_s: float = 0.0
+    gpu_s: float = 0.0
+    effects: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+
+    def add(self, usage: Usage, *, cache_hit: bool = False, failed: bool = False) -> Spend:
+        return Spend(
+            tokens_in=self.tokens_in + usage.tokens_in,
+            tokens_out=self.tokens_out + usage.tokens_out,
+            dollars=self.dollars + usage.dollars,
+            wall_s=self.wall_s + usage.wall_s,
+            gpu_s=self.gpu_s + usage.gpu_s,
+            effects=self.effects + (0 if failed else 1),
+            cache_hits=self.cache_hits + int(cache_hit),
+            failures=self.failures + int(failed),
+        )
+
+    @property
+    def tokens(self) -> int:
+        return self.tokens_in + self.tokens_out
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """Spend of the whole branch (`total`), of this run's own events (`own`), and by kind."""
+
+    total: Spend = Spend()
+    own: Spend = Spend()
+    by_kind: dict[str, Spend] = field(default_factory=dict)
+
+    def add(self, kind: str, usage: Usage, own: bool, *, cache_hit: bool = False,
+            failed: bool = False) -> Ledger:
+        charge = {"cache_hit": cache_hit, "failed": failed}
+        return Ledger(
+            total=self.total.add(usage, **charge),
+            own=self.own.add(usage, **charge) if own else self.own,
+            by_kind={**self.by_kind, kind: self.by_kind.get(kind, Spend()).add(usage, **charge)},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEffect:
+    """Requested, not yet completed: what resume must reconcile."""
+
+    effect_id: str
+    kind: str
+    request: dict[str, Any]
+    request_hash: str
+    seq: int
+    attempts: int = 0
+    job_id: str | None = None
+    call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailedEffect:
+    effect_id: str
+    kind: str
+    request: dict[str, Any]
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    episode_id: str
+    sample_id: str
+    status: str
+    prediction: str | None
+    trajectory_hash: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    generation: int
+    seq: int
+    action: str
+    rationale: str
+    algorithm: str | None
+    recommended_algorithm: str | None
+    evidence: tuple[str, ...]
+    digest_hash: str | None
+    digest_summary: str
+    harness_hash: str | None
+    plan: TrainingPlan | None
+    rollback_to: int | None
+    provider: str
+    forced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    index: int
+    harness_hash: str
+    adapter_hash: str | None
+    episodes: tuple[Episode, ...] = ()
+    score: float | None = None
+    rewards: tuple[float, ...] = ()
+    failures: dict[str, int] = field(default_factory=dict)
+    completed: bool = False
+    decision: Decision | None = None
+    rolled_back: bool = False
+    harness_edited: bool = False
+    adapter_hash_after: str | None = None
+    training_failed: str | None = None
+
+    @property
+    def recorded_samples(self) -> frozenset[str]:
+        return frozenset(e.sample_id for e in self.episodes)
+
+
+
+@dataclass(frozen=True, slots=True)
+class LoopState:
+    run_id: str | None = None
+    seq: int = 0
+    last_hash: str = GENESIS_HASH
+    status: RunStatus = "new"
+    config: RunConfig | None = None
+    task: TaskSnapshot | None = None
+    parent_run_id: str | None = None
+    fork_seq: int | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+    harness_hash: str | None = None
+    adapter_hash: str | None = None
+    meta_attempts: int = 0
+    meta_problems: tuple[str, ...] = ()
+    generations: tuple[Generation, ...] = ()
+    pending: dict[str, PendingEffect] = field(default_factory=dict)
+    failed: tuple[FailedEffect, ...] = ()
+    best_generation: int | None = None
+    best_score: float | None = None
+    ledger: Ledger = Ledger()
+    stop_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def generation(self) -> int | None:
+        return self.generations[-1].index if self.generations else None
+
+    @property
+    def current(self) -> Generation | None:
+        return self.generations[-1] if self.generations else None
+
+    @property
+    def decisions(self) -> tuple[Decision, ...]:
+        return tuple(g.decision for g in self.generations if g.decision is not None)
+
+    @property
+    def dev_scores(self) -> tuple[float | None, ...]:
+        return tuple(g.score for g in self.generations)
+
+
+def to_jsonable(value: Any) -> Any:
+    """A plain-JSON view of state values, for hashing and `sia show --json`."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, frozenset):
+        return sorted(to_jsonable(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def state_hash(state: LoopState) -> str:
+    """sha256 of the canonical JSON of the whole state: equal folds, equal hashes."""
+    return content_hash(to_jsonable(state))

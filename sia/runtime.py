@@ -1,0 +1,293 @@
+"""The runtime: load events → fold → decide → commit → execute effects → commit results.
+
+This is the imperative shell around the pure core. Its rules:
+
+* `EffectRequested` is committed before a handler runs; `EffectCompleted` (with the
+  events `interpret` derives from the result) after, in one transaction per effect.
+* Effects of one batch run concurrently on a bounded pool, but their outcomes are
+  committed in request order, so the log does not depend on which finished first.
+* On start (run or resume) pending effects are settled first: a handler re-attaches to an
+  external job by its recorded id, or runs again; a completed effect never runs again.
+* Transient failures are retried with backoff, each failed attempt recorded (with the
+  effect's outcome, so the log's order stays deterministic).
+* One live driver per run, by lease; Ctrl-C records RunPaused.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from sia.decide import decide
+from sia.events.canonical import canonical_json, content_hash
+from sia.events.mapper import MAPPER
+from sia.events.envelope import StoredEvent
+from sia.events.types import (
+    BaseEvent,
+    EffectCompleted,
+    EffectFailed,
+    RunConfig,
+    RunCreated,
+    RunForked,
+    RunPaused,
+    RunResumed,
+    TaskSnapshot,
+    Usage,
+)
+from sia.effects.base import (
+    EffectContext,
+    EffectError,
+    EffectResult,
+    HandlerRegistry,
+    TransientEffectError,
+)
+from sia.failpoints import Failpoints
+from sia.interpret import ResultInvalid, interpret, interpret_failure
+from sia.reducers.loop import evolve, fold
+from sia.reducers.state import LoopState, PendingEffect
+from sia.store.base import CacheEntry, EventStore, LeaseHeld, new_holder
+from sia.store.home import sia_home
+
+CacheMode = Literal["off", "read", "readwrite"]
+Observer = Callable[[LoopState, list[StoredEvent]], None]
+
+
+def new_run_id(task: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{task.replace('/', '-')}-{stamp}-{secrets.token_hex(3)}"
+
+
+def cache_key(kind: str, request_hash: str) -> str:
+    return content_hash({"kind": kind, "request_hash": request_hash})
+
+
+def default_backoff(attempt: int, retry_after: float | None) -> float:
+    """Honour the server's retry-after; otherwise exponential from 0.5 s, capped at 30 s."""
+    if retry_after is not None:
+        return max(0.0, retry_after)
+    return min(30.0, 0.5 * 2 ** (attempt - 1))
+
+
+def load_state(store: EventStore, run_id: str, upto: int | None = None) -> LoopState:
+    return fold(MAPPER.decode(e) for e in store.read(run_id, upto=upto))
+
+
+@dataclass
+class Runtime:
+    store: EventStore
+    registry: HandlerRegistry
+    concurrency: int = 4
+    cache: CacheMode = "readwrite"
+    home: Path = field(default_factory=sia_home)
+    observer: Observer | None = None
+    failpoints: Failpoints = field(default_factory=Failpoints)
+    lease_ttl_s: float = 30.0
+    backoff: Callable[[int, float | None], float] = default_backoff
+    sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        self._lock = threading.RLock()
+        self._state = LoopState()
+        self._run_id = ""
+
+    # ---------------------------------------------------------------- starting runs
+
+    def create(self, config: RunConfig, task: TaskSnapshot, run_id: str | None = None) -> str:
+        run_id = run_id or new_run_id(config.task)
+        self.store.create_run(run_id, [MAPPER.encode(RunCreated(config=config, task=task))])
+        return run_id
+
+    def fork(self, parent_run_id: str, at: int, config: RunConfig,
+             overrides: dict[str, str], run_id: str | None = None) -> str:
+        """A new run on the parent's first `at` events, shared by reference."""
+        run_id = run_id or new_run_id(config.task)
+        event = RunForked(parent_run_id=parent_run_id, fork_seq=at, overrides=overrides,
+                          config=config)
+        self.store.create_run(run_id, [MAPPER.encode(event)], parent_run_id=parent_run_id,
+                              fork_seq=at)
+        return run_id
+
+    # ---------------------------------------------------------------- driving
+
+    def drive(self, run_id: str, max_batches: int | None = None) -> LoopState:
+        """Advance the run until it ends, waits on nothing, or `max_batches` are decided."""
+        holder = new_holder()
+        self.store.acquire_lease(run_id, holder, self.lease_ttl_s)
+        heartbeat = _Heartbeat(self.store, run_id, holder, self.lease_ttl_s)
+        heartbeat.start()
+        try:
+            self._run_id = run_id
+            self._state = load_state(self.store, run_id)
+            if self._state.status == "paused":
+                self._append([RunResumed(reason="resume")])
+            batches = 0
+            while max_batches is None or batches < max_batches:
+                heartbeat.check()
+                if self._state.pending:
+                    self._settle_pending()
+                    continue
+                events = decide(self._state)
+                if not events:
+                    break
+                self.failpoints.reach("before_request_commit")
+                self._append(events)
+                self.failpoints.reach("after_request_commit")
+                batches += 1
+        except KeyboardInterrupt:
+            if self._state.status == "running":
+                self._append([RunPaused(reason="interrupted (Ctrl-C)")])
+            raise
+        finally:
+            heartbeat.stop()
+            self.store.release_lease(run_id, holder)
+        return self._state
+
+    @property
+    def state(self) -> LoopState:
+        return self._state
+
+    def _append(self, events: list[BaseEvent]) -> list[StoredEvent]:
+        with self._lock:
+            stored = self.store.append(
+                self._run_id, [MAPPER.encode(e) for e in events], expected_last_seq=self._state.seq
+            )
+            for event in stored:
+                self._state = evolve(self._state, MAPPER.decode(event))
+            if self.observer:
+                self.observer(self._state, stored)
+            return stored
+
+    # ---------------------------------------------------------------- effects
+
+    def _settle_pending(self) -> None:
+        pending = sorted(self._state.pending.values(), key=lambda p: p.seq)
+        max_attempts = self._state.config.max_effect_attempts if self._state.config else 3
+        workers = max(1, min(self.concurrency, len(pending)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sia-effect") as pool:
+            futures = [pool.submit(self._execute, p, max_attempts) for p in pending]
+            try:
+                for index, (effect, future) in enumerate(zip(pending, futures)):
+                    events = future.result()
+                    self._append(events)
+                    self._remember(effect, events)
+                    if index < len(pending) - 1:
+                        self.failpoints.reach("mid_batch")
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def _remember(self, effect: PendingEffect, events: list[BaseEvent]) -> None:
+        """Put a freshly executed result into the shared cache (never a cache hit's copy)."""
+        if self.cache != "readwrite":
+            return
+        for event in events:
+            if isinstance(event, EffectCompleted) and event.cached_from is None:
+                self.store.cache_put(CacheEntry(
+                    key=cache_key(effect.kind, effect.request_hash), kind=effect.kind,
+                    effect_id=effect.effect_id, run_id=self._run_id,
+                    result=canonical_json(event.result),
+                    usage=canonical_json(event.usage.model_dump(mode="json")),
+                ))
+
+    def _execute(self, effect: PendingEffect, max_attempts: int) -> list[BaseEvent]:
+        """Run one effect to its outcome; returns the events to commit for it."""
+        if self.cache != "off":
+            hit = self.store.cache_get(cache_key(effect.kind, effect.request_hash))
+            if hit is not None:
+                return self._outcome(effect, EffectResult(json.loads(hit.result)),
+                                     cached_from=hit.effect_id)
+        events: list[BaseEvent] = []
+        attempt = effect.attempts
+        handler = None
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                handler = handler or self.registry.get(effect.kind)
+                result = handler.run(effect.request, self._context(effect, attempt))
+            except TransientEffectError as exc:
+                wall = Usage(wall_s=time.perf_counter() - started)
+                if attempt < max_attempts:
+                    delay = self.backoff(attempt, exc.retry_after)
+                    events.append(EffectFailed(effect_id=effect.effect_id, kind=effect.kind,
+                                               error=str(exc), attempt=attempt, will_retry=True,
+                                               retry_in_s=delay, usage=wall))
+                    self.sleep(delay)
+                    continue
+                return events + self._failure(effect, f"{exc} (after {attempt} attempts)",
+                                              attempt, wall)
+            except Exception as exc:  # a handler's bug is this effect's failure, not the run's
+                wall = Usage(wall_s=time.perf_counter() - started)
+                message = str(exc) if isinstance(exc, EffectError) else f"{type(exc).__name__}: {exc}"
+                return events + self._failure(effect, message, attempt, wall)
+            self.failpoints.reach("after_execution")
+            if result.usage.wall_s == 0.0:
+                result = EffectResult(result.result, result.usage.model_copy(
+                    update={"wall_s": time.perf_counter() - started}))
+            return events + self._outcome(effect, result, attempt=attempt)
+
+    def _outcome(self, effect: PendingEffect, result: EffectResult,
+                 cached_from: str | None = None, attempt: int = 1) -> list[BaseEvent]:
+        try:
+            derived = interpret(effect.kind, effect.effect_id, effect.request, result.result)
+        except ResultInvalid as exc:
+            return self._failure(effect, str(exc), attempt, result.usage)
+        completed = EffectCompleted(effect_id=effect.effect_id, kind=effect.kind,
+                                    result=result.result,
+                                    usage=Usage() if cached_from else result.usage,
+                                    cached_from=cached_from)
+        return [completed, *derived]
+
+    def _failure(self, effect: PendingEffect, error: str, attempt: int,
+                 usage: Usage) -> list[BaseEvent]:
+        failed = EffectFailed(effect_id=effect.effect_id, kind=effect.kind, error=error,
+                              attempt=attempt, will_retry=False, usage=usage)
+        return [failed, *interpret_failure(effect.kind, effect.effect_id, effect.request, error)]
+
+    def _context(self, effect: PendingEffect, attempt: int) -> EffectContext:
+        return EffectContext(
+            run_id=self._run_id, effect_id=effect.effect_id, kind=effect.kind,
+            seed=int(effect.request.get("seed", 0)), attempt=attempt, blobs=self.store.blobs,
+            home=self.home, job_id=effect.job_id, call_id=effect.call_id,
+            report=lambda event: self._append([event]),
+        )
+
+
+class _Heartbeat:
+    """Renews the run's lease in the background; a lost lease stops the driver."""
+
+    def __init__(self, store: EventStore, run_id: str, holder: str, ttl_s: float) -> None:
+        self._store, self._run_id, self._holder, self._ttl = store, run_id, holder, ttl_s
+        self._stop = threading.Event()
+        self._lost: LeaseHeld | None = None
+        self._thread = threading.Thread(target=self._beat, name="sia-lease", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._ttl / 3):
+            try:
+                self._store.acquire_lease(self._run_id, self._holder, self._ttl)
+            except LeaseHeld as exc:
+                self._lost = exc
+                return
+            except Exception:
+                continue
+
+    def check(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
