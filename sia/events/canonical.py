@@ -17,7 +17,7 @@ GENESIS_HASH = "0" * 64
 
 
 class CanonicalJSONError(ValueError):
-    """A value has no canonical JSON form (NaN, infinity, a non-string key, an object)."""
+    """A value has no canonical JSON form (NaN, infinity, an arbitrary object)."""
 
 
 _ENCODER = json.JSONEncoder(

@@ -32,6 +32,7 @@ from sia.events.types import (
     RunPaused,
     RunResumed,
     TrainingJobSubmitted,
+    Usage,
 )
 from sia.reducers.state import (
     Decision,
@@ -153,23 +154,34 @@ def _settle(state: LoopState, effect_id: str, seq: int) -> tuple[PendingEffect, 
     return pending, rest
 
 
+def _charge(state: LoopState, kind: str, usage: Usage, seq: int, *, cache_hit: bool = False,
+            failed: bool = False) -> LoopState:
+    """Add an effect's cost to the ledger and to the generation it was spent in."""
+    ledger = state.ledger.add(kind, usage, _own(state, seq), cache_hit=cache_hit, failed=failed)
+    state = replace(state, ledger=ledger)
+    if state.generations:
+        spend = state.generations[-1].spend.add(usage, cache_hit=cache_hit, failed=failed)
+        state = _with_current(state, seq, spend=spend)
+    return state
+
+
 def _effect_completed(state: LoopState, e: EffectCompleted, seq: int, run_id: str | None) -> LoopState:
     _, rest = _settle(state, e.effect_id, seq)
-    ledger = state.ledger.add(e.kind, e.usage, _own(state, seq), cache_hit=e.cached_from is not None)
-    return replace(state, pending=rest, ledger=ledger)
+    state = _charge(state, e.kind, e.usage, seq, cache_hit=e.cached_from is not None)
+    return replace(state, pending=rest)
 
 
 def _effect_failed(state: LoopState, e: EffectFailed, seq: int, run_id: str | None) -> LoopState:
-    ledger = state.ledger.add(e.kind, e.usage, _own(state, seq), failed=True)
+    state = _charge(state, e.kind, e.usage, seq, failed=True)
     if e.will_retry:
         pending = state.pending.get(e.effect_id)
         if pending is None:
             raise FoldError(seq, f"retry of effect {e.effect_id} that is not pending")
         retried = replace(pending, attempts=e.attempt)
-        return replace(state, pending={**state.pending, e.effect_id: retried}, ledger=ledger)
+        return replace(state, pending={**state.pending, e.effect_id: retried})
     pending, rest = _settle(state, e.effect_id, seq)
     failure = FailedEffect(e.effect_id, e.kind, pending.request, e.error)
-    return replace(state, pending=rest, failed=state.failed + (failure,), ledger=ledger)
+    return replace(state, pending=rest, failed=state.failed + (failure,))
 
 
 def _job_submitted(state: LoopState, e: TrainingJobSubmitted, seq: int, run_id: str | None) -> LoopState:

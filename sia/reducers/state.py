@@ -125,7 +125,7 @@ class Generation:
     rolled_back: bool = False
     harness_edited: bool = False
     adapter_hash_after: str | None = None
-    training_failed: str | None = None
+    spend: Spend = Spend()
 
     @property
     def recorded_samples(self) -> frozenset[str]:
@@ -190,5 +190,12 @@ def to_jsonable(value: Any) -> Any:
 
 
 def state_hash(state: LoopState) -> str:
-    """sha256 of the canonical JSON of the whole state: equal folds, equal hashes."""
-    return content_hash(to_jsonable(state))
+    """sha256 of the canonical JSON of the state: equal folds, equal hashes.
+
+    `last_hash` is left out: it chains the log's bytes, wall-clock stamps included, and
+    the hash chain already proves those. Two logs that record the same facts (say, one
+    resumed after a crash and one uninterrupted) fold to the same state hash.
+    """
+    view = to_jsonable(state)
+    del view["last_hash"]
+    return content_hash(view)

@@ -4,8 +4,11 @@ Durability and concurrency come from SQLite itself: WAL journal, `BEGIN IMMEDIAT
 writer takes the write lock before it reads the last seq, a busy timeout so concurrent
 writers queue instead of failing, and `(run_id, seq)` as primary key as the last line of
 defence for optimistic concurrency. Triggers make the events table append-only.
-sqlite-utils owns the schema and the read queries; appends use the raw connection's
-`executemany`, which measured ~4-5x faster than `insert_all` on this workload.
+
+sqlite-utils creates the schema. It is imported only when a store file is new (or older
+than `SCHEMA_VERSION`, kept in `PRAGMA user_version`): importing it pulls in pandas when
+pandas is installed, ~0.8 s, which would break the CLI's sub-second budget. Appends and
+reads use the raw connection; `executemany` measured ~4-5x faster than `insert_all` here.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-
-import sqlite_utils
 
 from sia.events.canonical import GENESIS_HASH
 from sia.events.envelope import EncodedEvent, StoredEvent, seal
@@ -39,6 +40,7 @@ from sia.store.blobs import FileBlobStore
 from sia.store.clock import utc_now
 from sia.store.home import blobs_path, database_path, sia_home
 
+SCHEMA_VERSION = 1
 _EVENT_COLUMNS = "run_id, seq, type, schema_version, payload, prev_hash, hash, recorded_at"
 
 _APPEND_ONLY = tuple(
@@ -68,8 +70,12 @@ class SqliteEventStore(EventStore):
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            self._db = sqlite_utils.Database(self._conn)
-            self._create_schema()
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path} was written by a newer sia (schema v{version}); "
+                                 "upgrade sia to read it")
+            if version < SCHEMA_VERSION:
+                self._create_schema()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a usable sia store: {exc}") from exc
 
@@ -79,8 +85,10 @@ class SqliteEventStore(EventStore):
         return cls(database_path(home), blobs_path(home))
 
     def _create_schema(self) -> None:
+        import sqlite_utils
+
         with self._write():
-            db = self._db
+            db = sqlite_utils.Database(self._conn)
             db["runs"].create(
                 {"run_id": str, "parent_run_id": str, "fork_seq": int, "created_at": str},
                 pk="run_id", not_null={"created_at"}, if_not_exists=True,
@@ -103,6 +111,7 @@ class SqliteEventStore(EventStore):
             )
             for statement in _APPEND_ONLY:
                 self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -182,10 +191,11 @@ class SqliteEventStore(EventStore):
         return RunRecord(*row)
 
     def list_runs(self) -> list[RunRecord]:
-        return [
-            RunRecord(r["run_id"], r["parent_run_id"], r["fork_seq"], r["created_at"])
-            for r in self._db["runs"].rows_where(order_by="created_at, run_id")
-        ]
+        rows = self._conn.execute(
+            "SELECT run_id, parent_run_id, fork_seq, created_at FROM runs "
+            "ORDER BY created_at, run_id"
+        )
+        return [RunRecord(*row) for row in rows]
 
     def _read_segment(self, segment: Segment, after: int, upto: int | None) -> Iterator[StoredEvent]:
         lo, hi = segment_bounds(segment, after, upto)

@@ -1,0 +1,436 @@
+"""The `sia` command line: start, resume, fork, replay, audit and inspect runs.
+
+Heavy libraries (torch, transformers, peft, trl) are imported only by the handlers that
+need them, so inspection commands answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sia.config import ConfigError, apply_overrides, parse_assignments
+from sia.events.mapper import MAPPER, EventDecodeError
+from sia.events.types import RunConfig
+from sia.reducers.loop import FoldError
+from sia.reducers.state import LoopState
+from sia.store.base import EventStore, StoreError
+from sia.store.blobs import BlobMissing
+from sia.store.home import sia_home
+
+app = typer.Typer(
+    help="sia: a self-improving agent loop you can resume, fork, replay and audit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line on stderr, exit status 1."""
+
+
+@app.callback()
+def main(
+    home: Annotated[Optional[Path], typer.Option(
+        "--home", envvar="SIA_HOME", help="State directory (default ~/.sia).")] = None,
+) -> None:
+    if home is not None:
+        import os
+
+        os.environ["SIA_HOME"] = str(home)
+
+
+@contextmanager
+def opened_store() -> Iterator[EventStore]:
+    from sia.store.sqlite import SqliteEventStore
+
+    store = SqliteEventStore.open_home()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def load(store: EventStore, run_id: str, at: int | None = None) -> LoopState:
+    from sia.runtime import load_state
+
+    store.get_run(run_id)
+    return load_state(store, run_id, upto=at)
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- driving runs
+
+
+def _runtime(store: EventStore, config: RunConfig, concurrency: int, cache: str,
+             observer: Callable[..., None] | None = None) -> Any:
+    from sia.runtime import Runtime
+    from sia.wiring import handlers_for
+
+    if cache not in ("off", "read", "readwrite"):
+        raise CliError(f"--cache must be off, read or readwrite, not {cache!r}")
+    return Runtime(store, handlers_for(config), concurrency=concurrency, cache=cache,  # type: ignore[arg-type]
+                   home=sia_home(), observer=observer)
+
+
+def _drive(store: EventStore, run_id: str, config: RunConfig, concurrency: int, cache: str,
+           quiet: bool) -> LoopState:
+    from sia.progress import LiveProgress, summary_table
+
+    progress = LiveProgress(err)
+    runtime = _runtime(store, config, concurrency, cache, None if quiet else progress)
+    try:
+        if quiet:
+            state = runtime.drive(run_id)
+        else:
+            with progress:
+                state = runtime.drive(run_id)
+    except KeyboardInterrupt:
+        err.print(f"paused; continue with: sia resume {run_id}")
+        raise typer.Exit(130) from None
+    if not quiet:
+        err.print(summary_table(state))
+    if state.status == "failed":
+        err.print(f"run failed: {state.error}")
+    return state
+
+
+@app.command()
+def run(
+    task: Annotated[str, typer.Option(help="Task name or folder.")],
+    mode: Annotated[str, typer.Option(help="H (harness only) or WH (harness + weights).")] = "WH",
+    max_gen: Annotated[int, typer.Option("--max-gen", help="Generations to run.")] = 3,
+    seed: Annotated[int, typer.Option(help="Run seed; every handler seed derives from it.")] = 0,
+    budget: Annotated[list[str], typer.Option(
+        help="Spend limit, e.g. --budget dollars=5 --budget tokens=2e6 (tokens|dollars|wall_s|gpu_s).")] = [],
+    set_: Annotated[list[str], typer.Option("--set", help="Any setting as key=value.")] = [],
+    concurrency: Annotated[int, typer.Option(help="Episodes run at once.")] = 2,
+    cache: Annotated[str, typer.Option(help="Effect cache: off | read | readwrite.")] = "readwrite",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display.")] = False,
+) -> None:
+    """Start a run; prints the run id as the last line."""
+    from sia.runtime import Runtime
+    from sia.tasks.catalog import UnknownTask, resolve_task
+
+    try:
+        resolved = resolve_task(task)
+    except UnknownTask as exc:
+        raise CliError(str(exc)) from None
+    overrides = {**resolved.defaults, "mode": mode, "max_generations": str(max_gen),
+                 "seed": str(seed)}
+    overrides.update({f"budget.{k}": v for k, v in parse_assignments(budget).items()})
+    overrides.update(parse_assignments(set_))
+    config = apply_overrides(RunConfig(task=resolved.snapshot.name), overrides)
+    with opened_store() as store:
+        run_id = Runtime(store, _runtime(store, config, concurrency, cache).registry).create(
+            config, resolved.snapshot)
+        err.print(f"run {run_id} started (meta={config.meta}, feedback={config.feedback}, "
+                  f"target={config.target}, trainer={config.trainer})")
+        _drive(store, run_id, config, concurrency, cache, quiet)
+    print(run_id)
+
+
+@app.command()
+def resume(
+    run_id: str,
+    concurrency: Annotated[int, typer.Option(help="Episodes run at once.")] = 2,
+    cache: Annotated[str, typer.Option(help="Effect cache: off | read | readwrite.")] = "readwrite",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Continue a run after a crash, Ctrl-C or fork: settle pending effects, then go on."""
+    with opened_store() as store:
+        state = load(store, run_id)
+        if state.config is None:
+            raise CliError(f"run {run_id} has no configuration (empty log)")
+        state = _drive(store, run_id, state.config, concurrency, cache, quiet)
+    print(run_id)
+
+
+@app.command()
+def fork(
+    run_id: str,
+    at: Annotated[int, typer.Option("--at", help="Last parent event the fork keeps.")],
+    set_: Annotated[list[str], typer.Option("--set", help="Override as key=value, e.g. "
+                                            "feedback.force=update_weights:grpo.")] = [],
+) -> None:
+    """Branch a run at an event; the parent's prefix is shared, never copied. Prints the new id."""
+    from sia.runtime import Runtime
+
+    with opened_store() as store:
+        state = load(store, run_id, at)
+        if state.seq != at or state.config is None:
+            raise CliError(f"cannot fork {run_id} at seq {at}: its history has {state.seq} events")
+        overrides = parse_assignments(set_)
+        config = apply_overrides(state.config, overrides)
+        new_id = _runtime(store, config, 1, "readwrite")
+        new_id = Runtime(store, new_id.registry).fork(run_id, at, config, overrides)
+    err.print(f"forked {run_id}@{at}; continue it with: sia resume {new_id}")
+    print(new_id)
+
+
+@app.command()
+def replay(
+    run_id: str,
+    to: Annotated[Optional[int], typer.Option("--to", help="Fold only up to this seq.")] = None,
+    check: Annotated[bool, typer.Option(help="Re-run decide and interpret against the log.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Rebuild a run's state from its log; --check proves today's code agrees with it."""
+    from sia.replay import check_run
+    from sia.views import show
+
+    with opened_store() as store:
+        store.get_run(run_id)
+        if check:
+            report = check_run(store, run_id, upto=to)
+            result = {**show(report.state), "check": {
+                "ok": report.ok, "events": report.events,
+                "decisions_checked": report.decisions_checked,
+                "outcomes_checked": report.outcomes_checked,
+                "divergence": report.divergence.describe() if report.divergence else None}}
+            if as_json:
+                emit_json(result)
+            if not report.ok:
+                assert report.divergence is not None
+                raise CliError(f"replay check failed for {run_id} at {report.divergence.describe()}")
+            if not as_json:
+                out.print(f"ok: {report.events} events, hash chain verified, "
+                          f"{report.decisions_checked} decide batches and "
+                          f"{report.outcomes_checked} effect outcomes re-derived identically; "
+                          f"state {result['state_hash'][:16]}")
+            return
+        state = load(store, run_id, to)
+        emit_json(show(state)) if as_json else out.print(
+            f"{run_id} folded to seq {state.seq}: status {state.status}, "
+            f"generation {state.generation}, state {show(state)['state_hash'][:16]}")
+
+
+# ---------------------------------------------------------------- inspection
+
+
+@app.command()
+def runs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """All runs in this home: id, task, parent, status, generations, best score."""
+    from sia.views import run_row
+
+    with opened_store() as store:
+        rows = [run_row(r.run_id, load(store, r.run_id)) for r in store.list_runs()]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title=f"runs in {sia_home()}")
+    for column in ("run", "task", "parent", "status", "gens", "best", "events"):
+        table.add_column(column)
+    for row in rows:
+        parent = f"{row['parent_run_id']}@{row['fork_seq']}" if row["parent_run_id"] else "-"
+        best = "-" if row["best_dev_score"] is None else f"{row['best_dev_score']:.3f}"
+        table.add_row(row["run_id"], row["task"] or "-", parent, row["status"],
+                      str(row["generations"]), best, str(row["events"]))
+    out.print(table)
+
+
+@app.command()
+def log(
+    run_id: str,
+    type_: Annotated[Optional[str], typer.Option("--type", help="Only events of this type.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+) -> None:
+    """The run's events, oldest first (its inherited prefix included)."""
+    with opened_store() as store:
+        store.get_run(run_id)
+        for event in store.read(run_id):
+            if type_ and event.type != type_:
+                continue
+            if as_json:
+                sys.stdout.write(json.dumps({
+                    "seq": event.seq, "type": event.type, "hash": event.hash,
+                    "prev_hash": event.prev_hash, "run_id": event.run_id,
+                    "schema_version": event.schema_version, "recorded_at": event.recorded_at,
+                    "payload": json.loads(event.payload)}, ensure_ascii=False) + "\n")
+            else:
+                marker = "" if event.run_id == run_id else f" [{event.run_id}]"
+                out.print(f"{event.seq:>6} {event.type:<22} {event.payload[:100]}{marker}",
+                          markup=False, highlight=False)
+
+
+@app.command()
+def show(
+    run_id: str,
+    at: Annotated[Optional[int], typer.Option("--at", help="State after this seq.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The folded state of a run (at its end, or at --at SEQ)."""
+    from sia.progress import summary_table
+    from sia.views import show as show_view
+
+    with opened_store() as store:
+        state = load(store, run_id, at)
+    view = show_view(state)
+    if as_json:
+        emit_json(view)
+        return
+    out.print(summary_table(state))
+    for key in ("seq", "state_hash", "status", "parent_run_id", "fork_seq", "best_generation",
+                "best_score", "harness_hash", "adapter_hash", "stop_reason", "error"):
+        if view[key] is not None:
+            out.print(f"{key:>16}: {view[key]}")
+    if view["pending_effects"]:
+        out.print(f"{'pending':>16}: {len(view['pending_effects'])} effects")
+
+
+@app.command()
+def verify(run_id: str) -> None:
+    """Check the run's hash chain: every event, link and seq of its history."""
+    with opened_store() as store:
+        count = store.verify(run_id)
+    out.print(f"ok: {run_id}: {count} events, hash chain intact")
+
+
+@app.command()
+def export(
+    run_id: str,
+    output: Annotated[Path, typer.Option("-o", "--output", help="JSONL file to write.")],
+) -> None:
+    """Write a run (its whole lineage history and referenced blobs) to a JSONL file."""
+    from sia.store.transfer import export_run
+
+    with opened_store() as store:
+        store.get_run(run_id)
+        tmp = output.with_name(output.name + ".partial")
+        with tmp.open("w", encoding="utf-8") as handle:
+            counts = export_run(store, run_id, handle)
+        tmp.replace(output)
+    out.print(f"exported {run_id}: {counts['events']} events, {counts['blobs']} blobs → {output}")
+
+
+@app.command(name="import")
+def import_(path: Path) -> None:
+    """Add a run from an export file, after verifying every hash; refuses partial files."""
+    from sia.store.transfer import ImportRefused, import_run
+
+    with opened_store() as store:
+        try:
+            run_id = import_run(store, path)
+        except ImportRefused as exc:
+            raise CliError(f"import refused, nothing changed: {exc}") from None
+        count = store.verify(run_id)
+    out.print(f"imported {run_id}: {count} events verified")
+    print(run_id)
+
+
+@app.command()
+def audit(
+    run_id: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Every Feedback decision: evidence shown, action and algorithm with why, outcome."""
+    from sia.views import audit_rows
+
+    with opened_store() as store:
+        state = load(store, run_id)
+    rows = audit_rows(state)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title=f"decisions of {run_id}")
+    for column in ("gen", "action", "algorithm (rec.)", "rationale", "evidence", "score", "Δ next"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        algorithm = row["algorithm"] or "-"
+        if row["recommended_algorithm"]:
+            algorithm += f" ({row['recommended_algorithm']})"
+        delta = "-" if row["delta"] is None else f"{row['delta']:+.3f}"
+        evidence = f"{(row['evidence']['digest_hash'] or '-')[:10]} {row['evidence']['summary']}"
+        table.add_row(str(row["generation"]), row["action"] + (" (forced)" if row["forced"] else ""),
+                      algorithm, row["rationale"], evidence,
+                      "-" if row["score_before"] is None else f"{row['score_before']:.3f}", delta)
+    out.print(table)
+
+
+@app.command()
+def diff(run_a: str, run_b: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Compare two branches: common ancestor, first divergence, scores, harness, spend."""
+    from sia.views import branch_spend
+
+    with opened_store() as store:
+        events_a, events_b = list(store.read(run_a)), list(store.read(run_b))
+        common = 0
+        for a, b in zip(events_a, events_b):
+            if a.hash != b.hash:
+                break
+            common += 1
+        ancestor = events_a[common - 1].run_id if common else None
+        state_a, state_b = load(store, run_a), load(store, run_b)
+        harness = [store.blobs.get_text(s.harness_hash) if s.harness_hash else ""
+                   for s in (state_a, state_b)]
+    first = lambda events: (f"seq {events[common].seq} {events[common].type}"  # noqa: E731
+                            if common < len(events) else "(none)")
+    generations = max(len(state_a.generations), len(state_b.generations))
+    scores = [{"generation": i,
+               run_a: state_a.generations[i].score if i < len(state_a.generations) else None,
+               run_b: state_b.generations[i].score if i < len(state_b.generations) else None}
+              for i in range(generations)]
+    harness_diff = list(difflib.unified_diff(harness[0].splitlines(), harness[1].splitlines(),
+                                             run_a, run_b, lineterm=""))
+    result = {"common_events": common, "common_ancestor": ancestor,
+              "first_divergence": {run_a: first(events_a), run_b: first(events_b)},
+              "scores": scores, "harness_diff": harness_diff,
+              "spend": {run_a: branch_spend(state_a), run_b: branch_spend(state_b)}}
+    if as_json:
+        emit_json(result)
+        return
+    out.print(f"common history: {common} events (last owned by {ancestor or '-'})")
+    out.print(f"first divergence: {run_a}: {result['first_divergence'][run_a]} | "
+              f"{run_b}: {result['first_divergence'][run_b]}")
+    table = Table(title="dev score per generation")
+    for column in ("gen", run_a, run_b):
+        table.add_column(column)
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for row in scores:
+        table.add_row(str(row["generation"]), fmt(row[run_a]), fmt(row[run_b]))
+    out.print(table)
+    for name in (run_a, run_b):
+        spend = result["spend"][name]
+        out.print(f"spend {name}: own ${spend['own']['dollars']:.4f} {spend['own']['tokens']} tok, "
+                  f"inherited ${spend['inherited']['dollars']:.4f} {spend['inherited']['tokens']} tok")
+    out.print("\n".join(harness_diff) if harness_diff else "harnesses are identical",
+              markup=False, highlight=False)
+
+
+def entrypoint() -> None:
+    """Run the app, turning expected failures into one line on stderr and exit status 1."""
+    from sia.config import ConfigError as _ConfigError
+    from sia.runtime import LeaseHeld
+
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (CliError, StoreError, ConfigError, _ConfigError, FoldError, EventDecodeError,
+            BlobMissing, LeaseHeld) as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,1 @@
+"""Task definitions: catalog resolution plus the scientific task pieces (lawbench, trimul, denoise)."""
