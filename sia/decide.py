@@ -183,15 +183,22 @@ def derive_seed(run_seed: int, kind: str, request: dict[str, Any]) -> int:
     return int(content_hash({"run_seed": run_seed, "kind": kind, "request": request})[:12], 16)
 
 
-def effect_id_for(run_id: str | None, kind: str, request_hash: str) -> str:
-    return content_hash({"run_id": run_id, "kind": kind, "request_hash": request_hash})[:32]
+def effect_id_for(kind: str, request_hash: str) -> str:
+    """Content-addressed: the same request is the same effect on every branch.
+
+    Requests carry their position in the loop (generation, sample, attempt, the harness
+    and adapter hashes they run on), so ids never repeat within a history, while a fork
+    that asks exactly what its parent asked gets the same id: one cache entry, and one
+    idempotency key for an external job (a Modal call is never submitted twice).
+    """
+    return content_hash({"kind": kind, "request_hash": request_hash})[:32]
 
 
 def request_effect(state: LoopState, kind: str, request: dict[str, Any]) -> EffectRequested:
     assert state.config is not None
     request = {**request, "seed": derive_seed(state.config.seed, kind, request)}
     request_hash = content_hash(request)
-    return EffectRequested(effect_id=effect_id_for(state.run_id, kind, request_hash),
+    return EffectRequested(effect_id=effect_id_for(kind, request_hash),
                            kind=kind, request=request, request_hash=request_hash)
 
 
