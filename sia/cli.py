@@ -122,6 +122,7 @@ def run(
     concurrency: Annotated[int, typer.Option(help="Episodes run at once.")] = 2,
     cache: Annotated[str, typer.Option(help="Effect cache: off | read | readwrite.")] = "readwrite",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display.")] = False,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Name the run (default: task-time-random).")] = None,
 ) -> None:
     """Start a run; prints the run id as the last line."""
     from sia.runtime import Runtime
@@ -138,7 +139,7 @@ def run(
     config = apply_overrides(RunConfig(task=resolved.snapshot.name), overrides)
     with opened_store() as store:
         run_id = Runtime(store, _runtime(store, config, concurrency, cache).registry).create(
-            config, resolved.snapshot)
+            config, resolved.snapshot, run_id=run_id)
         err.print(f"run {run_id} started (meta={config.meta}, feedback={config.feedback}, "
                   f"target={config.target}, trainer={config.trainer})")
         _drive(store, run_id, config, concurrency, cache, quiet)

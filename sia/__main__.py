@@ -1,0 +1,3 @@
+from sia.cli import entrypoint
+
+entrypoint()
