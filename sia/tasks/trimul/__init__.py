@@ -1,0 +1,44 @@
+"""TriMul kernel task (GPU MODE bioml/trimul): reference outgoing triangle update, inputs, evaluator.
+
+Importing this package imports torch; the CLI's fast paths must not import it.
+"""
+
+from sia.tasks.trimul.evaluator import (
+    CPU_SPECS,
+    GPU_BENCHMARK_CASES,
+    GPU_TEST_CASES,
+    CaseTiming,
+    TrimulCase,
+    TrimulResult,
+    correctness_cases,
+    evaluate,
+    mismatch,
+    timing_cases,
+)
+from sia.tasks.trimul.reference import (
+    ShapeSpec,
+    TriMul,
+    TrimulInputs,
+    make_inputs,
+    module_from_weights,
+    trimul_reference,
+)
+
+__all__ = [
+    "CPU_SPECS",
+    "GPU_BENCHMARK_CASES",
+    "GPU_TEST_CASES",
+    "CaseTiming",
+    "ShapeSpec",
+    "TriMul",
+    "TrimulCase",
+    "TrimulInputs",
+    "TrimulResult",
+    "correctness_cases",
+    "evaluate",
+    "make_inputs",
+    "mismatch",
+    "module_from_weights",
+    "timing_cases",
+    "trimul_reference",
+]
