@@ -338,15 +338,31 @@ def import_(path: Path) -> None:
 def audit(
     run_id: str,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    rejudge: Annotated[Optional[str], typer.Option(
+        "--rejudge", help="Re-ask this feedback provider each recorded decision (in forks).")] = None,
 ) -> None:
     """Every Feedback decision: evidence shown, action and algorithm with why, outcome."""
     from sia.views import audit_rows
 
     with opened_store() as store:
         state = load(store, run_id)
-    rows = audit_rows(state)
+        rows = audit_rows(state)
+        if rejudge:
+            from sia.config import apply_overrides
+            from sia.rejudge import rejudge as rejudge_run
+            from sia.rejudge import summary
+
+            assert state.config is not None
+            config = apply_overrides(state.config, {"feedback": rejudge})
+            results = rejudge_run(_runtime(store, config, 2, "readwrite"), run_id, rejudge)
+            for row, result in zip(rows, results):
+                row["rejudged"] = {"provider": rejudge, "run_id": result.fork_run_id,
+                                   "action": result.rejudged[0] if result.rejudged else None,
+                                   "algorithm": result.rejudged[1] if result.rejudged else None,
+                                   "agrees": result.agrees}
+            agreement = summary(results)
     if as_json:
-        emit_json(rows)
+        emit_json({"decisions": rows, "rejudge": agreement} if rejudge else rows)
         return
     table = Table(title=f"decisions of {run_id}")
     for column in ("gen", "action", "algorithm (rec.)", "rationale", "evidence", "score", "Δ next"):
@@ -361,6 +377,12 @@ def audit(
                       algorithm, row["rationale"], evidence,
                       "-" if row["score_before"] is None else f"{row['score_before']:.3f}", delta)
     out.print(table)
+    if rejudge:
+        for row in rows:
+            again = row["rejudged"]
+            verdict = "agrees" if again["agrees"] else f"says {again['action']} {again['algorithm'] or ''}"
+            out.print(f"gen {row['generation']}: {rejudge} {verdict} (recorded in {again['run_id']})")
+        out.print(f"agreement: {agreement['agreed']}/{agreement['decisions']}")
 
 
 @app.command()

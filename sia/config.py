@@ -34,6 +34,21 @@ OVERRIDE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
+    "claude-sonnet-4-6": (3.0, 15.0),
+    "claude-opus-4-1": (15.0, 75.0),
+    "claude-haiku-4-5": (1.0, 5.0),
+    "deterministic": (4.0, 4.0),
+}
+"""USD per million (input, output) tokens; the ledger's dollars come from here."""
+
+
+def dollars(model: str, tokens_in: int, tokens_out: int) -> float:
+    """Cost of a call; a model missing from the table costs 0 (and says so in its name)."""
+    price_in, price_out = PRICES_PER_MTOK.get(model, (0.0, 0.0))
+    return (tokens_in * price_in + tokens_out * price_out) / 1_000_000
+
+
 class ConfigError(ValueError):
     """A configuration value or override that cannot be used; the message says which."""
 

@@ -128,7 +128,7 @@ class Runtime:
     # ---------------------------------------------------------------- driving
 
     def drive(self, run_id: str, max_batches: int | None = None) -> LoopState:
-        """Advance the run until it ends, waits on nothing, or `max_batches` are decided."""
+        """Advance the run until it ends, or until `max_batches` are decided and settled."""
         holder = new_holder()
         self.store.acquire_lease(run_id, holder, self.lease_ttl_s)
         heartbeat = _Heartbeat(self.store, run_id, holder, self.lease_ttl_s)
@@ -139,11 +139,13 @@ class Runtime:
             if self._state.status == "paused":
                 self._append([RunResumed(reason="resume")])
             batches = 0
-            while max_batches is None or batches < max_batches:
+            while True:
                 heartbeat.check()
                 if self._state.pending:
                     self._settle_pending()
                     continue
+                if max_batches is not None and batches >= max_batches:
+                    break
                 events = decide(self._state)
                 if not events:
                     break
@@ -163,6 +165,13 @@ class Runtime:
     @property
     def state(self) -> LoopState:
         return self._state
+
+    def pause(self, run_id: str, reason: str) -> None:
+        """Record that a run stops here on purpose (resume continues it)."""
+        self._run_id = run_id
+        self._state = load_state(self.store, run_id)
+        if self._state.status == "running":
+            self._append([RunPaused(reason=reason)])
 
     def _append(self, events: list[BaseEvent]) -> list[StoredEvent]:
         with self._lock:

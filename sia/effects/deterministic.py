@@ -15,6 +15,7 @@ import os
 import re
 from typing import Any
 
+from sia.config import dollars
 from sia.events.canonical import canonical_json, content_hash
 from sia.events.types import TaskSnapshot, TrainingJobSubmitted, Usage
 from sia.effects.base import EffectContext, EffectResult, HandlerRegistry
@@ -115,7 +116,8 @@ class DeterministicFeedback:
         elif action == "update_weights":
             result["plan"] = {"algorithm": algorithm, "params": {"lr": 1e-4}}
         _count(ctx)
-        return EffectResult(result, Usage(tokens_in=900, tokens_out=150, dollars=0.004, wall_s=3.0))
+        return EffectResult(result, Usage(tokens_in=850, tokens_out=150,
+                                                    dollars=dollars("deterministic", 850, 150), wall_s=3.0))
 
     @staticmethod
     def _choose(request: dict[str, Any]) -> tuple[str, str]:

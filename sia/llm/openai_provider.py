@@ -1,0 +1,194 @@
+"""Any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, OpenRouter) through the `openai` SDK.
+
+Structured output asks for `response_format: json_schema`; an endpoint that refuses it
+with a 400/422 is asked once more with the schema written into the system prompt, and
+if that works this provider uses the prompt from then on. Either way the answer text is
+parsed as one JSON object. Usage is normalised to Anthropic's split: `input_tokens`
+excludes the prompt tokens the endpoint reports as served from its cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any, Literal
+
+import openai
+from pydantic import ValidationError
+
+from sia.llm.errors import NO_STATUS, MissingCredentials, PermanentLLMError, TransientLLMError, from_http_status
+from sia.llm.types import LLMRequest, LLMResponse, ResponseSchema, Usage
+
+StructuredMode = Literal["json_schema", "prompt"]
+NO_KEY = "sia-no-key"
+"""Sent as the bearer token to endpoints configured with `api_key_env=None` (the SDK insists on one)."""
+
+
+class OpenAIProvider:
+    """`complete(request)` against `/chat/completions` at `base_url`.
+
+    `api_key_env=None` is for local endpoints that take no key; otherwise the named
+    variable must be set. `default_model` serves requests that name no model.
+    """
+
+    name = "openai"
+
+    def __init__(self, *, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
+                 timeout: float = 600.0, default_model: str | None = None,
+                 structured_mode: StructuredMode = "json_schema", strict_schema: bool = False,
+                 max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens") -> None:
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        self.api_key_env = api_key_env
+        self.timeout = timeout
+        self.default_model = default_model
+        self.structured_mode: StructuredMode = structured_mode
+        self.strict_schema = strict_schema
+        self.max_tokens_field = max_tokens_field
+        self._client: openai.OpenAI | None = None
+        self._client_key: str | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+
+    def check_credentials(self) -> None:
+        self._key()
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        if request.provider != self.name:
+            raise PermanentLLMError(f"openai: request is for provider {request.provider!r}")
+        model = request.model or self.default_model
+        if not model:
+            raise PermanentLLMError("openai: the request names no model and no default_model is set")
+        client = self._client_for(self._key())
+        mode = self.structured_mode
+        try:
+            completion = self._create(client, request, model, mode)
+        except PermanentLLMError as exc:
+            if request.response_schema is None or mode != "json_schema" or exc.status not in (400, 422):
+                raise
+            completion = self._create(client, request, model, "prompt")
+            self.structured_mode = "prompt"
+        return to_response(request, completion)
+
+    def _create(self, client: openai.OpenAI, request: LLMRequest, model: str,
+                mode: StructuredMode) -> Any:
+        try:
+            return client.chat.completions.create(
+                **build_params(request, model, mode, self.strict_schema, self.max_tokens_field))
+        except openai.APIStatusError as exc:
+            raise from_http_status(self.name, exc.status_code, exc.response.headers, exc.body,
+                                   fallback=exc.message) from None
+        except openai.APIConnectionError as exc:
+            raise TransientLLMError(f"openai: {type(exc).__name__}: {exc.message}",
+                                    status=NO_STATUS) from None
+        except openai.OpenAIError as exc:
+            raise PermanentLLMError(f"openai: {type(exc).__name__}: {exc}") from None
+
+    def _key(self) -> str:
+        if self.api_key_env is None:
+            return NO_KEY
+        key = os.environ.get(self.api_key_env, "").strip()
+        if not key:
+            raise MissingCredentials(self.api_key_env, self.name)
+        return key
+
+    def _client_for(self, key: str) -> openai.OpenAI:
+        """One client (one connection pool) per key, shared by threads; a rotated key gets a
+        fresh client and the old one is left to calls still using it."""
+        with self._lock:
+            if self._client is None or self._client_key != key:
+                self._client = openai.OpenAI(
+                    api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout)
+                self._client_key = key
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+            self._client = None
+            self._client_key = None
+
+
+def schema_instruction(schema: ResponseSchema) -> str:
+    """The system-prompt text that stands in for `response_format` on endpoints without it."""
+    return (f"Reply with one JSON object only, no prose and no code fences. It must conform to "
+            f"this JSON schema (named {schema.name}):\n"
+            f"{json.dumps(schema.json_schema, sort_keys=True, separators=(',', ':'))}")
+
+
+def build_params(request: LLMRequest, model: str, mode: StructuredMode = "json_schema",
+                 strict_schema: bool = False, max_tokens_field: str = "max_tokens") -> dict[str, Any]:
+    """The `chat.completions.create` keyword arguments for `request` in the given structured mode."""
+    schema = request.response_schema
+    system = request.system
+    if schema is not None and mode == "prompt":
+        system = f"{system}\n\n{schema_instruction(schema)}" if system else schema_instruction(schema)
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": m.role, "content": m.content} for m in request.messages]
+    params: dict[str, Any] = {"model": model, "messages": messages, max_tokens_field: request.max_tokens}
+    if request.temperature is not None:
+        params["temperature"] = request.temperature
+    if request.seed is not None:
+        params["seed"] = request.seed
+    if schema is not None and mode == "json_schema":
+        format_spec: dict[str, Any] = {"name": schema.name, "schema": schema.json_schema,
+                                       "strict": strict_schema}
+        if schema.description:
+            format_spec["description"] = schema.description
+        params["response_format"] = {"type": "json_schema", "json_schema": format_spec}
+    return params
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and infinities are not JSON and could not be recorded in an event."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    """The JSON object in a reply, tolerating code fences or prose around it."""
+    stripped = text.strip()
+    try:
+        value = json.loads(stripped, parse_constant=_no_constant)
+    except json.JSONDecodeError:
+        start, end = stripped.find("{"), stripped.rfind("}")
+        if start < 0 or end <= start:
+            raise ValueError("no JSON object in the reply") from None
+        value = json.loads(stripped[start:end + 1], parse_constant=_no_constant)
+    if not isinstance(value, dict):
+        raise ValueError(f"the reply is JSON but not an object ({type(value).__name__})")
+    return value
+
+
+def to_response(request: LLMRequest, completion: Any) -> LLMResponse:
+    if not completion.choices:
+        raise PermanentLLMError(f"openai: completion {completion.id} has no choices")
+    choice = completion.choices[0]
+    text = choice.message.content or ""
+    structured: dict[str, Any] | None = None
+    if request.response_schema is not None:
+        try:
+            structured = parse_json_object(text)
+        except ValueError as exc:
+            raise PermanentLLMError(
+                f"openai: the reply for schema {request.response_schema.name!r} is not a JSON object "
+                f"({exc}; finish_reason={choice.finish_reason}): {text[:200]!r}") from None
+    usage = completion.usage
+    prompt = usage.prompt_tokens if usage else 0
+    details = getattr(usage, "prompt_tokens_details", None) if usage else None
+    cached = min(prompt, (getattr(details, "cached_tokens", None) or 0) if details else 0)
+    try:
+        return LLMResponse(
+            text=text,
+            structured=structured,
+            usage=Usage(input_tokens=prompt - cached,
+                        output_tokens=usage.completion_tokens if usage else 0,
+                        cache_read_tokens=cached),
+            model=completion.model or request.model or "",
+            stop_reason=choice.finish_reason,
+            raw_id=completion.id or "",
+        )
+    except ValidationError as exc:
+        raise PermanentLLMError(f"openai: unrecordable response {completion.id}: {exc}") from None

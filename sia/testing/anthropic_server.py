@@ -1,0 +1,293 @@
+"""A loopback stand-in for the Anthropic Messages API (`POST /v1/messages`, non-streaming).
+
+It checks what the real API checks that matters to sia (credentials, `anthropic-version`,
+the body's shape, tool and `tool_choice` consistency, `cache_control` blocks, the
+sampling parameters that version 2026-10-21 refuses, unknown fields) and answers with
+real message objects. It simulates prompt caching: a prefix marked with `cache_control`
+of at least `min_cache_tokens` is written to the cache the first time and read from it
+after, so usage carries realistic `cache_creation_input_tokens` / `cache_read_input_tokens`.
+
+The answer comes from `responder(request_json)`, returning:
+  * `str` — one text block, `stop_reason` "end_turn";
+  * `dict` — the input of a tool call to the tool `tool_choice` forces (or the only tool);
+  * `Reply` — full control (text and/or tool call, stop reason, usage);
+  * `list` — raw content blocks, sent as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sia.testing.loopback import (JSON, Fault, LoopbackServer, ProtocolError, RecordedRequest, Reply,
+                                  Route, estimate_tokens)
+
+Responder = Callable[[JSON], "str | dict[str, Any] | Reply | list[dict[str, Any]]"]
+
+NEW_API_VERSION = "2026-10-21"
+"""From this version on, `temperature`, `top_p` and `top_k` are refused."""
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                429: "rate_limit_error", 500: "api_error", 504: "timeout_error",
+                529: "overloaded_error"}
+_FIELDS = frozenset({
+    "model", "max_tokens", "messages", "system", "tools", "tool_choice", "metadata",
+    "stop_sequences", "stream", "thinking", "output_config", "service_tier", "cache_control",
+    "container", "diagnostics", "inference_geo", "speed", "user_profile_id", "workspace_id",
+    "mcp_servers", "context_management", "temperature", "top_p", "top_k",
+})
+_SAMPLING = ("temperature", "top_p", "top_k")
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+
+
+def default_responder(request: JSON) -> str | dict[str, Any]:
+    """Answers a forced tool call with `{}` and anything else with a short fixed text."""
+    return {} if request.get("tool_choice", {}).get("type") == "tool" else "ok"
+
+
+class AnthropicServer(LoopbackServer):
+    """`with AnthropicServer(responder) as srv:` then point the SDK at `srv.base_url`.
+
+    `api_key` is the key the server accepts (None accepts any non-empty key), sent as
+    `x-api-key` or `Authorization: Bearer` (SDK 2.x sends the latter; with both, the API
+    uses `x-api-key`).
+    """
+
+    def __init__(self, responder: Responder = default_responder, *, api_key: str | None = "test-key",
+                 min_cache_tokens: int = 1024) -> None:
+        super().__init__()
+        self.responder = responder
+        self.api_key = api_key
+        self.min_cache_tokens = min_cache_tokens
+        self._cached_prefixes: set[str] = set()
+        self._count = 0
+        self._count_lock = threading.Lock()
+
+    def __enter__(self) -> AnthropicServer:
+        self.start()
+        return self
+
+    def routes(self) -> dict[tuple[str, str], Route]:
+        return {("POST", "/v1/messages"): self._messages}
+
+    def error_body(self, status: int, message: str, error_type: str | None) -> tuple[dict[str, str], JSON]:
+        request_id = f"req_loopback_{self._next():06d}"
+        kind = error_type or _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return ({"request-id": request_id},
+                {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id})
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment that points a provider, or a `sia` subprocess, at this server."""
+        return {"ANTHROPIC_BASE_URL": self.base_url, "ANTHROPIC_API_KEY": self.api_key or "test-key"}
+
+    @property
+    def message_requests(self) -> list[JSON]:
+        """The JSON bodies of every `POST /v1/messages` received, faulted or not."""
+        return [r.body for r in self.requests if r.path.startswith("/v1/messages") and r.body is not None]
+
+    def _next(self) -> int:
+        with self._count_lock:
+            self._count += 1
+            return self._count
+
+    def _messages(self, request: RecordedRequest) -> tuple[int, dict[str, str], JSON]:
+        self._check_headers(request)
+        body = request.body
+        if not isinstance(body, dict):
+            raise ProtocolError(400, "request body must be a JSON object")
+        version = request.headers["anthropic-version"]
+        _check_body(body, version)
+        content, stop_reason, usage_override = _answer(self.responder(body), body)
+        has_tool = any(block.get("type") == "tool_use" for block in content)
+        message = {
+            "id": f"msg_loopback_{self._next():06d}",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": content,
+            "stop_reason": stop_reason or ("tool_use" if has_tool else "end_turn"),
+            "stop_sequence": None,
+            "usage": {**self._usage(body, content), **usage_override},
+        }
+        return 200, {"request-id": f"req_loopback_{self._next():06d}"}, message
+
+    def _check_headers(self, request: RecordedRequest) -> None:
+        headers = request.headers
+        bearer = headers.get("authorization", "")
+        key = headers.get("x-api-key") or (bearer[7:] if bearer.lower().startswith("bearer ") else "")
+        if not key:
+            raise ProtocolError(401, "x-api-key header is required")
+        if self.api_key is not None and key != self.api_key:
+            raise ProtocolError(401, "invalid x-api-key")
+        if not headers.get("anthropic-version"):
+            raise ProtocolError(400, "anthropic-version header is required")
+        if "application/json" not in headers.get("content-type", ""):
+            raise ProtocolError(400, "content-type must be application/json")
+
+    def _usage(self, body: JSON, content: list[JSON]) -> dict[str, Any]:
+        """Token counts, with the cached prefix simulated: write once, read after."""
+        prefix, rest = _split_at_breakpoint(body)
+        prefix_tokens = estimate_tokens(prefix)
+        written = read = 0
+        if prefix and prefix_tokens >= self.min_cache_tokens:
+            key = hashlib.sha256(f"{body['model']}\0{prefix}".encode()).hexdigest()
+            with self._count_lock:
+                if key in self._cached_prefixes:
+                    read = prefix_tokens
+                else:
+                    self._cached_prefixes.add(key)
+                    written = prefix_tokens
+        uncached = estimate_tokens(rest) + (0 if (written or read) else prefix_tokens)
+        out_text = "".join(block.get("text", "") or json.dumps(block.get("input", {}))
+                           for block in content)
+        return {
+            "input_tokens": max(1, uncached),
+            "output_tokens": max(1, estimate_tokens(out_text)),
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": read,
+            "cache_creation": {"ephemeral_5m_input_tokens": written, "ephemeral_1h_input_tokens": 0},
+            "service_tier": "standard",
+        }
+
+
+def _answer(answer: Any, body: JSON) -> tuple[list[JSON], str | None, dict[str, int]]:
+    """A responder's answer as `(content blocks, stop_reason or None, usage overrides)`."""
+    if isinstance(answer, str):
+        return [{"type": "text", "text": answer}], None, {}
+    if isinstance(answer, list):
+        return answer, None, {}
+    if isinstance(answer, dict):
+        answer = Reply(tool_input=answer)
+    if not isinstance(answer, Reply):
+        raise TypeError(f"responder returned {type(answer).__name__}; expected str, dict, Reply or list")
+    blocks: list[JSON] = []
+    if answer.text:
+        blocks.append({"type": "text", "text": answer.text})
+    if answer.tool_input is not None:
+        blocks.append({"type": "tool_use", "id": f"toolu_loopback_{len(blocks):02d}",
+                       "name": answer.tool_name or _forced_tool(body), "input": dict(answer.tool_input)})
+    return blocks, answer.stop_reason, dict(answer.usage or {})
+
+
+def _forced_tool(body: JSON) -> str:
+    choice = body.get("tool_choice") or {}
+    if choice.get("type") == "tool":
+        return str(choice["name"])
+    tools = body.get("tools") or []
+    if len(tools) == 1:
+        return str(tools[0]["name"])
+    raise TypeError("responder returned a tool input, but the request forces no tool and has "
+                    f"{len(tools)} tools; return Reply(tool_input=..., tool_name=...)")
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(block.get("text", "") if isinstance(block, dict) else "" for block in content or [])
+
+
+def _split_at_breakpoint(body: JSON) -> tuple[str, str]:
+    """The prompt as text, split after the last block that carries `cache_control`.
+
+    The prefix runs tools → system → messages, as the API caches it.
+    """
+    pieces: list[tuple[str, bool]] = []
+    for tool in body.get("tools") or []:
+        pieces.append((json.dumps(tool, sort_keys=True), bool(tool.get("cache_control"))))
+    system = body.get("system")
+    if isinstance(system, str):
+        pieces.append((system, False))
+    elif isinstance(system, list):
+        pieces += [(block.get("text", ""), bool(block.get("cache_control"))) for block in system]
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, list):
+            pieces += [(_text_of([block]), bool(block.get("cache_control"))) for block in content]
+        else:
+            pieces.append((_text_of(content), False))
+    marked = [i for i, (_, has_mark) in enumerate(pieces) if has_mark]
+    if not marked:
+        return "", "".join(text for text, _ in pieces)
+    cut = marked[-1] + 1
+    return "".join(t for t, _ in pieces[:cut]), "".join(t for t, _ in pieces[cut:])
+
+
+def _check_cache_control(where: str, block: Any) -> None:
+    control = block.get("cache_control") if isinstance(block, dict) else None
+    if control is None:
+        return
+    if not isinstance(control, dict) or control.get("type") != "ephemeral":
+        raise ProtocolError(400, f"{where}.cache_control.type: Input should be 'ephemeral'")
+    if control.get("ttl", "5m") not in ("5m", "1h"):
+        raise ProtocolError(400, f"{where}.cache_control.ttl: Input should be '5m' or '1h'")
+
+
+def _check_body(body: JSON, version: str) -> None:
+    """Refuse what the real API refuses, with its wording where it matters."""
+    for name in body:
+        if name not in _FIELDS:
+            raise ProtocolError(400, f"{name}: Extra inputs are not permitted")
+    if version >= NEW_API_VERSION:
+        for name in _SAMPLING:
+            if name in body:
+                raise ProtocolError(400, f"{name}: Extra inputs are not permitted")
+    if body.get("stream"):
+        raise ProtocolError(400, "stream: this loopback server answers non-streaming requests only")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise ProtocolError(400, "model: Field required")
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise ProtocolError(400, "max_tokens: Field required (a positive integer)")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ProtocolError(400, "messages: at least one message is required")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise ProtocolError(400, f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        content = message.get("content")
+        if isinstance(content, list):
+            for j, block in enumerate(content):
+                _check_cache_control(f"messages.{i}.content.{j}", block)
+        elif not isinstance(content, str):
+            raise ProtocolError(400, f"messages.{i}.content: Input should be a string or a list of blocks")
+    system = body.get("system")
+    if isinstance(system, list):
+        for i, block in enumerate(system):
+            if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+                raise ProtocolError(400, f"system.{i}: Input should be a text block")
+            _check_cache_control(f"system.{i}", block)
+    elif system is not None and not isinstance(system, str):
+        raise ProtocolError(400, "system: Input should be a string or a list of text blocks")
+    names: list[str] = []
+    for i, tool in enumerate(body.get("tools") or []):
+        if not isinstance(tool, dict) or not _TOOL_NAME.match(str(tool.get("name", ""))):
+            raise ProtocolError(400, f"tools.{i}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,128}}$'")
+        schema = tool.get("input_schema")
+        if "type" not in tool and (not isinstance(schema, dict) or schema.get("type") != "object"):
+            raise ProtocolError(400, f"tools.{i}.input_schema.type: Input should be 'object'")
+        _check_cache_control(f"tools.{i}", tool)
+        names.append(tool["name"])
+    if len(set(names)) != len(names):
+        raise ProtocolError(400, "tools: Tool names must be unique.")
+    choice = body.get("tool_choice")
+    if choice is not None:
+        kind = choice.get("type") if isinstance(choice, dict) else None
+        if kind not in ("auto", "any", "tool", "none"):
+            raise ProtocolError(400, "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'")
+        if kind == "tool" and choice.get("name") not in names:
+            raise ProtocolError(400, f"tool_choice.name: no tool named {choice.get('name')!r} in tools")
+        if kind in ("any", "tool") and not names:
+            raise ProtocolError(400, "tool_choice: tools must be provided when tool_choice is 'any' or 'tool'")
+    if version < NEW_API_VERSION and "temperature" in body:
+        temperature = body["temperature"]
+        if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 1:
+            raise ProtocolError(400, "temperature: Input should be between 0 and 1")
+
+
+__all__ = ["AnthropicServer", "Fault", "Reply", "default_responder"]

@@ -1,0 +1,207 @@
+"""A loopback stand-in for an OpenAI-compatible endpoint: `POST /v1/chat/completions`, `GET /v1/models`.
+
+Point the SDK at `srv.base_url + "/v1"` (`srv.api_base`). It checks the bearer key
+(unless built with `api_key=None`, like a local vLLM or Ollama), the body's shape and
+`response_format`, and refuses unknown arguments the way OpenAI does. With
+`supports_json_schema=False` it refuses `response_format: json_schema` with a 400, as
+older local servers do, so tests can drive a provider's fallback. It simulates automatic
+prefix caching: a system prompt seen before, of at least `min_cache_tokens`, is reported
+in `usage.prompt_tokens_details.cached_tokens`.
+
+The answer comes from `responder(request_json)`, returning:
+  * `str` — the message content;
+  * `dict` — a JSON object, sent as the content's JSON text (a structured answer);
+  * `Reply` — full control (text or `tool_input` as JSON, `stop_reason` as finish_reason, usage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sia.testing.loopback import (JSON, Fault, LoopbackServer, ProtocolError, RecordedRequest, Reply,
+                                  Route, estimate_tokens)
+
+Responder = Callable[[JSON], "str | dict[str, Any] | Reply"]
+
+CREATED = 1_700_000_000
+"""A fixed `created` timestamp, so identical scripts give identical responses."""
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
+                404: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_exceeded"}
+_ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
+_FIELDS = frozenset({
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
+    "stop", "n", "response_format", "tools", "tool_choice", "stream", "stream_options", "user",
+    "metadata", "store", "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs",
+    "logit_bias", "parallel_tool_calls", "reasoning_effort", "service_tier", "prompt_cache_key",
+    "prompt_cache_retention", "verbosity", "modalities", "prediction", "safety_identifier",
+})
+_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+def default_responder(request: JSON) -> str | dict[str, Any]:
+    """Answers a json_schema request with `{}` and anything else with a short fixed text."""
+    kind = (request.get("response_format") or {}).get("type")
+    return {} if kind in ("json_schema", "json_object") else "ok"
+
+
+class OpenAIServer(LoopbackServer):
+    """`with OpenAIServer(responder) as srv:` then `OpenAI(base_url=srv.api_base, ...)`."""
+
+    def __init__(self, responder: Responder = default_responder, *, api_key: str | None = "test-key",
+                 models: tuple[str, ...] = ("loopback-model",), supports_json_schema: bool = True,
+                 min_cache_tokens: int = 1024) -> None:
+        super().__init__()
+        self.responder = responder
+        self.api_key = api_key
+        self.models = models
+        self.supports_json_schema = supports_json_schema
+        self.min_cache_tokens = min_cache_tokens
+        self._seen_prefixes: set[str] = set()
+        self._count = 0
+        self._count_lock = threading.Lock()
+
+    def __enter__(self) -> OpenAIServer:
+        self.start()
+        return self
+
+    @property
+    def api_base(self) -> str:
+        """The base URL the OpenAI SDK wants (it appends `/chat/completions`)."""
+        return f"{self.base_url}/v1"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment that points a provider, or a `sia` subprocess, at this server."""
+        return {"OPENAI_BASE_URL": self.api_base, "OPENAI_API_KEY": self.api_key or "test-key"}
+
+    @property
+    def completion_requests(self) -> list[JSON]:
+        return [r.body for r in self.requests
+                if r.path.startswith("/v1/chat/completions") and r.body is not None]
+
+    def routes(self) -> dict[tuple[str, str], Route]:
+        return {("POST", "/v1/chat/completions"): self._completions, ("GET", "/v1/models"): self._models}
+
+    def error_body(self, status: int, message: str, error_type: str | None) -> tuple[dict[str, str], JSON]:
+        kind = error_type or _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        return ({"x-request-id": f"req_loopback_{self._next():06d}"},
+                {"error": {"message": message, "type": kind, "param": None,
+                           "code": _ERROR_CODES.get(status)}})
+
+    def _next(self) -> int:
+        with self._count_lock:
+            self._count += 1
+            return self._count
+
+    def _check_auth(self, request: RecordedRequest) -> None:
+        if self.api_key is None:
+            return
+        bearer = request.headers.get("authorization", "")
+        if not bearer.lower().startswith("bearer ") or not bearer[7:].strip():
+            raise ProtocolError(401, "You didn't provide an API key.")
+        if bearer[7:].strip() != self.api_key:
+            raise ProtocolError(401, "Incorrect API key provided.")
+
+    def _models(self, request: RecordedRequest) -> tuple[int, dict[str, str], JSON]:
+        self._check_auth(request)
+        return 200, {}, {"object": "list", "data": [
+            {"id": model, "object": "model", "created": CREATED, "owned_by": "loopback"}
+            for model in self.models]}
+
+    def _completions(self, request: RecordedRequest) -> tuple[int, dict[str, str], JSON]:
+        self._check_auth(request)
+        body = request.body
+        if not isinstance(body, dict):
+            raise ProtocolError(400, "We could not parse the JSON body of your request.")
+        self._check_body(body)
+        answer = self.responder(body)
+        reply = answer if isinstance(answer, Reply) else (
+            Reply(text=answer) if isinstance(answer, str) else Reply(tool_input=answer))
+        content = reply.text if reply.tool_input is None else json.dumps(dict(reply.tool_input))
+        prompt, cached = self._prompt_tokens(body)
+        completion = max(1, estimate_tokens(content))
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
+        if reply.usage:
+            usage.update(reply.usage)
+        return 200, {"x-request-id": f"req_loopback_{self._next():06d}"}, {
+            "id": f"chatcmpl-loopback-{self._next():06d}",
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": reply.stop_reason or "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": content, "refusal": None}}],
+            "usage": usage,
+            "system_fingerprint": "fp_loopback",
+        }
+
+    def _check_body(self, body: JSON) -> None:
+        for name in body:
+            if name not in _FIELDS:
+                raise ProtocolError(400, f"Unrecognized request argument supplied: {name}")
+        if body.get("stream"):
+            raise ProtocolError(400, "stream: this loopback server answers non-streaming requests only")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ProtocolError(400, "you must provide a model parameter")
+        if self.models and model not in self.models:
+            raise ProtocolError(404, f"The model `{model}` does not exist or you do not have access to it.")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ProtocolError(400, "'messages' must contain at least one message")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") not in _ROLES:
+                raise ProtocolError(400, f"Invalid value for 'messages[{i}].role'")
+            if not isinstance(message.get("content"), (str, list)):
+                raise ProtocolError(400, f"Invalid type for 'messages[{i}].content'")
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = body.get(name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ProtocolError(400, f"Invalid '{name}': expected a positive integer")
+        temperature = body.get("temperature")
+        if temperature is not None and (not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2):
+            raise ProtocolError(400, "Invalid 'temperature': expected a number between 0 and 2")
+        self._check_response_format(body.get("response_format"))
+
+    def _check_response_format(self, response_format: Any) -> None:
+        if response_format is None:
+            return
+        kind = response_format.get("type") if isinstance(response_format, dict) else None
+        if kind not in ("text", "json_object", "json_schema"):
+            raise ProtocolError(400, "Invalid value for 'response_format.type'")
+        if kind != "json_schema":
+            return
+        if not self.supports_json_schema:
+            raise ProtocolError(400, "response_format of type 'json_schema' is not supported by this server")
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not spec.get("name") or not isinstance(spec.get("schema"), dict):
+            raise ProtocolError(400, "Missing required parameter: 'response_format.json_schema.name' "
+                                     "or 'response_format.json_schema.schema'")
+
+    def _prompt_tokens(self, body: JSON) -> tuple[int, int]:
+        """`(prompt_tokens, cached_tokens)`: a leading system prompt seen before counts as cached."""
+        texts = [m["content"] if isinstance(m["content"], str) else json.dumps(m["content"])
+                 for m in body["messages"]]
+        prompt = max(1, sum(estimate_tokens(t) for t in texts))
+        first = body["messages"][0]
+        if first["role"] not in ("system", "developer") or not isinstance(first["content"], str):
+            return prompt, 0
+        prefix_tokens = estimate_tokens(first["content"])
+        if prefix_tokens < self.min_cache_tokens:
+            return prompt, 0
+        key = hashlib.sha256(f"{body['model']}\0{first['content']}".encode()).hexdigest()
+        with self._count_lock:
+            seen = key in self._seen_prefixes
+            self._seen_prefixes.add(key)
+        return prompt, prefix_tokens if seen else 0
+
+
+__all__ = ["Fault", "OpenAIServer", "Reply", "default_responder"]

@@ -1,0 +1,66 @@
+"""Issue B's operations through the real CLI: fork, diff, audit (and --rejudge), replay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.cli import sia, sia_json
+
+
+def feedback_boundary(home: Path, run_id: str, nth: int = 0) -> int:
+    events = [json.loads(line) for line in sia(home, "log", run_id, "--json").stdout.splitlines()]
+    requests = [e["seq"] for e in events if e["type"] == "EffectRequested"
+                and e["payload"]["kind"] == "feedback"]
+    return requests[nth] - 1
+
+
+def test_fork_diff_audit_and_rejudge(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    parent = sia(home, "run", "--task", "toy", "--max-gen", "3", "--quiet").stdout.split()[-1]
+    at = feedback_boundary(home, parent, nth=1)
+    fork = sia(home, "fork", parent, "--at", str(at), "--set", "feedback.force=update_weights:entropic",
+               "--set", "max_gen=4").stdout.split()[-1]
+    assert sia_json(home, "show", fork)["seq"] == at + 1
+    sia(home, "resume", fork, "--quiet")
+
+    diff = sia_json(home, "diff", parent, fork)
+    assert diff["common_events"] == at and diff["common_ancestor"] == parent
+    assert diff["first_divergence"][fork] == f"seq {at + 1} RunForked"
+    assert [row["generation"] for row in diff["scores"]] == [0, 1, 2, 3]
+    assert diff["scores"][1][parent] == diff["scores"][1][fork]
+    spend = diff["spend"][fork]
+    assert spend["inherited"]["tokens"] > 0 and spend["own"]["tokens"] > 0
+    assert spend["total"]["tokens"] == spend["own"]["tokens"] + spend["inherited"]["tokens"]
+    assert "harness" in sia(home, "diff", parent, fork).stdout
+
+    rows = sia_json(home, "audit", fork)
+    forced = rows[1]
+    assert (forced["action"], forced["algorithm"], forced["forced"]) == ("update_weights", "entropic", True)
+    assert forced["recommended_algorithm"] and forced["evidence"]["digest_hash"]
+    assert forced["delta"] == round(rows[2]["score_before"] - forced["score_before"], 6)
+    assert "entropic" in sia(home, "audit", fork).stdout
+
+    judged = sia_json(home, "audit", parent, "--rejudge", "deterministic")
+    assert judged["rejudge"] == {"decisions": 2, "agreed": 2, "agreement": 1.0}
+    rejudge_runs = [d["rejudged"]["run_id"] for d in judged["decisions"]]
+    statuses = {r["run_id"]: r["status"] for r in sia_json(home, "runs")}
+    assert all(statuses[r] == "paused" for r in rejudge_runs)
+    for run in (fork, *rejudge_runs):
+        assert sia(home, "replay", run, "--check").returncode == 0
+
+
+def test_replay_to_folds_only_a_prefix_and_fork_refuses_bad_seqs(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run = sia(home, "run", "--task", "toy", "--max-gen", "2", "--quiet").stdout.split()[-1]
+    state = sia_json(home, "replay", run, "--to", "12")
+    assert state["seq"] == 12 and state["status"] == "running"
+    assert sia_json(home, "replay", run, "--to", "12", "--check")["check"]["ok"]
+    for at, message in (("0", "its history has 0 events"), ("9999", "its history has")):
+        result = sia(home, "fork", run, "--at", at, check=False)
+        assert result.returncode == 1 and message in result.stderr
+    derived = next(json.loads(line)["seq"] for line in
+                   sia(home, "log", run, "--json", "--type", "HarnessProposed").stdout.splitlines())
+    result = sia(home, "fork", run, "--at", str(derived - 1), check=False)
+    assert result.returncode == 1 and "splits an effect's outcome" in result.stderr
+    assert len(sia_json(home, "runs")) == 1
