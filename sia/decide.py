@@ -79,7 +79,7 @@ def step(state: LoopState) -> list[BaseEvent]:
         return [GenerationStarted(generation=0, harness_hash=state.harness_hash,
                                   adapter_hash=state.adapter_hash)]
 
-    missing = [s for s in state.task.dev_ids if s not in current.recorded_samples]
+    missing = [s for s in episode_ids(state, current.index) if s not in current.recorded_samples]
     if missing:
         return [request_episode(state, current, sample_id) for sample_id in missing]
 
@@ -125,6 +125,26 @@ def step(state: LoopState) -> list[BaseEvent]:
 
     return [GenerationStarted(generation=current.index + 1, harness_hash=state.harness_hash,
                               adapter_hash=state.adapter_hash)]
+
+
+# ---------------------------------------------------------------- which samples run
+
+
+def rollout_ids(state: LoopState, generation: int) -> tuple[str, ...]:
+    """The train samples whose trajectories feed a weight update (mode WH only)."""
+    task, config = state.task, state.config
+    assert task is not None and config is not None
+    if config.mode != "WH" or not task.rollouts_per_generation or not task.train_ids:
+        return ()
+    ranked = sorted(task.train_ids,
+                    key=lambda i: content_hash({"seed": config.seed, "generation": generation, "id": i}))
+    return tuple(ranked[: task.rollouts_per_generation])
+
+
+def episode_ids(state: LoopState, generation: int) -> tuple[str, ...]:
+    """Dev samples (scored) first, then this generation's rollouts (training data)."""
+    assert state.task is not None
+    return state.task.dev_ids + rollout_ids(state, generation)
 
 
 # ---------------------------------------------------------------- stopping and best
@@ -235,21 +255,24 @@ def request_evaluation(state: LoopState, generation: Generation) -> EffectReques
     return request_effect(state, "evaluate", {
         **_task_fields(state),
         "generation": generation.index,
-        "predictions": [[s, by_sample[s].prediction] for s in state.task.dev_ids],
+        "predictions": [[s, by_sample[s].prediction]
+                        for s in episode_ids(state, generation.index)],
     })
 
 
 def request_feedback(state: LoopState, generation: Generation) -> EffectRequested:
     config = state.config
     assert config is not None and state.task is not None
-    shape = classify_rewards(generation.rewards)
+    shape = classify_rewards(generation.rewards[: len(state.task.dev_ids)])
     history = [
-        {"generation": g.index, "score": g.score,
+        {"generation": g.index, "score": g.score, "harness_hash": g.harness_hash,
+         "adapter_hash": g.adapter_hash_after or g.adapter_hash,
          "action": g.decision.action if g.decision else None,
          "algorithm": g.decision.algorithm if g.decision else None}
         for g in state.generations
     ]
-    rewards = dict(zip(state.task.dev_ids, generation.rewards))
+    rewards = episode_rewards(state, generation)
+    dev = set(state.task.dev_ids)
     return request_effect(state, "feedback", {
         **_task_fields(state),
         "generation": generation.index,
@@ -261,8 +284,9 @@ def request_feedback(state: LoopState, generation: Generation) -> EffectRequeste
         "best_generation": state.best_generation,
         "episodes": [
             {"episode_id": e.episode_id, "sample_id": e.sample_id, "status": e.status,
-             "reward": rewards.get(e.sample_id, 0.0), "trajectory_hash": e.trajectory_hash}
-            for e in generation.episodes
+             "prediction": e.prediction, "reward": rewards.get(e.sample_id, 0.0),
+             "trajectory_hash": e.trajectory_hash}
+            for e in generation.episodes if e.sample_id in dev
         ],
         "reward_shape": {"kind": shape.kind, "recommended": shape.recommended_algorithm,
                          "reason": shape.reason},
@@ -274,8 +298,10 @@ def request_training(state: LoopState, generation: Generation) -> EffectRequeste
     config, decision = state.config, generation.decision
     assert config is not None and decision is not None and decision.plan is not None
     assert state.task is not None
-    rewards = dict(zip(state.task.dev_ids, generation.rewards))
+    rewards = episode_rewards(state, generation)
+    rollouts = set(rollout_ids(state, generation.index))
     chosen = set(decision.plan.episodes)
+    pool = [e for e in generation.episodes if e.sample_id in rollouts] or list(generation.episodes)
     return request_effect(state, "train", {
         **_task_fields(state),
         "generation": generation.index,
@@ -288,6 +314,11 @@ def request_training(state: LoopState, generation: Generation) -> EffectRequeste
         "episodes": [
             {"episode_id": e.episode_id, "sample_id": e.sample_id,
              "reward": rewards.get(e.sample_id, 0.0), "trajectory_hash": e.trajectory_hash}
-            for e in generation.episodes if not chosen or e.episode_id in chosen
+            for e in pool if not chosen or e.episode_id in chosen
         ],
     })
+
+
+def episode_rewards(state: LoopState, generation: Generation) -> dict[str, float]:
+    """Reward per sample id, in the order the evaluation request listed them."""
+    return dict(zip(episode_ids(state, generation.index), generation.rewards))

@@ -66,12 +66,23 @@ class RunConfig(Frozen):
 
 
 class TaskSnapshot(Frozen):
-    """What a run knows about its task: public identity only, never held-out labels."""
+    """What a run knows about its task: public identity only, never held-out labels.
+
+    Each generation runs every dev sample (scored) and, in mode WH, a seeded subset of
+    `rollouts_per_generation` train samples whose trajectories are the training data, so
+    a weight update never learns from the samples that judge it.
+    """
 
     name: str
     task_hash: str
     dev_ids: tuple[str, ...]
     reward_kind: str = "binary"
+    train_ids: tuple[str, ...] = ()
+    rollouts_per_generation: int = 0
+    source: str | None = None
+    """Where the task was loaded from (a bundled name or a folder), for handlers."""
+    data: str | None = None
+    """A user data path the task was built from (e.g. LawBench's 3-3.json)."""
 
 
 class Usage(Frozen):

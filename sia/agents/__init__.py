@@ -1,0 +1,1 @@
+"""The loop's agents: Meta and Feedback (LLM-backed or the built-in policy)."""

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sia.agents.builtin import Diagnosis, decide_feedback, diagnose
+from sia.agents.template import Knobs, read_knobs, render
+
+OPTIONS = ["animal", "color", "fruit", "tool"]
+
+
+def request(scores: list[float], actions: list[str | None], *, mode: str = "WH",
+            force: str | None = None, best: int | None = None) -> dict[str, Any]:
+    history = [{"generation": i, "score": s, "action": a, "algorithm": None, "harness_hash": f"h{i}"}
+               for i, (s, a) in enumerate(zip(scores, actions))]
+    best = best if best is not None else max(range(len(scores)), key=lambda i: (scores[i], -i))
+    return {"generation": len(scores) - 1, "history": history, "mode": mode, "force": force,
+            "best_generation": best,
+            "reward_shape": {"recommended": "grpo", "reason": "binary pass/fail at 30%"}}
+
+
+def episodes(statuses: list[tuple[str, str | None, float]]) -> list[dict[str, Any]]:
+    return [{"episode_id": f"e{i}", "sample_id": f"s{i}", "status": status, "prediction": prediction,
+             "reward": reward} for i, (status, prediction, reward) in enumerate(statuses)]
+
+
+def test_diagnosis_sorts_failures_by_kind() -> None:
+    eps = episodes([("ok", "fruit", 1.0), ("ok", "the the", 0.0), ("ok", "tool", 0.0),
+                    ("timeout", None, 0.0), ("ok", "", 0.0)])
+    d = diagnose(eps, {e["sample_id"]: OPTIONS for e in eps})
+    assert (d.n, d.correct, d.unparseable, d.crashed) == (5, 1, 2, 1)
+    assert d.summary == "5 dev episodes: 1 correct, 2 unparseable, 1 crashed, 1 wrong"
+
+
+def never(generation: int) -> Knobs | None:
+    raise AssertionError("no rollback expected")
+
+
+def test_unparseable_answers_lead_to_a_format_edit() -> None:
+    decision = decide_feedback(request([0.05], [None]), None, Diagnosis(32, 28, 0, 2), never)
+    assert decision["action"] == "edit_harness"
+    assert read_knobs(decision["harness"]) == Knobs(extract="option", samples=5, fallback="first_option")
+    assert "28/32 dev answers unparseable" in decision["rationale"]
+
+
+def test_parseable_but_wrong_in_wh_leads_to_training_with_the_recommended_algorithm() -> None:
+    decision = decide_feedback(request([0.05, 0.3], ["edit_harness", None]),
+                               Knobs(extract="option", samples=5, fallback="first_option"),
+                               Diagnosis(32, 0, 0, 10), never)
+    assert decision["action"] == "update_weights" and decision["plan"]["algorithm"] == "grpo"
+
+
+def test_mode_h_turns_knobs_then_stops() -> None:
+    knobs = Knobs(extract="option", samples=5, fallback="first_option")
+    decision = decide_feedback(request([0.05, 0.3], ["edit_harness", None], mode="H"), knobs,
+                               Diagnosis(32, 0, 0, 10), never)
+    assert decision["action"] == "edit_harness" and read_knobs(decision["harness"]).samples == 9
+    spent = knobs.with_(samples=9, temperature=0.7)
+    decision = decide_feedback(request([0.05, 0.3], ["edit_harness", None], mode="H"), spent,
+                               Diagnosis(32, 0, 0, 10), never)
+    assert decision["action"] == "stop"
+
+
+def test_regression_rolls_back_to_the_best_generation() -> None:
+    best_knobs = Knobs(extract="option", samples=5, fallback="first_option")
+    decision = decide_feedback(request([0.05, 0.4, 0.2], ["edit_harness", "update_weights", None]),
+                               best_knobs.with_(samples=9), Diagnosis(32, 0, 0, 6),
+                               lambda g: best_knobs if g == 1 else None)
+    assert decision["rollback_to"] == 1
+    assert "roll back to 1" in decision["rationale"]
+
+
+def test_forced_decisions_are_obeyed_and_marked() -> None:
+    decision = decide_feedback(request([0.05], [None], force="update_weights:dpo"), None,
+                               Diagnosis(32, 28, 0, 2), never)
+    assert (decision["action"], decision["plan"]["algorithm"], decision["forced"]) == ("update_weights", "dpo", True)
+    assert decide_feedback(request([0.05], [None], force="stop"), None, Diagnosis(1, 0, 0, 0), never)["action"] == "stop"
+
+
+def test_a_good_score_stops() -> None:
+    assert decide_feedback(request([0.97], [None]), None, Diagnosis(32, 0, 0, 31), never)["action"] == "stop"
+
+
+def test_template_harness_round_trips_its_knobs_and_answers() -> None:
+    knobs = Knobs(extract="option", samples=3, temperature=0.5, fallback="first_option")
+    source = render(knobs)
+    assert read_knobs(source) == knobs
+    assert read_knobs("def solve(sample, model):\n    return 'x'\n") is None
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "harness", "exec"), namespace)
+
+    class Model:
+        def complete(self, prompt: str, **params: Any) -> list[str]:
+            assert params["n"] == 3 and "options: animal, color, fruit, tool" in prompt
+            return ["Fruit!", "tool", "fruit basket"]
+
+    assert namespace["solve"]({"id": "s", "sentence": "a plum", "options": OPTIONS}, Model()) == "fruit"
