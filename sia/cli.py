@@ -20,7 +20,7 @@ from rich.table import Table
 
 from sia.config import ConfigError, apply_overrides, parse_assignments
 from sia.events.mapper import MAPPER, EventDecodeError
-from sia.events.types import RunConfig
+from sia.events.types import RunConfig, TaskSnapshot
 from sia.reducers.loop import FoldError
 from sia.reducers.state import LoopState
 from sia.store.base import EventStore, StoreError
@@ -77,23 +77,29 @@ def emit_json(value: Any) -> None:
 # ---------------------------------------------------------------- driving runs
 
 
-def _runtime(store: EventStore, config: RunConfig, concurrency: int, cache: str,
-             observer: Callable[..., None] | None = None) -> Any:
+def _runtime(store: EventStore, config: RunConfig, task: TaskSnapshot | None, concurrency: int,
+             cache: str, observer: Callable[..., None] | None = None) -> Any:
     from sia.runtime import Runtime
-    from sia.wiring import handlers_for
+    from sia.wiring import BackendUnavailable, handlers_for
 
     if cache not in ("off", "read", "readwrite"):
         raise CliError(f"--cache must be off, read or readwrite, not {cache!r}")
-    return Runtime(store, handlers_for(config), concurrency=concurrency, cache=cache,  # type: ignore[arg-type]
+    try:
+        registry = handlers_for(config, task)
+    except BackendUnavailable as exc:
+        raise CliError(str(exc)) from None
+    return Runtime(store, registry, concurrency=concurrency, cache=cache,  # type: ignore[arg-type]
                    home=sia_home(), observer=observer)
 
 
-def _drive(store: EventStore, run_id: str, config: RunConfig, concurrency: int, cache: str,
+def _drive(store: EventStore, run_id: str, state: LoopState, concurrency: int, cache: str,
            quiet: bool) -> LoopState:
     from sia.progress import LiveProgress, summary_table
 
+    assert state.config is not None
     progress = LiveProgress(err)
-    runtime = _runtime(store, config, concurrency, cache, None if quiet else progress)
+    runtime = _runtime(store, state.config, state.task, concurrency, cache,
+                       None if quiet else progress)
     try:
         if quiet:
             state = runtime.drive(run_id)
@@ -125,7 +131,6 @@ def run(
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Name the run (default: task-time-random).")] = None,
 ) -> None:
     """Start a run; prints the run id as the last line."""
-    from sia.runtime import Runtime
     from sia.tasks.catalog import UnknownTask, resolve_task
 
     try:
@@ -138,11 +143,11 @@ def run(
     overrides.update(parse_assignments(set_))
     config = apply_overrides(RunConfig(task=resolved.snapshot.name), overrides)
     with opened_store() as store:
-        run_id = Runtime(store, _runtime(store, config, concurrency, cache).registry).create(
-            config, resolved.snapshot, run_id=run_id)
+        runtime = _runtime(store, config, resolved.snapshot, concurrency, cache)
+        run_id = runtime.create(config, resolved.snapshot, run_id=run_id)
         err.print(f"run {run_id} started (meta={config.meta}, feedback={config.feedback}, "
                   f"target={config.target}, trainer={config.trainer})")
-        _drive(store, run_id, config, concurrency, cache, quiet)
+        _drive(store, run_id, load(store, run_id), concurrency, cache, quiet)
     print(run_id)
 
 
@@ -158,7 +163,7 @@ def resume(
         state = load(store, run_id)
         if state.config is None:
             raise CliError(f"run {run_id} has no configuration (empty log)")
-        state = _drive(store, run_id, state.config, concurrency, cache, quiet)
+        state = _drive(store, run_id, state, concurrency, cache, quiet)
     print(run_id)
 
 
@@ -170,16 +175,13 @@ def fork(
                                             "feedback.force=update_weights:grpo.")] = [],
 ) -> None:
     """Branch a run at an event; the parent's prefix is shared, never copied. Prints the new id."""
-    from sia.runtime import Runtime
-
     with opened_store() as store:
         state = load(store, run_id, at)
         if state.seq != at or state.config is None:
             raise CliError(f"cannot fork {run_id} at seq {at}: its history has {state.seq} events")
         overrides = parse_assignments(set_)
         config = apply_overrides(state.config, overrides)
-        new_id = _runtime(store, config, 1, "readwrite")
-        new_id = Runtime(store, new_id.registry).fork(run_id, at, config, overrides)
+        new_id = _runtime(store, config, state.task, 1, "readwrite").fork(run_id, at, config, overrides)
     err.print(f"forked {run_id}@{at}; continue it with: sia resume {new_id}")
     print(new_id)
 
@@ -354,7 +356,7 @@ def audit(
 
             assert state.config is not None
             config = apply_overrides(state.config, {"feedback": rejudge})
-            results = rejudge_run(_runtime(store, config, 2, "readwrite"), run_id, rejudge)
+            results = rejudge_run(_runtime(store, config, state.task, 2, "readwrite"), run_id, rejudge)
             for row, result in zip(rows, results):
                 row["rejudged"] = {"provider": rejudge, "run_id": result.fork_run_id,
                                    "action": result.rejudged[0] if result.rejudged else None,
