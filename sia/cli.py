@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sia.config import ConfigError, apply_overrides, parse_assignments
-from sia.events.mapper import MAPPER, EventDecodeError
+from sia.events.mapper import EventDecodeError
 from sia.events.types import RunConfig, TaskSnapshot
 from sia.reducers.loop import FoldError
 from sia.reducers.state import LoopState
@@ -439,15 +439,11 @@ def diff(run_a: str, run_b: str, as_json: Annotated[bool, typer.Option("--json")
 
 def entrypoint() -> None:
     """Run the app, turning expected failures into one line on stderr and exit status 1."""
-    from sia.config import ConfigError as _ConfigError
-    from sia.runtime import LeaseHeld
-
     try:
         app(standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (CliError, StoreError, ConfigError, _ConfigError, FoldError, EventDecodeError,
-            BlobMissing, LeaseHeld) as exc:
+    except (CliError, StoreError, ConfigError, FoldError, EventDecodeError, BlobMissing) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -72,6 +72,16 @@ def seal(
     )
 
 
+def seal_batch(events: list[EncodedEvent] | tuple[EncodedEvent, ...], run_id: str, last_seq: int,
+               prev_hash: str, recorded_at: str) -> list[StoredEvent]:
+    """Chain a batch onto a history that ends at `last_seq` with `prev_hash`."""
+    sealed = []
+    for offset, encoded in enumerate(events, start=1):
+        sealed.append(seal(encoded, run_id, last_seq + offset, prev_hash, recorded_at))
+        prev_hash = sealed[-1].hash
+    return sealed
+
+
 def hash_is_valid(event: StoredEvent) -> bool:
     return event.hash == event_hash(
         event.prev_hash, event.run_id, event.seq, event.type, event.schema_version,

@@ -255,6 +255,15 @@ class EventStore(ABC):
             prev_hash, expected_seq = event.hash, expected_seq + 1
         return expected_seq - 1
 
+    def chain_start(self, parent_run_id: str | None, fork_seq: int | None) -> tuple[int, str]:
+        """(last seq, last hash) that a new run's first event chains onto."""
+        if (parent_run_id is None) != (fork_seq is None):
+            raise InvalidFork("a fork needs both a parent run and a fork seq")
+        if parent_run_id is None or fork_seq is None:
+            return 0, GENESIS_HASH
+        point = self.fork_point(parent_run_id, fork_seq)
+        return point.seq, point.hash
+
     def fork_point(self, parent_run_id: str, fork_seq: int) -> StoredEvent:
         """The parent's event a fork chains onto; refuses seqs outside its history."""
         last = self.last_seq(parent_run_id)

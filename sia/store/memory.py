@@ -7,12 +7,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from sia.events.canonical import GENESIS_HASH
-from sia.events.envelope import EncodedEvent, StoredEvent, seal
+from sia.events.envelope import EncodedEvent, StoredEvent, seal_batch
 from sia.store.base import (
     CacheEntry,
     ConcurrencyError,
     EventStore,
-    InvalidFork,
     LeaseHeld,
     RunExists,
     RunRecord,
@@ -45,16 +44,10 @@ class MemoryEventStore(EventStore):
         with self._lock:
             if run_id in self._runs:
                 raise RunExists(run_id)
-            if (parent_run_id is None) != (fork_seq is None):
-                raise InvalidFork("a fork needs both a parent run and a fork seq")
-            if parent_run_id is None:
-                seq, prev = 0, GENESIS_HASH
-            else:
-                point = self.fork_point(parent_run_id, fork_seq or 0)
-                seq, prev = point.seq, point.hash
+            seq, prev = self.chain_start(parent_run_id, fork_seq)
             self._runs[run_id] = RunRecord(run_id, parent_run_id, fork_seq, self._clock())
             self._events[run_id] = []
-            return self._seal_and_add(run_id, events, seq, prev)
+            return self._add(run_id, events, seq, prev)
 
     def append(
         self, run_id: str, events: Sequence[EncodedEvent], expected_last_seq: int
@@ -64,18 +57,10 @@ class MemoryEventStore(EventStore):
             actual = 0 if last is None else last.seq
             if actual != expected_last_seq:
                 raise ConcurrencyError(run_id, expected_last_seq, actual)
-            return self._seal_and_add(run_id, events, actual, last.hash if last else GENESIS_HASH)
+            return self._add(run_id, events, actual, last.hash if last else GENESIS_HASH)
 
-    def _seal_and_add(
-        self, run_id: str, events: Sequence[EncodedEvent], seq: int, prev: str
-    ) -> list[StoredEvent]:
-        now = self._clock()
-        sealed = []
-        for encoded in events:
-            seq += 1
-            stored = seal(encoded, run_id, seq, prev, now)
-            sealed.append(stored)
-            prev = stored.hash
+    def _add(self, run_id: str, events: Sequence[EncodedEvent], seq: int, prev: str) -> list[StoredEvent]:
+        sealed = seal_batch(list(events), run_id, seq, prev, self._clock())
         self._events[run_id].extend(sealed)
         return sealed
 

@@ -21,12 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sia.events.canonical import GENESIS_HASH
-from sia.events.envelope import EncodedEvent, StoredEvent, seal
+from sia.events.envelope import EncodedEvent, StoredEvent, seal_batch
 from sia.store.base import (
     CacheEntry,
     ConcurrencyError,
     EventStore,
-    InvalidFork,
     LeaseHeld,
     RunExists,
     RunRecord,
@@ -134,16 +133,10 @@ class SqliteEventStore(EventStore):
         parent_run_id: str | None = None,
         fork_seq: int | None = None,
     ) -> list[StoredEvent]:
-        if (parent_run_id is None) != (fork_seq is None):
-            raise InvalidFork("a fork needs both a parent run and a fork seq")
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
                 raise RunExists(run_id)
-            if parent_run_id is None:
-                seq, prev = 0, GENESIS_HASH
-            else:
-                point = self.fork_point(parent_run_id, fork_seq or 0)
-                seq, prev = point.seq, point.hash
+            seq, prev = self.chain_start(parent_run_id, fork_seq)
             conn.execute(
                 "INSERT INTO runs (run_id, parent_run_id, fork_seq, created_at) VALUES (?,?,?,?)",
                 (run_id, parent_run_id, fork_seq, self._clock()),
@@ -164,13 +157,7 @@ class SqliteEventStore(EventStore):
         self, conn: sqlite3.Connection, run_id: str, events: Sequence[EncodedEvent],
         seq: int, prev: str,
     ) -> list[StoredEvent]:
-        now = self._clock()
-        sealed = []
-        for encoded in events:
-            seq += 1
-            stored = seal(encoded, run_id, seq, prev, now)
-            sealed.append(stored)
-            prev = stored.hash
+        sealed = seal_batch(list(events), run_id, seq, prev, self._clock())
         try:
             conn.executemany(
                 f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
