@@ -336,3 +336,33 @@ def test_replay_to_a_seq() -> None:
 def test_run_config_defaults_are_sane() -> None:
     config = RunConfig(task="x")
     assert (config.mode, config.max_generations, config.meta) == ("WH", 3, "builtin")
+
+
+def test_resume_reattaches_to_a_submitted_training_job() -> None:
+    seen: list[str | None] = []
+
+    class DiesAfterSubmitting:
+        kind = "train"
+        inner = deterministic_registry().get("train")
+        armed = True
+
+        def run(self, request: dict, ctx: EffectContext) -> EffectResult:
+            seen.append(ctx.call_id)
+            if self.armed:
+                self.armed = False
+                self.inner.run(request, ctx)
+                raise KeyboardInterrupt
+            return self.inner.run(request, ctx)
+
+    registry = deterministic_registry()
+    registry.register(DiesAfterSubmitting())
+    runtime = make_runtime(registry=registry)
+    runtime.create(toy_config(max_generations=3), toy_task(), run_id="run")
+    with pytest.raises(KeyboardInterrupt):
+        runtime.drive("run")
+    [pending] = load_state(runtime.store, "run").pending.values()
+    assert pending.kind == "train" and pending.call_id.startswith("det-")
+    runtime.drive("run")
+    submitted = [e for e in runtime.store.read("run") if e.type == "TrainingJobSubmitted"]
+    assert len(submitted) == 1 and seen == [None, pending.call_id]
+    assert load_state(runtime.store, "run").status == "completed"
