@@ -159,6 +159,7 @@ class Runtime:
             raise
         finally:
             heartbeat.stop()
+            self.registry.close()
             self.store.release_lease(run_id, holder)
         return self._state
 

@@ -65,6 +65,13 @@ class HandlerRegistry:
     def register(self, handler: EffectHandler) -> None:
         self.handlers[handler.kind] = handler
 
+    def close(self) -> None:
+        """Release what handlers hold across effects (model gateways, servers, processes)."""
+        for handler in self.handlers.values():
+            close = getattr(handler, "close", None)
+            if callable(close):
+                close()
+
     def get(self, kind: str) -> EffectHandler:
         try:
             return self.handlers[kind]
