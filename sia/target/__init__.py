@@ -1,0 +1,1 @@
+"""Target model backends: the model the harness runs, reached only through the gateway."""
