@@ -23,7 +23,6 @@ before which the meta effect proposes the first harness (re-asked until valid).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from sia.events.canonical import content_hash
@@ -54,9 +53,7 @@ def decide(state: LoopState) -> list[BaseEvent]:
             break
         batch.extend(events)
         for event in events:
-            state = dataclasses.replace(
-                apply_event(state, event, state.seq + 1, state.run_id), seq=state.seq + 1
-            )
+            state = apply_event(state, event, state.seq + 1, state.run_id)._replace(seq=state.seq + 1)
         if state.pending or state.status != "running":
             break
     return batch

@@ -27,9 +27,16 @@ from pathlib import Path
 from typing import Literal
 
 from sia.decide import decide
+from sia.effects.base import (
+    EffectContext,
+    EffectError,
+    EffectResult,
+    HandlerRegistry,
+    TransientEffectError,
+)
 from sia.events.canonical import canonical_json, content_hash
-from sia.events.mapper import MAPPER
 from sia.events.envelope import StoredEvent
+from sia.events.mapper import MAPPER
 from sia.events.types import (
     BaseEvent,
     EffectCompleted,
@@ -41,13 +48,6 @@ from sia.events.types import (
     RunResumed,
     TaskSnapshot,
     Usage,
-)
-from sia.effects.base import (
-    EffectContext,
-    EffectError,
-    EffectResult,
-    HandlerRegistry,
-    TransientEffectError,
 )
 from sia.failpoints import Failpoints
 from sia.interpret import DERIVED_TYPES, ResultInvalid, interpret, interpret_failure

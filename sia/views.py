@@ -6,7 +6,6 @@ pure makes the interface contract testable without a terminal.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from sia.reducers.state import Generation, LoopState, Spend, state_hash, to_jsonable
@@ -27,7 +26,7 @@ def show(state: LoopState) -> dict[str, Any]:
         "mode": config.mode if config else None,
         "parent_run_id": state.parent_run_id,
         "fork_seq": state.fork_seq,
-        "overrides": state.overrides,
+        "overrides": dict(state.overrides),
         "generation": state.generation,
         "best_generation": state.best_generation,
         "best_score": state.best_score,
@@ -114,7 +113,7 @@ def audit_rows(state: LoopState) -> list[dict[str, Any]]:
 
 
 def spend_dict(spend: Spend) -> dict[str, Any]:
-    return {**asdict(spend), "tokens": spend.tokens}
+    return {**spend._asdict(), "tokens": spend.tokens}
 
 
 def branch_spend(state: LoopState) -> dict[str, Any]:

@@ -16,9 +16,9 @@ import re
 from typing import Any
 
 from sia.config import dollars
+from sia.effects.base import EffectContext, EffectResult, HandlerRegistry
 from sia.events.canonical import canonical_json, content_hash
 from sia.events.types import TaskSnapshot, TrainingJobSubmitted, Usage
-from sia.effects.base import EffectContext, EffectResult, HandlerRegistry
 
 TOY_DEV_IDS = tuple(f"toy-{i:02d}" for i in range(8))
 

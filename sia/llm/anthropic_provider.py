@@ -20,7 +20,13 @@ from typing import Any
 import anthropic
 from pydantic import ValidationError
 
-from sia.llm.errors import NO_STATUS, MissingCredentials, PermanentLLMError, TransientLLMError, from_http_status
+from sia.llm.errors import (
+    NO_STATUS,
+    MissingCredentials,
+    PermanentLLMError,
+    TransientLLMError,
+    from_http_status,
+)
 from sia.llm.types import DEFAULT_MODELS, LLMRequest, LLMResponse, Usage
 
 DEFAULT_MODEL = DEFAULT_MODELS["anthropic"]

@@ -17,7 +17,13 @@ from typing import Any, Literal
 import openai
 from pydantic import ValidationError
 
-from sia.llm.errors import NO_STATUS, MissingCredentials, PermanentLLMError, TransientLLMError, from_http_status
+from sia.llm.errors import (
+    NO_STATUS,
+    MissingCredentials,
+    PermanentLLMError,
+    TransientLLMError,
+    from_http_status,
+)
 from sia.llm.types import LLMRequest, LLMResponse, ResponseSchema, Usage
 
 StructuredMode = Literal["json_schema", "prompt"]

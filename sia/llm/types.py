@@ -14,7 +14,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sia.events.canonical import canonical_json
-
 from sia.llm.errors import MissingCredentials, PermanentLLMError, TransientLLMError
 
 __all__ = [

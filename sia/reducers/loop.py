@@ -1,12 +1,13 @@
-"""Folding events into LoopState: `evolve` checks an event's place, `apply_event` its meaning.
+"""Folding events into LoopState: `evolve` checks an event's place, the reducers its meaning.
 
-Pure: no I/O, no clock, no randomness. `decide` reuses `apply_event` to look ahead at the
-events it is about to emit, so the two can never disagree about what an event means.
+Each reducer is pure (no I/O, no clock, no randomness) and returns the *changes* its event
+makes to the state, as a dict of fields; `evolve` applies them with the event's seq and
+hash in a single copy. `decide` reuses `apply_event` to look ahead at the events it is
+about to emit, so the two can never disagree about what an event means.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -35,16 +36,14 @@ from sia.events.types import (
     Usage,
 )
 from sia.reducers.state import (
+    ZERO,
     Decision,
     Episode,
     FailedEffect,
     Generation,
     LoopState,
     PendingEffect,
-    Spend,
 )
-
-replace = dataclasses.replace
 
 
 class FoldError(ValueError):
@@ -68,25 +67,31 @@ def evolve(state: LoopState, recorded: RecordedEvent) -> LoopState:
         raise FoldError(recorded.seq, f"out of order: expected seq {state.seq + 1}")
     if recorded.prev_hash != state.last_hash:
         raise FoldError(recorded.seq, "prev_hash does not link to the folded history")
-    state = apply_event(state, recorded.event, recorded.seq, recorded.run_id)
-    return replace(state, seq=recorded.seq, last_hash=recorded.hash)
+    changes = changes_of(state, recorded.event, recorded.seq, recorded.run_id)
+    return state._replace(**changes, seq=recorded.seq, last_hash=recorded.hash)
 
 
 def apply_event(state: LoopState, event: BaseEvent, seq: int, run_id: str | None) -> LoopState:
-    handler = _HANDLERS.get(type(event))
-    if handler is None:
+    """The state after `event`, without checking its place in a log (for look-ahead)."""
+    return state._replace(**changes_of(state, event, seq, run_id))
+
+
+def changes_of(state: LoopState, event: BaseEvent, seq: int, run_id: str | None) -> Changes:
+    reducer = _REDUCERS.get(type(event))
+    if reducer is None:
         raise FoldError(seq, f"no reducer for {event.type}")
-    return handler(state, event, seq, run_id)
+    return reducer(state, event, seq, run_id)
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _with_current(state: LoopState, seq: int, **changes: Any) -> LoopState:
+def _current(state: LoopState, seq: int, **changes: Any) -> Changes:
+    """Changes that update the current generation."""
     if not state.generations:
         raise FoldError(seq, "no generation has started")
-    current = replace(state.generations[-1], **changes)
-    return replace(state, generations=state.generations[:-1] + (current,))
+    current = state.generations[-1]._replace(**changes)
+    return {"generations": state.generations[:-1] + (current,)}
 
 
 def _require_generation(state: LoopState, generation: int, seq: int, what: str) -> Generation:
@@ -104,136 +109,134 @@ def _own(state: LoopState, seq: int) -> bool:
 # ---------------------------------------------------------------- run lifecycle
 
 
-def _run_created(state: LoopState, e: RunCreated, seq: int, run_id: str | None) -> LoopState:
+def _run_created(state: LoopState, e: RunCreated, seq: int, run_id: str | None) -> Changes:
     if state.status != "new":
         raise FoldError(seq, "RunCreated in a run that already exists")
-    return replace(state, run_id=run_id, status="running", config=e.config, task=e.task)
+    return {"run_id": run_id, "status": "running", "config": e.config, "task": e.task}
 
 
-def _run_forked(state: LoopState, e: RunForked, seq: int, run_id: str | None) -> LoopState:
+def _run_forked(state: LoopState, e: RunForked, seq: int, run_id: str | None) -> Changes:
     if state.status == "new":
         raise FoldError(seq, "RunForked before RunCreated")
-    return replace(
-        state, run_id=run_id, parent_run_id=e.parent_run_id, fork_seq=e.fork_seq,
-        config=e.config, overrides={**state.overrides, **e.overrides},
-        status="running", stop_reason=None, error=None, ledger=replace(state.ledger, own=Spend()),
-    )
+    return {"run_id": run_id, "parent_run_id": e.parent_run_id, "fork_seq": e.fork_seq,
+            "config": e.config, "overrides": {**state.overrides, **e.overrides},
+            "status": "running", "stop_reason": None, "error": None,
+            "ledger": state.ledger._replace(own=ZERO)}
 
 
-def _run_paused(state: LoopState, e: RunPaused, seq: int, run_id: str | None) -> LoopState:
-    return replace(state, status="paused") if state.status == "running" else state
+def _run_paused(state: LoopState, e: RunPaused, seq: int, run_id: str | None) -> Changes:
+    return {"status": "paused"} if state.status == "running" else {}
 
 
-def _run_resumed(state: LoopState, e: RunResumed, seq: int, run_id: str | None) -> LoopState:
-    return replace(state, status="running") if state.status == "paused" else state
+def _run_resumed(state: LoopState, e: RunResumed, seq: int, run_id: str | None) -> Changes:
+    return {"status": "running"} if state.status == "paused" else {}
 
 
-def _run_completed(state: LoopState, e: RunCompleted, seq: int, run_id: str | None) -> LoopState:
-    return replace(state, status="completed", stop_reason=e.reason)
+def _run_completed(state: LoopState, e: RunCompleted, seq: int, run_id: str | None) -> Changes:
+    return {"status": "completed", "stop_reason": e.reason}
 
 
-def _run_failed(state: LoopState, e: RunFailed, seq: int, run_id: str | None) -> LoopState:
-    return replace(state, status="failed", error=e.error)
+def _run_failed(state: LoopState, e: RunFailed, seq: int, run_id: str | None) -> Changes:
+    return {"status": "failed", "error": e.error}
 
 
 # ---------------------------------------------------------------- effects
 
 
-def _effect_requested(state: LoopState, e: EffectRequested, seq: int, run_id: str | None) -> LoopState:
+def _effect_requested(state: LoopState, e: EffectRequested, seq: int, run_id: str | None) -> Changes:
     if e.effect_id in state.pending:
         raise FoldError(seq, f"effect {e.effect_id} is already pending")
     pending = PendingEffect(e.effect_id, e.kind, e.request, e.request_hash, seq)
-    return replace(state, pending={**state.pending, e.effect_id: pending})
+    return {"pending": {**state.pending, e.effect_id: pending}}
 
 
-def _settle(state: LoopState, effect_id: str, seq: int) -> tuple[PendingEffect, dict[str, PendingEffect]]:
+def _settled(state: LoopState, effect_id: str, seq: int) -> tuple[PendingEffect, dict[str, PendingEffect]]:
     pending = state.pending.get(effect_id)
     if pending is None:
         raise FoldError(seq, f"effect {effect_id} was not requested or already settled")
-    rest = {k: v for k, v in state.pending.items() if k != effect_id}
-    return pending, rest
+    return pending, {k: v for k, v in state.pending.items() if k != effect_id}
 
 
-def _charge(state: LoopState, kind: str, usage: Usage, seq: int, *, cache_hit: bool = False,
-            failed: bool = False) -> LoopState:
-    """Add an effect's cost to the ledger and to the generation it was spent in."""
-    ledger = state.ledger.add(kind, usage, _own(state, seq), cache_hit=cache_hit, failed=failed)
-    state = replace(state, ledger=ledger)
+def _charged(state: LoopState, kind: str, usage: Usage, seq: int, *, cache_hit: bool = False,
+             failed: bool = False) -> Changes:
+    """An effect's cost, added to the ledger and to the generation it was spent in."""
+    changes: Changes = {"ledger": state.ledger.add(kind, usage, _own(state, seq),
+                                                   cache_hit=cache_hit, failed=failed)}
     if state.generations:
         spend = state.generations[-1].spend.add(usage, cache_hit=cache_hit, failed=failed)
-        state = _with_current(state, seq, spend=spend)
-    return state
+        changes.update(_current(state, seq, spend=spend))
+    return changes
 
 
-def _effect_completed(state: LoopState, e: EffectCompleted, seq: int, run_id: str | None) -> LoopState:
-    _, rest = _settle(state, e.effect_id, seq)
-    state = _charge(state, e.kind, e.usage, seq, cache_hit=e.cached_from is not None)
-    return replace(state, pending=rest)
+def _effect_completed(state: LoopState, e: EffectCompleted, seq: int, run_id: str | None) -> Changes:
+    _, rest = _settled(state, e.effect_id, seq)
+    return {**_charged(state, e.kind, e.usage, seq, cache_hit=e.cached_from is not None),
+            "pending": rest}
 
 
-def _effect_failed(state: LoopState, e: EffectFailed, seq: int, run_id: str | None) -> LoopState:
-    state = _charge(state, e.kind, e.usage, seq, failed=True)
+def _effect_failed(state: LoopState, e: EffectFailed, seq: int, run_id: str | None) -> Changes:
+    charged = _charged(state, e.kind, e.usage, seq, failed=True)
     if e.will_retry:
         pending = state.pending.get(e.effect_id)
         if pending is None:
             raise FoldError(seq, f"retry of effect {e.effect_id} that is not pending")
-        retried = replace(pending, attempts=e.attempt)
-        return replace(state, pending={**state.pending, e.effect_id: retried})
-    pending, rest = _settle(state, e.effect_id, seq)
+        retried = pending._replace(attempts=e.attempt)
+        return {**charged, "pending": {**state.pending, e.effect_id: retried}}
+    pending, rest = _settled(state, e.effect_id, seq)
     failure = FailedEffect(e.effect_id, e.kind, pending.request, e.error)
-    return replace(state, pending=rest, failed=state.failed + (failure,))
+    return {**charged, "pending": rest, "failed": state.failed + (failure,)}
 
 
-def _job_submitted(state: LoopState, e: TrainingJobSubmitted, seq: int, run_id: str | None) -> LoopState:
+def _job_submitted(state: LoopState, e: TrainingJobSubmitted, seq: int, run_id: str | None) -> Changes:
     pending = state.pending.get(e.effect_id)
     if pending is None:
         raise FoldError(seq, f"training job for effect {e.effect_id} that is not pending")
-    updated = replace(pending, job_id=e.job_id, call_id=e.call_id)
-    return replace(state, pending={**state.pending, e.effect_id: updated})
+    submitted = pending._replace(job_id=e.job_id, call_id=e.call_id)
+    return {"pending": {**state.pending, e.effect_id: submitted}}
 
 
 # ---------------------------------------------------------------- the loop's facts
 
 
-def _harness_proposed(state: LoopState, e: HarnessProposed, seq: int, run_id: str | None) -> LoopState:
+def _harness_proposed(state: LoopState, e: HarnessProposed, seq: int, run_id: str | None) -> Changes:
     attempts = state.meta_attempts + 1
     if e.valid and e.harness_hash:
-        return replace(state, meta_attempts=attempts, harness_hash=e.harness_hash, meta_problems=())
-    return replace(state, meta_attempts=attempts, meta_problems=e.problems)
+        return {"meta_attempts": attempts, "harness_hash": e.harness_hash, "meta_problems": ()}
+    return {"meta_attempts": attempts, "meta_problems": e.problems}
 
 
-def _generation_started(state: LoopState, e: GenerationStarted, seq: int, run_id: str | None) -> LoopState:
+def _generation_started(state: LoopState, e: GenerationStarted, seq: int, run_id: str | None) -> Changes:
     expected = 0 if state.current is None else state.current.index + 1
     if e.generation != expected:
         raise FoldError(seq, f"generation {e.generation} started, expected {expected}")
     generation = Generation(e.generation, e.harness_hash, e.adapter_hash)
-    return replace(state, generations=state.generations + (generation,))
+    return {"generations": state.generations + (generation,)}
 
 
-def _episode_recorded(state: LoopState, e: EpisodeRecorded, seq: int, run_id: str | None) -> LoopState:
+def _episode_recorded(state: LoopState, e: EpisodeRecorded, seq: int, run_id: str | None) -> Changes:
     current = _require_generation(state, e.generation, seq, "episode")
     if e.sample_id in current.recorded_samples:
         raise FoldError(seq, f"sample {e.sample_id} already recorded in generation {e.generation}")
-    episode = Episode(e.episode_id, e.sample_id, e.status, e.prediction,
-                      e.trajectory_hash, e.error)
-    return _with_current(state, seq, episodes=current.episodes + (episode,))
+    episode = Episode(e.episode_id, e.sample_id, e.status, e.prediction, e.trajectory_hash, e.error)
+    return _current(state, seq, episodes=current.episodes + (episode,),
+                    recorded_samples=current.recorded_samples | {e.sample_id})
 
 
-def _evaluation_recorded(state: LoopState, e: EvaluationRecorded, seq: int, run_id: str | None) -> LoopState:
+def _evaluation_recorded(state: LoopState, e: EvaluationRecorded, seq: int, run_id: str | None) -> Changes:
     _require_generation(state, e.generation, seq, "evaluation")
-    return _with_current(state, seq, score=e.score, rewards=e.rewards, failures=dict(e.failures))
+    return _current(state, seq, score=e.score, rewards=e.rewards, failures=dict(e.failures))
 
 
-def _generation_completed(state: LoopState, e: GenerationCompleted, seq: int, run_id: str | None) -> LoopState:
+def _generation_completed(state: LoopState, e: GenerationCompleted, seq: int, run_id: str | None) -> Changes:
     _require_generation(state, e.generation, seq, "completion")
     best_score = state.best_score
     if state.best_generation != e.best_generation:
         best_score = state.generations[e.best_generation].score
-    return replace(_with_current(state, seq, completed=True),
-                   best_generation=e.best_generation, best_score=best_score)
+    return {**_current(state, seq, completed=True),
+            "best_generation": e.best_generation, "best_score": best_score}
 
 
-def _feedback_decided(state: LoopState, e: FeedbackDecided, seq: int, run_id: str | None) -> LoopState:
+def _feedback_decided(state: LoopState, e: FeedbackDecided, seq: int, run_id: str | None) -> Changes:
     _require_generation(state, e.generation, seq, "decision")
     decision = Decision(
         generation=e.generation, seq=seq, action=e.action, rationale=e.rationale,
@@ -243,28 +246,29 @@ def _feedback_decided(state: LoopState, e: FeedbackDecided, seq: int, run_id: st
         harness_hash=e.harness_hash, plan=e.plan, rollback_to=e.rollback_to,
         provider=e.provider, forced=e.forced,
     )
-    return _with_current(state, seq, decision=decision)
+    return _current(state, seq, decision=decision)
 
 
-def _rolled_back(state: LoopState, e: RolledBack, seq: int, run_id: str | None) -> LoopState:
+def _rolled_back(state: LoopState, e: RolledBack, seq: int, run_id: str | None) -> Changes:
     _require_generation(state, e.generation, seq, "rollback")
-    state = _with_current(state, seq, rolled_back=True)
-    return replace(state, harness_hash=e.harness_hash, adapter_hash=e.adapter_hash)
+    return {**_current(state, seq, rolled_back=True),
+            "harness_hash": e.harness_hash, "adapter_hash": e.adapter_hash}
 
 
-def _harness_edited(state: LoopState, e: HarnessEdited, seq: int, run_id: str | None) -> LoopState:
+def _harness_edited(state: LoopState, e: HarnessEdited, seq: int, run_id: str | None) -> Changes:
     _require_generation(state, e.generation, seq, "harness edit")
-    return replace(_with_current(state, seq, harness_edited=True), harness_hash=e.to_hash)
+    return {**_current(state, seq, harness_edited=True), "harness_hash": e.to_hash}
 
 
-def _adapter_checkpointed(state: LoopState, e: AdapterCheckpointed, seq: int, run_id: str | None) -> LoopState:
+def _adapter_checkpointed(state: LoopState, e: AdapterCheckpointed, seq: int, run_id: str | None) -> Changes:
     _require_generation(state, e.generation, seq, "adapter")
-    return replace(_with_current(state, seq, adapter_hash_after=e.adapter_hash),
-                   adapter_hash=e.adapter_hash)
+    return {**_current(state, seq, adapter_hash_after=e.adapter_hash),
+            "adapter_hash": e.adapter_hash}
 
 
-_Handler = Callable[[LoopState, Any, int, "str | None"], LoopState]
-_HANDLERS: dict[type[BaseEvent], _Handler] = {
+Changes = dict[str, Any]
+_Reducer = Callable[[LoopState, Any, int, "str | None"], Changes]
+_REDUCERS: dict[type[BaseEvent], _Reducer] = {
     RunCreated: _run_created,
     RunForked: _run_forked,
     RunPaused: _run_paused,

@@ -22,8 +22,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sia.testing.loopback import (JSON, Fault, LoopbackServer, ProtocolError, RecordedRequest, Reply,
-                                  Route, estimate_tokens)
+from sia.testing.loopback import (
+    JSON,
+    Fault,
+    LoopbackServer,
+    ProtocolError,
+    RecordedRequest,
+    Reply,
+    Route,
+    estimate_tokens,
+)
 
 Responder = Callable[[JSON], "str | dict[str, Any] | Reply"]
 

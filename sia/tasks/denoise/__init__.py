@@ -1,7 +1,18 @@
 """Single-cell RNA-seq count denoising (openproblems style): simulator, MCV split, metric, baselines, evaluator."""
 
-from sia.tasks.denoise.baselines import identity, magic, markov_matrix, oracle, pca_scores
-from sia.tasks.denoise.evaluator import DenoiseResult, evaluate, reference_mses, reward_from_mse
+from sia.tasks.denoise.baselines import (
+    identity,
+    magic,
+    markov_matrix,
+    oracle,
+    pca_scores,
+)
+from sia.tasks.denoise.evaluator import (
+    DenoiseResult,
+    evaluate,
+    reference_mses,
+    reward_from_mse,
+)
 from sia.tasks.denoise.mcv import TRAIN_FRACTION, split_counts
 from sia.tasks.denoise.metric import TARGET_SUM, log_normalise, mse_norm
 from sia.tasks.denoise.simulate import Simulation, SimulationParams, simulate

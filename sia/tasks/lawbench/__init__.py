@@ -9,7 +9,13 @@ from sia.tasks.lawbench.cases import (
     parse_records,
     split_cases,
 )
-from sia.tasks.lawbench.scoring import CaseScore, aggregate, extract_charges, f1_two_sets, score
+from sia.tasks.lawbench.scoring import (
+    CaseScore,
+    aggregate,
+    extract_charges,
+    f1_two_sets,
+    score,
+)
 
 __all__ = [
     "Case",

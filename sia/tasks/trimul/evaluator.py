@@ -27,7 +27,13 @@ from dataclasses import dataclass
 
 import torch
 
-from sia.tasks.trimul.reference import Distribution, ShapeSpec, TrimulInputs, make_inputs, trimul_reference
+from sia.tasks.trimul.reference import (
+    Distribution,
+    ShapeSpec,
+    TrimulInputs,
+    make_inputs,
+    trimul_reference,
+)
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
