@@ -53,7 +53,8 @@ from sia.failpoints import Failpoints
 from sia.interpret import DERIVED_TYPES, ResultInvalid, interpret, interpret_failure
 from sia.reducers.loop import evolve, fold
 from sia.reducers.state import LoopState, PendingEffect
-from sia.store.base import CacheEntry, EventStore, InvalidFork, LeaseHeld, new_holder
+from sia.reducers.snapshot import REDUCER_VERSION, decode_state, encode_state
+from sia.store.base import CacheEntry, EventStore, InvalidFork, LeaseHeld, Snapshot, new_holder
 from sia.store.home import sia_home
 
 CacheMode = Literal["off", "read", "readwrite"]
@@ -76,8 +77,24 @@ def default_backoff(attempt: int, retry_after: float | None) -> float:
     return min(30.0, 0.5 * 2 ** (attempt - 1))
 
 
+SNAPSHOT_EVERY = 5000
+"""Events between snapshots; below this a run folds from scratch in milliseconds anyway."""
+
+
 def load_state(store: EventStore, run_id: str, upto: int | None = None) -> LoopState:
-    return fold(MAPPER.decode(e) for e in store.read(run_id, upto=upto))
+    """Fold a run, starting from its newest valid snapshot when there is one."""
+    state, after = LoopState(), 0
+    snapshot = store.latest_snapshot(run_id, REDUCER_VERSION, upto)
+    if snapshot is not None:
+        event = store.event_at(run_id, snapshot.seq)
+        if event is not None and event.hash == snapshot.last_hash:
+            state, after = decode_state(snapshot.body), snapshot.seq
+    return fold((MAPPER.decode(e) for e in store.read(run_id, after=after, upto=upto)), state)
+
+
+def save_snapshot(store: EventStore, run_id: str, state: LoopState) -> None:
+    store.put_snapshot(Snapshot(run_id, state.seq, REDUCER_VERSION, state.last_hash,
+                                encode_state(state)))
 
 
 @dataclass
@@ -97,6 +114,7 @@ class Runtime:
         self._lock = threading.RLock()
         self._state = LoopState()
         self._run_id = ""
+        self._snapshot_seq = 0
 
     # ---------------------------------------------------------------- starting runs
 
@@ -136,6 +154,7 @@ class Runtime:
         try:
             self._run_id = run_id
             self._state = load_state(self.store, run_id)
+            self._snapshot_seq = self._state.seq
             if self._state.status == "paused":
                 self._append([RunResumed(reason="resume")])
             batches = 0
@@ -160,6 +179,8 @@ class Runtime:
         finally:
             heartbeat.stop()
             self.registry.close()
+            if self._state.seq - self._snapshot_seq >= SNAPSHOT_EVERY // 5:
+                save_snapshot(self.store, run_id, self._state)
             self.store.release_lease(run_id, holder)
         return self._state
 
@@ -181,6 +202,9 @@ class Runtime:
             )
             for event in stored:
                 self._state = evolve(self._state, MAPPER.decode(event))
+            if self._state.seq - self._snapshot_seq >= SNAPSHOT_EVERY:
+                save_snapshot(self.store, self._run_id, self._state)
+                self._snapshot_seq = self._state.seq
             if self.observer:
                 self.observer(self._state, stored)
             return stored

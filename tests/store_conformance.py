@@ -23,6 +23,7 @@ from sia.store.base import (
     LeaseHeld,
     RunExists,
     RunRecord,
+    Snapshot,
     UnknownRun,
 )
 from sia.store.blobs import BlobMissing
@@ -181,6 +182,19 @@ class EventStoreConformance:
         store.cache_put(CacheEntry("k", "episode", "e2", "b", '{"x":2}', "{}"))
         hit = store.cache_get("k")
         assert hit is not None and hit.effect_id == "e1" and hit.result == '{"x":1}'
+
+    # ---------------------------------------------------------------- snapshots
+
+    def test_latest_snapshot_by_version_and_seq(self, store: EventStore) -> None:
+        store.create_run("a", encoded(5))
+        assert store.latest_snapshot("a", "v1") is None
+        for seq in (2, 4):
+            store.put_snapshot(Snapshot("a", seq, "v1", f"h{seq}", f"body{seq}"))
+        store.put_snapshot(Snapshot("a", 5, "v2", "h5", "other"))
+        assert store.latest_snapshot("a", "v1").seq == 4
+        assert store.latest_snapshot("a", "v1", upto=3).body == "body2"
+        assert store.latest_snapshot("a", "v1", upto=1) is None
+        assert store.latest_snapshot("a", "v2").seq == 5
 
     # ---------------------------------------------------------------- leases
 

@@ -210,7 +210,12 @@ def _generation_started(state: LoopState, e: GenerationStarted, seq: int, run_id
     if e.generation != expected:
         raise FoldError(seq, f"generation {e.generation} started, expected {expected}")
     generation = Generation(e.generation, e.harness_hash, e.adapter_hash)
-    return {"generations": state.generations + (generation,)}
+    done = state.generations
+    if done:
+        # A finished generation keeps its score, rewards, decision and spend; its episodes
+        # are in the log and no transition reads them again, so the state stays small.
+        done = done[:-1] + (done[-1]._replace(episodes=(), recorded_samples=frozenset()),)
+    return {"generations": done + (generation,)}
 
 
 def _episode_recorded(state: LoopState, e: EpisodeRecorded, seq: int, run_id: str | None) -> Changes:

@@ -95,6 +95,17 @@ class CacheEntry:
     usage: str
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Folded state of `run_id` at `seq` (whose event hash was `last_hash`), by reducer version."""
+
+    run_id: str
+    seq: int
+    version: str
+    last_hash: str
+    body: str
+
+
 def lineage_segments(chain: Sequence[RunRecord]) -> list[Segment]:
     """Segments of a history, oldest first; `chain` runs from the run up to its root.
 
@@ -190,6 +201,13 @@ class EventStore(ABC):
     @abstractmethod
     def cache_put(self, entry: CacheEntry) -> None:
         """Keep the first entry for a key: the original effect stays the one cited."""
+
+    @abstractmethod
+    def put_snapshot(self, snapshot: Snapshot) -> None: ...
+
+    @abstractmethod
+    def latest_snapshot(self, run_id: str, version: str, upto: int | None = None) -> Snapshot | None:
+        """The run's newest snapshot for this reducer version at or before `upto`."""
 
     @abstractmethod
     def acquire_lease(self, run_id: str, holder: str, ttl_s: float) -> None:

@@ -16,6 +16,7 @@ from sia.store.base import (
     RunExists,
     RunRecord,
     Segment,
+    Snapshot,
     UnknownRun,
     holder_is_dead,
     segment_bounds,
@@ -32,6 +33,7 @@ class MemoryEventStore(EventStore):
         self._events: dict[str, list[StoredEvent]] = {}
         self._cache: dict[str, CacheEntry] = {}
         self._leases: dict[str, tuple[str, float]] = {}
+        self._snapshots: dict[str, list[Snapshot]] = {}
         self._lock = threading.RLock()
 
     def create_run(
@@ -109,6 +111,15 @@ class MemoryEventStore(EventStore):
     def cache_put(self, entry: CacheEntry) -> None:
         with self._lock:
             self._cache.setdefault(entry.key, entry)
+
+    def put_snapshot(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            self._snapshots.setdefault(snapshot.run_id, []).append(snapshot)
+
+    def latest_snapshot(self, run_id: str, version: str, upto: int | None = None) -> Snapshot | None:
+        fitting = [s for s in self._snapshots.get(run_id, [])
+                   if s.version == version and (upto is None or s.seq <= upto)]
+        return max(fitting, key=lambda s: s.seq, default=None)
 
     def acquire_lease(self, run_id: str, holder: str, ttl_s: float) -> None:
         with self._lock:

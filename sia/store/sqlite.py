@@ -30,6 +30,7 @@ from sia.store.base import (
     RunExists,
     RunRecord,
     Segment,
+    Snapshot,
     StoreError,
     UnknownRun,
     holder_is_dead,
@@ -39,7 +40,7 @@ from sia.store.blobs import FileBlobStore
 from sia.store.clock import utc_now
 from sia.store.home import blobs_path, database_path, sia_home
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _EVENT_COLUMNS = "run_id, seq, type, schema_version, payload, prev_hash, hash, recorded_at"
 
 _APPEND_ONLY = tuple(
@@ -103,6 +104,10 @@ class SqliteEventStore(EventStore):
                 {"key": str, "kind": str, "effect_id": str, "run_id": str,
                  "result": str, "usage": str},
                 pk="key", if_not_exists=True,
+            )
+            db["snapshots"].create(
+                {"run_id": str, "seq": int, "version": str, "last_hash": str, "body": str},
+                pk=("run_id", "version", "seq"), if_not_exists=True,
             )
             db["leases"].create(
                 {"run_id": str, "holder": str, "expires_at": float}, pk="run_id",
@@ -240,6 +245,22 @@ class SqliteEventStore(EventStore):
                 "VALUES (?,?,?,?,?,?)",
                 (entry.key, entry.kind, entry.effect_id, entry.run_id, entry.result, entry.usage),
             )
+
+    def put_snapshot(self, snapshot: Snapshot) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO snapshots (run_id, seq, version, last_hash, body) "
+                "VALUES (?,?,?,?,?)",
+                (snapshot.run_id, snapshot.seq, snapshot.version, snapshot.last_hash, snapshot.body),
+            )
+
+    def latest_snapshot(self, run_id: str, version: str, upto: int | None = None) -> Snapshot | None:
+        row = self._conn.execute(
+            "SELECT run_id, seq, version, last_hash, body FROM snapshots "
+            "WHERE run_id = ? AND version = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
+            (run_id, version, upto if upto is not None else 2**62),
+        ).fetchone()
+        return Snapshot(*row) if row else None
 
     def acquire_lease(self, run_id: str, holder: str, ttl_s: float) -> None:
         with self._write() as conn:
