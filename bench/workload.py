@@ -23,6 +23,7 @@ from sia.events.types import (
     GenerationCompleted,
     GenerationStarted,
     HarnessEdited,
+    HarnessProposed,
     RunConfig,
     RunCreated,
     TaskSnapshot,
@@ -57,6 +58,14 @@ def events(count: int, episodes: int = 200, seed: int = 0) -> Iterator[BaseEvent
         config=RunConfig(task="bench", max_generations=10**6, patience=10**6),
         task=TaskSnapshot(name="bench", task_hash=content_hash("bench"), dev_ids=dev_ids))]))
     harness = content_hash("harness-0")
+    meta = {"task": "bench", "attempt": 1, "seed": 1}
+    meta_id = effect_id_for("meta", content_hash(meta))
+    yield from budgeted(iter([
+        EffectRequested(effect_id=meta_id, kind="meta", request=meta, request_hash=content_hash(meta)),
+        EffectCompleted(effect_id=meta_id, kind="meta",
+                        result={"harness_hash": harness, "valid": True, "problems": []}),
+        HarnessProposed(effect_id=meta_id, harness_hash=harness, valid=True),
+    ]))
     generation = 0
     while emitted < count:
         yield from budgeted(_generation(rng, generation, dev_ids, harness))
