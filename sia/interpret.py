@@ -66,11 +66,6 @@ class TrainResult(Frozen):
     metrics: dict[str, float] = {}
 
 
-DERIVED_TYPES = frozenset({"HarnessProposed", "EpisodeRecorded", "EvaluationRecorded",
-                           "FeedbackDecided", "AdapterCheckpointed"})
-"""Event types `interpret` derives; they are committed with the outcome they come from."""
-
-
 class ResultInvalid(ValueError):
     """An effect handler returned a result that does not fit its kind."""
 

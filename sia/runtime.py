@@ -50,11 +50,11 @@ from sia.events.types import (
     Usage,
 )
 from sia.failpoints import Failpoints
-from sia.interpret import DERIVED_TYPES, ResultInvalid, interpret, interpret_failure
+from sia.interpret import ResultInvalid, interpret, interpret_failure
 from sia.reducers.loop import evolve, fold
 from sia.reducers.state import LoopState, PendingEffect
 from sia.reducers.snapshot import REDUCER_VERSION, decode_state, encode_state
-from sia.store.base import CacheEntry, EventStore, InvalidFork, LeaseHeld, Snapshot, new_holder
+from sia.store.base import CacheEntry, EventStore, LeaseHeld, Snapshot, new_holder
 from sia.store.home import sia_home
 
 CacheMode = Literal["off", "read", "readwrite"]
@@ -127,15 +127,9 @@ class Runtime:
              overrides: dict[str, str], run_id: str | None = None) -> str:
         """A new run on the parent's first `at` events, shared by reference.
 
-        `at` must be a transaction boundary: an effect's outcome and the events derived
-        from it are one fact, and a fork between them would ask for the effect again.
+        Any seq will do. A fork between an effect's outcome and the events derived from it
+        asks for that effect again and is served its recorded result from the cache.
         """
-        following = self.store.event_at(parent_run_id, at + 1)
-        if following is not None and following.type in DERIVED_TYPES:
-            raise InvalidFork(
-                f"cannot fork {parent_run_id} at seq {at}: it splits an effect's outcome from "
-                f"its {following.type} at seq {at + 1}; fork at seq {at - 1} or {at + 1}"
-            )
         run_id = run_id or new_run_id(config.task)
         event = RunForked(parent_run_id=parent_run_id, fork_seq=at, overrides=overrides,
                           config=config)
