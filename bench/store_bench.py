@@ -10,6 +10,8 @@ payloads), each stored as its canonical sia envelope. Measured side by side:
   transaction) over the whole workload, events/s;
 * read + decode + fold of the whole run into sia's LoopState (each peer reads its rows
   back and hands them to the same decoder and reducer, so only storage differs);
+* for sia also: the pure fold of already-decoded events, and loading the run through a
+  snapshot (what `resume`/`show` do once the runtime has written one);
 * fork cost versus parent length. sia records a fork by reference (one row + one event).
   eventsourcing has no lineage, so its fork is copying the parent's events into a new
   aggregate. LangGraph forks a thread by putting a checkpoint whose parent is the fork
@@ -41,6 +43,7 @@ from sia.events.envelope import EncodedEvent, StoredEvent, seal_batch  # noqa: E
 from sia.events.mapper import MAPPER  # noqa: E402
 from sia.events.types import RunConfig, RunForked  # noqa: E402
 from sia.reducers.loop import fold  # noqa: E402
+from sia.runtime import load_state, save_snapshot  # noqa: E402
 from sia.store.sqlite import SqliteEventStore  # noqa: E402
 
 BATCH = 1000
@@ -218,6 +221,13 @@ def main() -> None:
             else:
                 store.append_batched(parent, encoded[:size])
             row[f"fork_ms_{size}"] = fork_ms(store, parent, 5)
+        if cls is Sia:
+            decoded = [MAPPER.decode(e) for e in store.read_events("run")]
+            row["fold_only_s"] = min(timed(lambda: fold(decoded)) for _ in range(3))
+            del decoded
+            save_snapshot(store.store, "run", load_state(store.store, "run"))
+            row["load_with_snapshot_s"] = min(timed(lambda: load_state(store.store, "run"))
+                                              for _ in range(3))
         results[cls.name] = row
         print(f"  {cls.name}: " + ", ".join(f"{k}={v:,.3f}" for k, v in row.items()), flush=True)
 
