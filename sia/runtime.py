@@ -52,8 +52,8 @@ from sia.events.types import (
 from sia.failpoints import Failpoints
 from sia.interpret import ResultInvalid, interpret, interpret_failure
 from sia.reducers.loop import evolve, fold
-from sia.reducers.state import LoopState, PendingEffect
 from sia.reducers.snapshot import REDUCER_VERSION, decode_state, encode_state
+from sia.reducers.state import LoopState, PendingEffect
 from sia.store.base import CacheEntry, EventStore, LeaseHeld, Snapshot, new_holder
 from sia.store.home import sia_home
 

@@ -14,15 +14,14 @@ but are not sent.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 import anthropic
 from pydantic import ValidationError
 
+from sia.llm.clients import ClientPerKey, api_key
 from sia.llm.errors import (
     NO_STATUS,
-    MissingCredentials,
     PermanentLLMError,
     TransientLLMError,
     from_http_status,
@@ -43,9 +42,8 @@ class AnthropicProvider:
         self.base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         self.api_key_env = api_key_env
         self.timeout = timeout
-        self._client: anthropic.Anthropic | None = None
-        self._client_key: str | None = None
-        self._lock = threading.Lock()
+        self._clients = ClientPerKey(lambda key: anthropic.Anthropic(
+            api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout))
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
@@ -57,7 +55,7 @@ class AnthropicProvider:
     def complete(self, request: LLMRequest) -> LLMResponse:
         if request.provider != self.name:
             raise PermanentLLMError(f"anthropic: request is for provider {request.provider!r}")
-        client = self._client_for(self._key())
+        client = self._clients.get(self._key())
         try:
             message = client.messages.create(**build_params(request))
         except anthropic.APIStatusError as exc:
@@ -71,27 +69,10 @@ class AnthropicProvider:
         return to_response(request, message)
 
     def _key(self) -> str:
-        key = os.environ.get(self.api_key_env, "").strip()
-        if not key:
-            raise MissingCredentials(self.api_key_env, self.name)
-        return key
-
-    def _client_for(self, key: str) -> anthropic.Anthropic:
-        """One client (one connection pool) per key, shared by threads; a rotated key gets a
-        fresh client and the old one is left to calls still using it."""
-        with self._lock:
-            if self._client is None or self._client_key != key:
-                self._client = anthropic.Anthropic(
-                    api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout)
-                self._client_key = key
-            return self._client
+        return api_key(self.api_key_env, self.name)
 
     def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-            self._client = None
-            self._client_key = None
+        self._clients.close()
 
 
 def build_params(request: LLMRequest) -> dict[str, Any]:

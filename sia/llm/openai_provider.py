@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from typing import Any, Literal
 
 import openai
 from pydantic import ValidationError
 
+from sia.llm.clients import ClientPerKey, api_key
 from sia.llm.errors import (
     NO_STATUS,
-    MissingCredentials,
     PermanentLLMError,
     TransientLLMError,
     from_http_status,
@@ -51,9 +50,8 @@ class OpenAIProvider:
         self.structured_mode: StructuredMode = structured_mode
         self.strict_schema = strict_schema
         self.max_tokens_field = max_tokens_field
-        self._client: openai.OpenAI | None = None
-        self._client_key: str | None = None
-        self._lock = threading.Lock()
+        self._clients = ClientPerKey(lambda key: openai.OpenAI(
+            api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout))
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
@@ -67,7 +65,7 @@ class OpenAIProvider:
         model = request.model or self.default_model
         if not model:
             raise PermanentLLMError("openai: the request names no model and no default_model is set")
-        client = self._client_for(self._key())
+        client = self._clients.get(self._key())
         mode = self.structured_mode
         try:
             completion = self._create(client, request, model, mode)
@@ -95,27 +93,10 @@ class OpenAIProvider:
     def _key(self) -> str:
         if self.api_key_env is None:
             return NO_KEY
-        key = os.environ.get(self.api_key_env, "").strip()
-        if not key:
-            raise MissingCredentials(self.api_key_env, self.name)
-        return key
-
-    def _client_for(self, key: str) -> openai.OpenAI:
-        """One client (one connection pool) per key, shared by threads; a rotated key gets a
-        fresh client and the old one is left to calls still using it."""
-        with self._lock:
-            if self._client is None or self._client_key != key:
-                self._client = openai.OpenAI(
-                    api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout)
-                self._client_key = key
-            return self._client
+        return api_key(self.api_key_env, self.name)
 
     def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-            self._client = None
-            self._client_key = None
+        self._clients.close()
 
 
 def schema_instruction(schema: ResponseSchema) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -129,7 +130,7 @@ class ProtocolError(Exception):
         self.error_type = error_type
 
 
-class LoopbackServer:
+class LoopbackServer(ABC):
     """Base of the stand-ins: a ThreadingHTTPServer on 127.0.0.1:0, used as a context manager."""
 
     def __init__(self) -> None:
@@ -144,13 +145,13 @@ class LoopbackServer:
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
 
-    # -- subclass hooks
+    # -- what each protocol defines
 
-    def routes(self) -> dict[tuple[str, str], Route]:
-        raise NotImplementedError
+    @abstractmethod
+    def routes(self) -> dict[tuple[str, str], Route]: ...
 
-    def error_body(self, status: int, message: str, error_type: str | None) -> tuple[dict[str, str], JSON]:
-        raise NotImplementedError
+    @abstractmethod
+    def error_body(self, status: int, message: str, error_type: str | None) -> tuple[dict[str, str], JSON]: ...
 
     # -- scripting
 
