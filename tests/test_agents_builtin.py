@@ -94,3 +94,36 @@ def test_template_harness_round_trips_its_knobs_and_answers() -> None:
             return ["Fruit!", "tool", "fruit basket"]
 
     assert namespace["solve"]({"id": "s", "sentence": "a plum", "options": OPTIONS}, Model()) == "fruit"
+
+
+def test_builtin_handlers_store_harnesses_as_blobs() -> None:
+    from pathlib import Path
+
+    from sia.agents.builtin import BuiltinFeedback, BuiltinMeta
+    from sia.effects.base import EffectContext
+    from sia.store.blobs import MemoryBlobStore
+
+    blobs = MemoryBlobStore()
+    ctx = EffectContext(run_id="r", effect_id="e", kind="meta", seed=1, attempt=1, blobs=blobs,
+                        home=Path("/nonexistent"))
+
+    class Task:
+        name = "t"
+
+        def reference_harness(self) -> str | None:
+            return "def solve(sample, model):\n    return model.complete(sample['sentence'])\n"
+
+    meta = BuiltinMeta(lambda request: Task(), validate=lambda source: [])
+    first = meta.run({"attempt": 1}, ctx).result
+    assert first["valid"] and "def solve" in blobs.get_text(first["harness_hash"])
+    retry = BuiltinMeta(lambda request: Task(), validate=lambda s: ["no"]).run({"attempt": 2}, ctx).result
+    assert not retry["valid"] and read_knobs(blobs.get_text(retry["harness_hash"])) == Knobs()
+
+    feedback = BuiltinFeedback(lambda request: {e["sample_id"]: OPTIONS for e in request["episodes"]})
+    req = request([0.05], [None])
+    req["history"][0]["harness_hash"] = req["harness_hash"] = first["harness_hash"]
+    req["episodes"] = episodes([("ok", "zzz", 0.0)] * 9 + [("ok", "fruit", 1.0)])
+    decision = feedback.run(req, ctx).result
+    assert decision["action"] == "edit_harness" and decision["provider"] == "builtin"
+    assert read_knobs(blobs.get_text(decision["harness_hash"])).extract == "option"
+    assert decision["evidence"] and "9 unparseable" in decision["digest_summary"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,3 @@ class LocalBackend:
             if marker and marker in text:
                 text, reason = text[: text.index(marker)], "stop"
         return Sample(text, prompt_ids, ids, [round(p, 6) for p in logprobs], reason)
-
-
-def describe(backend: Any) -> str:
-    return getattr(backend, "name", type(backend).__name__)
