@@ -145,8 +145,8 @@ class Runtime:
         self.store.acquire_lease(run_id, holder, self.lease_ttl_s)
         heartbeat = _Heartbeat(self.store, run_id, holder, self.lease_ttl_s)
         heartbeat.start()
+        self._run_id, self._state, self._snapshot_seq = run_id, LoopState(), 0
         try:
-            self._run_id = run_id
             self._state = load_state(self.store, run_id)
             self._snapshot_seq = self._state.seq
             if self._state.status == "paused":
