@@ -375,7 +375,10 @@ def audit(
             algorithm += f" ({row['recommended_algorithm']})"
         delta = "-" if row["delta"] is None else f"{row['delta']:+.3f}"
         evidence = f"{(row['evidence']['digest_hash'] or '-')[:10]} {row['evidence']['summary']}"
-        table.add_row(str(row["generation"]), row["action"] + (" (forced)" if row["forced"] else ""),
+        action = row["action"] + (" (forced)" if row["forced"] else "")
+        if row["rollback_to"] is not None:
+            action += f", after rolling back to gen {row['rollback_to']}"
+        table.add_row(str(row["generation"]), action,
                       algorithm, row["rationale"], evidence,
                       "-" if row["score_before"] is None else f"{row['score_before']:.3f}", delta)
     out.print(table)
