@@ -440,6 +440,20 @@ def diff(run_a: str, run_b: str, as_json: Annotated[bool, typer.Option("--json")
               markup=False, highlight=False)
 
 
+@app.command()
+def report(
+    run_id: str,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the PNG and HTML.")] = Path("."),
+) -> None:
+    """Write a PNG (dev score per generation, run and forks) and a self-contained HTML report."""
+    from sia.report import write_report
+
+    with opened_store() as store:
+        store.get_run(run_id)
+        png, page = write_report(store, run_id, output)
+    out.print(f"wrote {png} and {page}")
+
+
 def entrypoint() -> None:
     """Run the app, turning expected failures into one line on stderr and exit status 1."""
     try:
