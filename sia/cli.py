@@ -457,9 +457,11 @@ def report(
 def entrypoint() -> None:
     """Run the app, turning expected failures into one line on stderr and exit status 1."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    if isinstance(code, int) and code:
+        sys.exit(code)
     except (CliError, StoreError, ConfigError, FoldError, EventDecodeError, BlobMissing) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(1)

@@ -60,3 +60,34 @@ def test_replay_to_folds_only_a_prefix_and_fork_refuses_seqs_outside_the_history
         result = sia(home, "fork", run, "--at", at, check=False)
         assert result.returncode == 1 and message in result.stderr
     assert len(sia_json(home, "runs")) == 1
+
+
+def test_ctrl_c_pauses_a_real_run_and_resume_finishes_it(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.cli import SIA
+
+    home = tmp_path / "home"
+    env = {**os.environ, "SIA_HOME": str(home)}
+    process = subprocess.Popen([*SIA, "run", "--task", "toy", "--max-gen", "150", "--quiet",
+                                "--run-id", "long", "--set", "patience=150"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if (home / "sia.sqlite").exists() and any(r["run_id"] == "long" and r["events"] > 50
+                                                  for r in sia_json(home, "runs")):
+            break
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "paused; continue with: sia resume long" in err
+    assert sia_json(home, "show", "long")["status"] == "paused"
+    events = [json.loads(line)["type"] for line in sia(home, "log", "long", "--json").stdout.splitlines()]
+    assert "RunPaused" in events
+    sia(home, "resume", "long", "--quiet")
+    final = sia_json(home, "show", "long")
+    assert final["status"] == "completed" and sia(home, "replay", "long", "--check").returncode == 0
