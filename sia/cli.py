@@ -460,8 +460,6 @@ def entrypoint() -> None:
         code = app(standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    if isinstance(code, int) and code:
-        sys.exit(code)
     except (CliError, StoreError, ConfigError, FoldError, EventDecodeError, BlobMissing) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(1)
@@ -474,3 +472,5 @@ def entrypoint() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
