@@ -1,0 +1,78 @@
+"""Runs one harness in a sandboxed child process (stdlib only: it starts with `python -I -S`).
+
+Protocol: argv = [harness.py, sample.json, result_fd]; the model's base URL is in the
+environment as SIA_MODEL_URL. The result goes to a dedicated file descriptor, never to
+stdout, so a harness that prints garbage cannot forge its answer.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+import traceback
+import urllib.request
+
+MAX_ANSWER = 100_000
+
+
+class Model:
+    """The harness's only way to the target model: an OpenAI-compatible endpoint."""
+
+    def __init__(self, base_url):
+        self._base = base_url.rstrip("/") if base_url else None
+
+    def _post(self, path, body):
+        if self._base is None:
+            raise RuntimeError("no model endpoint is available to this episode")
+        request = urllib.request.Request(self._base + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())
+
+    def complete(self, prompt, *, max_tokens=64, temperature=1.0, stop=None, n=1):
+        body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "n": n}
+        if stop:
+            body["stop"] = stop
+        texts = [c["text"] for c in sorted(self._post("/completions", body)["choices"],
+                                           key=lambda c: c.get("index", 0))]
+        return texts[0] if n == 1 else texts
+
+    def chat(self, messages, **params):
+        body = {"messages": messages, **params}
+        return self._post("/chat/completions", body)["choices"][0]["message"]["content"]
+
+
+def main():
+    harness_path, sample_path, result_fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    result = os.fdopen(result_fd, "w")
+    del sys.argv[1:]
+
+    def report(**outcome):
+        result.write(json.dumps(outcome))
+        result.close()
+
+    with open(sample_path, encoding="utf-8") as handle:
+        sample = json.load(handle)
+    try:
+        spec = importlib.util.spec_from_file_location("harness", harness_path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        solve = module.solve
+    except BaseException as exc:
+        return report(status="invalid_harness", error=f"{type(exc).__name__}: {exc}")
+    try:
+        answer = solve(sample, Model(os.environ.get("SIA_MODEL_URL")))
+    except MemoryError:
+        return report(status="memory", error="MemoryError")
+    except BaseException as exc:
+        last = traceback.format_exc().strip().splitlines()[-1]
+        return report(status="crash", error=f"{type(exc).__name__}: {exc}"[:500], where=last[:500])
+    if not isinstance(answer, str):
+        return report(status="malformed", error=f"solve returned {type(answer).__name__}, not str")
+    if len(answer) > MAX_ANSWER:
+        return report(status="malformed", error=f"answer of {len(answer)} chars is over {MAX_ANSWER}")
+    return report(status="ok", answer=answer)
+
+
+if __name__ == "__main__":
+    main()
