@@ -105,3 +105,13 @@ def test_the_harness_runs_in_a_private_directory_that_is_removed() -> None:
 
     assert outcome.status == "ok" and "sia-episode-" in outcome.answer
     assert not Path(outcome.answer).exists()
+
+
+def test_episodes_run_concurrently_from_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = [solve(f"return '{i}'") for i in range(6)] + [solve("raise KeyError('k')")]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(lambda s: run_episode(s, SAMPLE, model_url=None), sources))
+    assert [o.answer for o in outcomes[:6]] == [str(i) for i in range(6)]
+    assert outcomes[6].status == "crash"

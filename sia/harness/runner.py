@@ -1,13 +1,16 @@
 """Runs one harness in a sandboxed child process (stdlib only: it starts with `python -I -S`).
 
 Protocol: argv = [harness.py, sample.json, result_fd]; the model's base URL is in the
-environment as SIA_MODEL_URL. The result goes to a dedicated file descriptor, never to
-stdout, so a harness that prints garbage cannot forge its answer.
+environment as SIA_MODEL_URL and the limits as SIA_LIMITS ("memory_bytes cpu_s file_bytes"),
+which the runner applies to itself before any harness code is loaded. The result goes to a
+dedicated file descriptor, never to stdout, so a harness that prints garbage cannot forge
+its answer.
 """
 
 import importlib.util
 import json
 import os
+import resource
 import sys
 import traceback
 import urllib.request
@@ -42,7 +45,15 @@ class Model:
         return self._post("/chat/completions", body)["choices"][0]["message"]["content"]
 
 
+def limit_self():
+    memory, cpu, size = (int(x) for x in os.environ.pop("SIA_LIMITS").split())
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+
 def main():
+    limit_self()
     harness_path, sample_path, result_fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
     result = os.fdopen(result_fd, "w")
     del sys.argv[1:]

@@ -1,6 +1,6 @@
 """Run one episode of a harness in a subprocess with limits, and say how it ended.
 
-The child gets a wall-clock limit (its whole process group is killed on expiry), CPU,
+The child gets a wall-clock limit (its whole session is killed on expiry), CPU,
 address-space and file-size rlimits, a private temp dir as home and cwd (deleted after),
 no stdin, and a scrubbed environment: no API keys, tokens, proxies or sia settings, only
 the model endpoint it may use. Every way a harness can fail becomes an `EpisodeOutcome`
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -49,23 +48,18 @@ class EpisodeOutcome(BaseModel):
     wall_s: float = 0.0
 
 
-def scrubbed_environment(home: Path, model_url: str | None) -> dict[str, str]:
-    """What the harness sees: nothing inherited but a minimal PATH and locale."""
+def scrubbed_environment(home: Path, model_url: str | None, limits: Limits) -> dict[str, str]:
+    """What the harness sees: nothing inherited but a minimal PATH and locale.
+
+    SIA_LIMITS is read and removed by the runner, which applies the limits to itself
+    first (a `preexec_fn` would do it earlier, but is unsafe in a threaded parent).
+    """
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(home),
-           "TMPDIR": str(home), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"}
+           "TMPDIR": str(home), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
+           "SIA_LIMITS": f"{limits.memory_mb * 2**20} {limits.cpu_s} {limits.file_mb * 2**20}"}
     if model_url:
         env["SIA_MODEL_URL"] = model_url
     return env
-
-
-def _limit(limits: Limits) -> None:
-    """Runs in the child between fork and exec."""
-    os.setsid()
-    memory = limits.memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-    size = limits.file_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
 
 def _tail(path: Path) -> str:
@@ -92,9 +86,8 @@ def _run(source: str, sample: dict[str, Any], home: Path, model_url: str | None,
         child = subprocess.Popen(
             [sys.executable, "-I", "-S", str(RUNNER), str(home / "harness.py"),
              str(home / "sample.json"), str(write_end)],
-            cwd=home, env=scrubbed_environment(home, model_url), stdin=subprocess.DEVNULL,
-            stdout=stdout, stderr=stderr, pass_fds=(write_end,),
-            preexec_fn=lambda: _limit(limits),
+            cwd=home, env=scrubbed_environment(home, model_url, limits), stdin=subprocess.DEVNULL,
+            stdout=stdout, stderr=stderr, pass_fds=(write_end,), start_new_session=True,
         )
     os.close(write_end)
     timed_out = False
