@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from sia.harness.backends import ScriptedBackend
+from sia.harness.contract import MAX_ANSWER_CHARS
+from sia.harness.gateway import ModelGateway
+from sia.harness.runner import MAX_ANSWER
 from sia.harness.sandbox import Limits, run_episode
 
 SAMPLE = {"id": "s1", "sentence": "i saw a plum", "options": ["animal", "fruit"]}
@@ -20,36 +23,16 @@ def solve(body: str) -> str:
 
 @pytest.fixture
 def model_url() -> Iterator[str]:
-    """A loopback completions endpoint that records what it was asked."""
-    seen: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            reply = json.dumps({"choices": [{"index": i, "text": f"fruit {i}"}
-                                            for i in range(body.get("n", 1))]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    """One open episode on a real gateway over the scripted toy model."""
+    with ModelGateway(ScriptedBackend(replies={"i saw a plum": "fruit"})) as gateway:
+        yield gateway.open_episode("ep-1")
 
 
 def test_a_good_harness_answers_through_the_model(model_url: str) -> None:
-    outcome = run_episode(solve("return model.complete(sample['sentence'], n=3)[2]"), SAMPLE,
-                          model_url=model_url)
-    assert (outcome.status, outcome.answer) == ("ok", "fruit 2")
+    body = "outs = model.complete(sample['sentence'], n=3)\nreturn outs[2] if len(outs) == 3 else ''"
+    outcome = run_episode(solve(body), SAMPLE, model_url=model_url)
+    assert (outcome.status, outcome.answer) == ("ok", "fruit")
+    assert outcome.cpu_s > 0 and outcome.max_rss_mb > 1
 
 
 def test_garbage_on_stdout_cannot_forge_the_answer() -> None:
@@ -62,6 +45,7 @@ def test_garbage_on_stdout_cannot_forge_the_answer() -> None:
 def test_a_raising_harness_is_a_crash_with_its_reason() -> None:
     outcome = run_episode(solve("raise ValueError('bad parse')"), SAMPLE, model_url=None)
     assert outcome.status == "crash" and outcome.error == "ValueError: bad parse"
+    assert "harness.py" in outcome.stderr_tail and "line 2" in outcome.stderr_tail
 
 
 def test_a_hanging_harness_times_out_within_its_limit() -> None:
@@ -82,9 +66,40 @@ def test_a_non_string_answer_is_malformed() -> None:
 
 
 @pytest.mark.parametrize("source", ["def solve(:\n", "def answer(sample, model):\n    return 'x'\n",
-                                    "import no_such_module\n"])
+                                    "def solve(sample):\n    return 'x'\n",
+                                    "import no_such_module\n" + solve("return 'x'"),
+                                    "solve = 3\n"])
 def test_a_harness_that_does_not_load_is_invalid(source: str) -> None:
-    assert run_episode(source, SAMPLE, model_url=None).status == "invalid_harness"
+    outcome = run_episode(source, SAMPLE, model_url=None)
+    assert outcome.status == "invalid_harness" and outcome.error
+
+
+def test_a_harness_over_its_cpu_limit_is_stopped_before_its_wall_limit() -> None:
+    outcome = run_episode(solve("while True:\n    pass"), SAMPLE, model_url=None,
+                          limits=Limits(cpu_s=1, wall_s=20))
+    assert outcome.status == "timeout" and "CPU" in outcome.error and outcome.wall_s < 5
+
+
+def test_a_large_answer_comes_back_and_an_oversized_one_is_malformed() -> None:
+    assert MAX_ANSWER == MAX_ANSWER_CHARS
+    big = run_episode(solve(f"return '\u00e9' * {MAX_ANSWER_CHARS}"), SAMPLE, model_url=None,
+                      limits=Limits(wall_s=10))
+    assert big.status == "ok" and big.answer == "\u00e9" * MAX_ANSWER_CHARS
+    over = run_episode(solve(f"return 'x' * {MAX_ANSWER_CHARS + 1}"), SAMPLE, model_url=None)
+    assert over.status == "malformed" and "over" in over.error
+
+
+def test_helpers_the_harness_leaves_behind_are_killed_and_cannot_stall_the_caller() -> None:
+    body = ("import subprocess, sys\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "return 'done'")
+    outcome = run_episode(solve(body), SAMPLE, model_url=None, limits=Limits(wall_s=10))
+    assert (outcome.status, outcome.answer) == ("ok", "done") and outcome.wall_s < 5
+
+
+def test_a_harness_that_exits_without_answering_is_a_crash() -> None:
+    outcome = run_episode(solve("import os\nos._exit(3)"), SAMPLE, model_url=None)
+    assert outcome.status == "crash" and "exited 3" in outcome.error
 
 
 def test_secrets_and_settings_do_not_reach_the_harness(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,15 +116,11 @@ def test_secrets_and_settings_do_not_reach_the_harness(monkeypatch: pytest.Monke
 def test_the_harness_runs_in_a_private_directory_that_is_removed() -> None:
     outcome = run_episode(solve("import os\nopen('note.txt', 'w').write('x')\nreturn os.getcwd()"),
                           SAMPLE, model_url=None)
-    from pathlib import Path
-
     assert outcome.status == "ok" and "sia-episode-" in outcome.answer
     assert not Path(outcome.answer).exists()
 
 
 def test_episodes_run_concurrently_from_threads() -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     sources = [solve(f"return '{i}'") for i in range(6)] + [solve("raise KeyError('k')")]
     with ThreadPoolExecutor(max_workers=4) as pool:
         outcomes = list(pool.map(lambda s: run_episode(s, SAMPLE, model_url=None), sources))

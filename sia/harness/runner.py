@@ -7,32 +7,47 @@ dedicated file descriptor, never to stdout, so a harness that prints garbage can
 its answer.
 """
 
+from __future__ import annotations
+
 import importlib.util
 import json
 import os
 import resource
 import sys
 import traceback
+import urllib.error
 import urllib.request
 
 MAX_ANSWER = 100_000
 
 
+class ModelError(RuntimeError):
+    """The gateway refused or failed a call (budget spent, bad parameters, backend error)."""
+
+
 class Model:
     """The harness's only way to the target model: an OpenAI-compatible endpoint."""
 
-    def __init__(self, base_url):
+    def __init__(self, base_url: str | None) -> None:
         self._base = base_url.rstrip("/") if base_url else None
 
-    def _post(self, path, body):
+    def _post(self, path: str, body: dict) -> dict:
         if self._base is None:
             raise RuntimeError("no model endpoint is available to this episode")
         request = urllib.request.Request(self._base + path, data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return json.loads(response.read())
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read())["error"]["message"]
+            except Exception:  # noqa: BLE001 - any unreadable error body falls back to the reason
+                message = exc.reason
+            raise ModelError(f"model call failed with HTTP {exc.code}: {message}") from None
 
-    def complete(self, prompt, *, max_tokens=64, temperature=1.0, stop=None, n=1):
+    def complete(self, prompt: str, *, max_tokens: int = 64, temperature: float = 1.0,
+                 stop: str | list[str] | None = None, n: int = 1) -> str | list[str]:
         body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "n": n}
         if stop:
             body["stop"] = stop
@@ -40,25 +55,26 @@ class Model:
                                            key=lambda c: c.get("index", 0))]
         return texts[0] if n == 1 else texts
 
-    def chat(self, messages, **params):
+    def chat(self, messages: list[dict], **params: object) -> str:
         body = {"messages": messages, **params}
         return self._post("/chat/completions", body)["choices"][0]["message"]["content"]
 
 
-def limit_self():
+def limit_self() -> None:
     memory, cpu, size = (int(x) for x in os.environ.pop("SIA_LIMITS").split())
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def main():
+def main() -> None:
     limit_self()
     harness_path, sample_path, result_fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
     result = os.fdopen(result_fd, "w")
     del sys.argv[1:]
 
-    def report(**outcome):
+    def report(**outcome: object) -> None:
         result.write(json.dumps(outcome))
         result.close()
 
@@ -69,15 +85,16 @@ def main():
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         solve = module.solve
-    except BaseException as exc:
-        return report(status="invalid_harness", error=f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - whatever loading raises is the harness's fault
+        traceback.print_exc()
+        return report(status="invalid_harness", error=f"{type(exc).__name__}: {exc}"[:500])
     try:
         answer = solve(sample, Model(os.environ.get("SIA_MODEL_URL")))
     except MemoryError:
         return report(status="memory", error="MemoryError")
-    except BaseException as exc:
-        last = traceback.format_exc().strip().splitlines()[-1]
-        return report(status="crash", error=f"{type(exc).__name__}: {exc}"[:500], where=last[:500])
+    except BaseException as exc:  # noqa: BLE001 - whatever solve raises is recorded
+        traceback.print_exc()
+        return report(status="crash", error=f"{type(exc).__name__}: {exc}"[:500])
     if not isinstance(answer, str):
         return report(status="malformed", error=f"solve returned {type(answer).__name__}, not str")
     if len(answer) > MAX_ANSWER:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -22,13 +23,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from sia.harness.contract import MAX_ANSWER_CHARS, validate_harness
+
 RUNNER = Path(__file__).with_name("runner.py")
 TAIL = 4096
+RESULT_CAP = 8 * MAX_ANSWER_CHARS + 4096
+"""Bytes of the result channel kept: a JSON-escaped answer at the size limit fits."""
 
 Status = Literal["ok", "crash", "timeout", "memory", "malformed", "invalid_harness"]
 
 
 class Limits(BaseModel):
+    """Per-episode resource limits (defaults: 30 s wall, 30 s CPU, 1 GiB address space)."""
+
     model_config = ConfigDict(frozen=True)
 
     wall_s: float = 30.0
@@ -37,7 +44,12 @@ class Limits(BaseModel):
     file_mb: int = 64
 
 
+DEFAULT_LIMITS = Limits()
+
+
 class EpisodeOutcome(BaseModel):
+    """How one harness run ended; `error` is a short reason, the traceback is in `stderr_tail`."""
+
     model_config = ConfigDict(frozen=True)
 
     status: Status
@@ -46,6 +58,8 @@ class EpisodeOutcome(BaseModel):
     stdout_tail: str = ""
     stderr_tail: str = ""
     wall_s: float = 0.0
+    cpu_s: float = 0.0
+    max_rss_mb: float = 0.0
 
 
 def scrubbed_environment(home: Path, model_url: str | None, limits: Limits) -> dict[str, str]:
@@ -63,12 +77,25 @@ def scrubbed_environment(home: Path, model_url: str | None, limits: Limits) -> d
 
 
 def _tail(path: Path) -> str:
-    data = path.read_bytes() if path.exists() else b""
-    return data[-TAIL:].decode("utf-8", "replace")
+    """The last TAIL bytes of a log file, without reading the rest of it."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - TAIL))
+            return handle.read(TAIL).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
 
 
 def run_episode(source: str, sample: dict[str, Any], *, model_url: str | None,
-                limits: Limits = Limits()) -> EpisodeOutcome:
+                limits: Limits = DEFAULT_LIMITS) -> EpisodeOutcome:
+    """Run `source`'s `solve(sample, model)` in a sandboxed child; never raises for harness faults.
+
+    `model_url` is the episode's gateway base URL (`ModelGateway.open_episode`), or None
+    when the harness gets no model.
+    """
+    problems = validate_harness(source)
+    if problems:
+        return EpisodeOutcome(status="invalid_harness", error="; ".join(problems)[:500])
     home = Path(tempfile.mkdtemp(prefix="sia-episode-"))
     try:
         return _run(source, sample, home, model_url, limits)
@@ -82,34 +109,88 @@ def _run(source: str, sample: dict[str, Any], home: Path, model_url: str | None,
     (home / "sample.json").write_text(json.dumps(sample), encoding="utf-8")
     read_end, write_end = os.pipe()
     started = time.perf_counter()
-    with (home / "stdout").open("wb") as stdout, (home / "stderr").open("wb") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(RUNNER), str(home / "harness.py"),
-             str(home / "sample.json"), str(write_end)],
-            cwd=home, env=scrubbed_environment(home, model_url, limits), stdin=subprocess.DEVNULL,
-            stdout=stdout, stderr=stderr, pass_fds=(write_end,), start_new_session=True,
-        )
-    os.close(write_end)
-    timed_out = False
     try:
-        child.wait(timeout=limits.wall_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-    with os.fdopen(read_end, encoding="utf-8", errors="replace") as result:
-        reported = result.read()
-    wall = time.perf_counter() - started
-    tails = {"stdout_tail": _tail(home / "stdout"), "stderr_tail": _tail(home / "stderr"),
-             "wall_s": round(wall, 3)}
+        with (home / "stdout").open("wb") as stdout, (home / "stderr").open("wb") as stderr:
+            child = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(RUNNER), str(home / "harness.py"),
+                 str(home / "sample.json"), str(write_end)],
+                cwd=home, env=scrubbed_environment(home, model_url, limits),
+                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, pass_fds=(write_end,),
+                start_new_session=True,
+            )
+    finally:
+        os.close(write_end)
+    try:
+        reported, code, usage, timed_out = _supervise(child, read_end, started + limits.wall_s)
+    finally:
+        os.close(read_end)
+    measures = {"stdout_tail": _tail(home / "stdout"), "stderr_tail": _tail(home / "stderr"),
+                "wall_s": round(time.perf_counter() - started, 3),
+                "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+                "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}
     if timed_out:
-        return EpisodeOutcome(status="timeout", error=f"no answer within {limits.wall_s:g} s", **tails)
+        return EpisodeOutcome(status="timeout", error=f"no answer within {limits.wall_s:g} s",
+                              **measures)
     try:
         outcome = json.loads(reported)
-    except json.JSONDecodeError:
-        return EpisodeOutcome(**_died(child.returncode, tails["stderr_tail"], limits), **tails)
-    return EpisodeOutcome(status=outcome["status"], answer=outcome.get("answer"),
-                          error=outcome.get("error"), **tails)
+        status, answer, error = outcome["status"], outcome.get("answer"), outcome.get("error")
+        EpisodeOutcome(status=status, answer=answer, error=error)
+    except (ValueError, KeyError, TypeError):
+        return EpisodeOutcome(**_died(code, measures["stderr_tail"], limits), **measures)
+    return EpisodeOutcome(status=status, answer=answer, error=error, **measures)
+
+
+def _supervise(child: subprocess.Popen[bytes], read_end: int,
+               deadline: float) -> tuple[bytes, int, Any, bool]:
+    """Collect the result channel while waiting for the child, killing its session at `deadline`.
+
+    The channel is read while the child runs (a large answer would otherwise fill the
+    pipe and hang the child) and never waited on after the child is gone (a grandchild
+    that kept the pipe open cannot stall the caller).
+    """
+    chunks: list[bytes] = []
+    kept = 0
+    timed_out = False
+    os.set_blocking(read_end, False)
+    while True:
+        kept = _drain(read_end, chunks, kept)
+        if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            break
+        if time.perf_counter() >= deadline:
+            timed_out = True
+            break
+        select.select([read_end], [], [], 0.02)
+    _kill_session(child.pid)
+    _, status, usage = os.wait4(child.pid, 0)
+    _drain(read_end, chunks, kept)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return b"".join(chunks), child.returncode, usage, timed_out
+
+
+def _drain(fd: int, chunks: list[bytes], kept: int) -> int:
+    """Read what is available without blocking; keep at most RESULT_CAP bytes."""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return kept
+        if not data:
+            return kept
+        if kept < RESULT_CAP:
+            chunks.append(data[: RESULT_CAP - kept])
+            kept += len(chunks[-1])
+
+
+def _kill_session(pid: int) -> None:
+    """Kill the child's whole session (its process group): helpers it started die with it.
+
+    Called before the child is reaped, so its (zombie) pid still owns the group id and
+    the signal cannot reach a process that reused the number.
+    """
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _died(code: int, stderr: str, limits: Limits) -> dict[str, Any]:
