@@ -167,6 +167,8 @@ class Runtime:
                 self.failpoints.reach("after_request_commit")
                 batches += 1
         except KeyboardInterrupt:
+            # The interrupt may land between a commit and the fold of what it committed.
+            self._state = load_state(self.store, run_id)
             if self._state.status == "running":
                 self._append([RunPaused(reason="interrupted (Ctrl-C)")])
             raise
