@@ -6,8 +6,9 @@ episodes and applies rules, in order:
 
 1. a forced decision (a fork's `feedback.force`) is obeyed;
 2. after a regression, roll back to the best generation and decide from there;
-3. many unparseable answers or crashes → edit the harness: option extraction, a
-   majority vote over several samples, a fallback answer;
+3. many unparseable answers or crashes → edit the harness: a prompt that lists the
+   options and cues the answer, option extraction, a majority vote over several
+   samples, a fallback answer;
 4. in mode WH, once answers parse, update the weights with the algorithm the reward
    shape recommends, and keep doing so while it helps;
 5. otherwise turn the next harness knob (more votes, lower temperature);
@@ -107,7 +108,8 @@ def decide_feedback(request: dict[str, Any], current: Knobs | None, diagnosis: D
 
     broken = diagnosis.unparseable + diagnosis.crashed
     if diagnosis.share(broken) >= UNPARSEABLE_SHARE:
-        fixed = (current or Knobs()).with_(extract="option", samples=max(5, (current or Knobs()).samples),
+        fixed = (current or Knobs()).with_(prompt="fields", extract="option",
+                                          samples=max(5, (current or Knobs()).samples),
                                           fallback="first_option")
         if fixed != current:
             return {**decision, "action": "edit_harness", "harness": render(fixed),
@@ -134,8 +136,9 @@ def decide_feedback(request: dict[str, Any], current: Knobs | None, diagnosis: D
 
 def _next_knobs(current: Knobs | None, diagnosis: Diagnosis) -> Knobs | None:
     knobs = current or Knobs()
-    if knobs.extract != "option":
-        return knobs.with_(extract="option", samples=max(5, knobs.samples), fallback="first_option")
+    if knobs.extract != "option" or knobs.prompt != "fields":
+        return knobs.with_(prompt="fields", extract="option", samples=max(5, knobs.samples),
+                           fallback="first_option")
     if knobs.samples < 9:
         return knobs.with_(samples=9)
     if knobs.temperature > 0.7:

@@ -16,7 +16,8 @@ KNOB_NAMES = ("PROMPT", "EXTRACT", "SAMPLES", "TEMPERATURE", "MAX_TOKENS", "FALL
 @dataclass(frozen=True)
 class Knobs:
     prompt: str = "fields"
-    """How the prompt is laid out: "fields" = one `key: value` line per input field."""
+    """How the prompt is laid out: "fields" = one `key: value` line per input field, the
+    options and an `answer:` cue; "bare" = the question text alone."""
     extract: str = "raw"
     """raw = the completion as is; first_line; option = the first listed option it names."""
     samples: int = 1
@@ -43,6 +44,8 @@ FALLBACK = {fallback!r}
 
 def build_prompt(sample):
     fields = {{k: v for k, v in sample.items() if k not in ("id", "options")}}
+    if PROMPT == "bare":
+        return str(fields.get("question") or next(iter(fields.values()), ""))
     lines = [f"{{key}}: {{value}}" for key, value in fields.items()]
     if sample.get("options"):
         lines.append("options: " + ", ".join(sample["options"]))

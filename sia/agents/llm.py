@@ -1,0 +1,475 @@
+"""The LLM-backed Meta and Feedback agents, as effect handlers.
+
+Both ask a `sia.llm` provider for a structured answer (a forced tool call on Anthropic,
+a `json_schema` response format on OpenAI-compatible endpoints), check it, and re-ask
+within the same effect — the refusal appended to the conversation — up to
+`max_attempts` times. Every attempt's tokens and dollars are summed into the effect's
+usage.
+
+Failures: a provider's `TransientLLMError` is a `TransientEffectError` and propagates
+unchanged, so the runtime retries the whole effect with backoff; `PermanentLLMError`
+(bad key, bad request) is an `EffectError` and fails the effect. A reply the provider
+could not read as the structured answer (no tool call, not JSON, cut off) is treated
+like an invalid answer: re-asked.
+
+Meta returns `{"harness_hash", "valid", "problems"}`; when every attempt is refused the
+last harness is still stored and returned with `valid: false`, so the decider's own
+meta re-request loop takes over. Feedback returns the `FeedbackResult` fields; when every
+attempt is refused it fails with an `EffectError` naming each attempt's problems (a run
+can then be forked with `feedback.force`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sia.agents import prompts
+from sia.agents.digest import Digest, build_digest, summarize_trajectory
+from sia.config import dollars
+from sia.effects.base import EffectContext, EffectError, EffectResult
+from sia.events.types import ALGORITHMS, Usage
+from sia.interpret import FeedbackResult, MetaResult
+from sia.llm import LLMRequest, LLMResponse, Message, MissingCredentials, PermanentLLMError, Provider, ResponseSchema
+from sia.store.blobs import BlobStore
+
+CACHE_WRITE_FACTOR = 1.25
+CACHE_READ_FACTOR = 0.1
+"""Prompt-cache prices relative to input tokens (Anthropic's 5-minute cache)."""
+
+
+class PublicTask(Protocol):
+    """What the agents may know of a task: public fields only, never a label."""
+
+    description: str
+
+    def samples(self, split: str) -> list[dict[str, Any]]: ...
+
+    def sample(self, sample_id: str) -> dict[str, Any]: ...
+
+    def options_of(self, sample_id: str) -> list[str]: ...
+
+    def reference_harness(self) -> str | None: ...
+
+
+Validate = Callable[[str], list[str]]
+TrajectorySummary = Callable[[str | None, BlobStore], str]
+
+
+def default_trajectory_summary(trajectory_hash: str | None, blobs: BlobStore) -> str:
+    """A short summary of the trajectory JSON blob (`{"calls": [ModelCall dumps...], ...}`)."""
+    if not trajectory_hash:
+        return "(no trajectory recorded)"
+    try:
+        trajectory = json.loads(blobs.get_text(trajectory_hash))
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        return f"(trajectory unavailable: {type(exc).__name__})"
+    if not isinstance(trajectory, dict):
+        return "(trajectory is not a JSON object)"
+    return summarize_trajectory(trajectory)
+
+
+# ---------------------------------------------------------------- answer schemas
+
+
+class MetaAnswer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    harness: str = Field(min_length=1)
+    notes: str = ""
+
+
+class PlanAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: str
+    params: dict[str, Any] = {}
+    episodes: list[str] = []
+
+
+class DecisionAnswer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    action: Literal["edit_harness", "update_weights", "stop"]
+    rationale: str = Field(min_length=1)
+    evidence: list[str] = []
+    harness: str | None = None
+    plan: PlanAnswer | None = None
+    algorithm_override_reason: str | None = None
+    rollback_to: int | None = None
+
+
+META_SCHEMA = ResponseSchema(
+    name="harness",
+    description="The complete harness module for the task.",
+    json_schema={
+        "type": "object",
+        "properties": {
+            "harness": {"type": "string", "description": "Complete Python module source defining solve(sample, model)."},
+            "notes": {"type": "string", "description": "Optional: the design in one or two sentences."},
+        },
+        "required": ["harness"],
+    },
+)
+
+FEEDBACK_SCHEMA = ResponseSchema(
+    name="decision",
+    description="The Feedback Agent's decision for this generation.",
+    json_schema={
+        "type": "object",
+        "properties": {
+            "action": {"type": "string", "enum": ["edit_harness", "update_weights", "stop"]},
+            "rationale": {"type": "string"},
+            "evidence": {"type": "array", "items": {"type": "string"},
+                         "description": "Episode ids from the digest that support the decision."},
+            "harness": {"type": "string",
+                        "description": "edit_harness only: the complete new harness module source."},
+            "plan": {
+                "type": "object",
+                "description": "update_weights only.",
+                "properties": {
+                    "algorithm": {"type": "string", "enum": list(ALGORITHMS)},
+                    "params": {"type": "object"},
+                    "episodes": {"type": "array", "items": {"type": "string"}},
+                },
+                "required": ["algorithm"],
+            },
+            "algorithm_override_reason": {
+                "type": "string",
+                "description": "Why the plan's algorithm differs from the recommended one, if it does."},
+            "rollback_to": {"type": ["integer", "null"],
+                            "description": "Optional earlier generation to restore first."},
+        },
+        "required": ["action", "rationale", "evidence"],
+    },
+)
+
+
+# ---------------------------------------------------------------- calling the model
+
+
+@dataclass
+class _Conversation:
+    """One effect's exchange with the model: the growing message list and the summed usage."""
+
+    provider: Provider
+    model: str | None
+    system: str
+    schema: ResponseSchema
+    max_tokens: int
+    seed: int
+    messages: list[Message] = field(default_factory=list)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    wall_s: float = 0.0
+    served_by: str | None = None
+
+    def ask(self) -> LLMResponse:
+        """One call. Provider errors propagate as they are, except an unreadable answer: `_Unreadable`."""
+        request = LLMRequest(provider=self.provider.name, model=self.model, system=self.system,
+                             messages=tuple(self.messages), max_tokens=self.max_tokens,
+                             response_schema=self.schema, seed=self.seed, cache_prefix=True)
+        started = time.monotonic()
+        try:
+            response = self.provider.complete(request)
+        except PermanentLLMError as exc:
+            if _unreadable(exc):
+                raise _Unreadable(str(exc)) from None
+            raise
+        finally:
+            self.wall_s += time.monotonic() - started
+        self.served_by = response.model or self.served_by
+        u = response.usage
+        self.tokens_in += u.total_input_tokens
+        self.tokens_out += u.output_tokens
+        priced = self.model or response.model
+        self.cost += (dollars(priced, u.input_tokens, u.output_tokens)
+                      + CACHE_WRITE_FACTOR * dollars(priced, u.cache_write_tokens, 0)
+                      + CACHE_READ_FACTOR * dollars(priced, u.cache_read_tokens, 0))
+        return response
+
+    def refuse(self, answer_text: str, reask: str) -> None:
+        self.messages += [Message(role="assistant", content=answer_text), Message(role="user", content=reask)]
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(tokens_in=self.tokens_in, tokens_out=self.tokens_out, dollars=self.cost,
+                     wall_s=round(self.wall_s, 6))
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider.name}:{self.model or self.served_by or 'default'}"
+
+
+class _Unreadable(Exception):
+    """The provider answered, but not with a readable structured answer."""
+
+
+def _unreadable(exc: PermanentLLMError) -> bool:
+    """A provider's 'bad output' failure (no HTTP status): worth re-asking, unlike a 4xx."""
+    return exc.status is None and not isinstance(exc, MissingCredentials)
+
+
+_FENCE = re.compile(r"^\s*```[a-zA-Z0-9_+-]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
+
+
+def strip_fences(source: str) -> str:
+    """A module the model wrapped in a Markdown code fence, unwrapped."""
+    match = _FENCE.match(source)
+    return (match.group(1) if match else source).strip("\n") + "\n"
+
+
+def _errors(exc: ValidationError) -> list[str]:
+    return [f"{'.'.join(str(p) for p in e['loc']) or 'answer'}: {e['msg']}" for e in exc.errors()]
+
+
+# ---------------------------------------------------------------- Meta
+
+
+class LLMMeta:
+    """Meta Agent: writes the first harness from the task description and public samples."""
+
+    kind = "meta"
+
+    def __init__(self, provider: Provider, model: str | None, task: PublicTask, validate: Validate, *,
+                 max_attempts: int = 3, n_samples: int = 5, max_tokens: int = 16_000) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.provider, self.model, self.task, self.validate = provider, model, task, validate
+        self.max_attempts, self.n_samples, self.max_tokens = max_attempts, n_samples, max_tokens
+
+    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        conversation = _Conversation(self.provider, self.model, prompts.meta_system(self.task.description),
+                                     META_SCHEMA, self.max_tokens, ctx.seed)
+        samples = public_samples(self.task, self.n_samples, ctx.seed)
+        conversation.messages.append(Message(role="user", content=prompts.meta_user(
+            samples, self.task.reference_harness(), request.get("problems") or ())))
+        last_source: str | None = None
+        history: list[str] = []
+        problems: list[str] = []
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = conversation.ask()
+            except _Unreadable as exc:
+                problems = [f"unreadable answer: {exc}"]
+                history.append(f"attempt {attempt}: {problems[0]}")
+                conversation.refuse("(unreadable answer)", prompts.unparseable_reask(str(exc)))
+                continue
+            try:
+                answer = MetaAnswer.model_validate(response.structured or {})
+            except ValidationError as exc:
+                problems = _errors(exc)
+                history.append(f"attempt {attempt}: " + "; ".join(problems))
+                conversation.refuse(prompts.echo(response.structured), prompts.meta_reask(problems))
+                continue
+            source = strip_fences(answer.harness)
+            last_source = source
+            problems = list(self.validate(source))
+            if not problems:
+                result = {"harness_hash": ctx.blobs.put_text(source), "valid": True, "problems": []}
+                MetaResult.model_validate(result)
+                return EffectResult(result, conversation.usage)
+            history.append(f"attempt {attempt}: " + "; ".join(problems))
+            conversation.refuse(prompts.echo({"harness": source}), prompts.meta_reask(problems))
+        summary = [f"no valid harness after {self.max_attempts} attempts ({conversation.label})"] + history
+        result = {"harness_hash": ctx.blobs.put_text(last_source) if last_source is not None else None,
+                  "valid": False, "problems": problems + summary}
+        MetaResult.model_validate(result)
+        return EffectResult(result, conversation.usage)
+
+
+def public_samples(task: PublicTask, n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` public samples, drawn with `seed`: from the train split, else the dev split."""
+    pool: list[dict[str, Any]] = []
+    for split in ("train", "dev"):
+        try:
+            pool = list(task.samples(split))
+        except (KeyError, ValueError, LookupError):
+            pool = []
+        if pool:
+            break
+    pool.sort(key=lambda s: str(s.get("id", "")))
+    return random.Random(seed).sample(pool, min(n, len(pool)))
+
+
+# ---------------------------------------------------------------- Feedback
+
+
+class LLMFeedback:
+    """Feedback Agent: reads the generation's metrics and digest and decides what to do next.
+
+    `request["force"]` ("stop", "update_weights[:ALGORITHM]" or "edit_harness"): stop and
+    update_weights are obeyed without calling the model (the algorithm defaults to the
+    recommended one); edit_harness needs a harness, so it is passed to the model as a
+    constraint and any other action is refused. All three are marked `forced`.
+    """
+
+    kind = "feedback"
+
+    def __init__(self, provider: Provider, model: str | None, task: PublicTask, validate: Validate,
+                 trajectory_summary: TrajectorySummary = default_trajectory_summary, *,
+                 max_attempts: int = 3, digest_chars: int = 12_000, per_group: int = 4,
+                 max_tokens: int = 16_000) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.provider, self.model, self.task, self.validate = provider, model, task, validate
+        self.trajectory_summary = trajectory_summary
+        self.max_attempts, self.digest_chars, self.per_group = max_attempts, digest_chars, per_group
+        self.max_tokens = max_tokens
+
+    def digest(self, request: Mapping[str, Any], blobs: BlobStore, seed: int) -> Digest:
+        episodes = list(request.get("episodes") or [])
+        sample_ids = sorted({str(e["sample_id"]) for e in episodes})
+        samples = {sid: self.task.sample(sid) for sid in sample_ids}
+        options = {sid: list(self.task.options_of(sid)) for sid in sample_ids}
+        trajectories = {str(e["episode_id"]): e.get("trajectory_hash") for e in episodes}
+        return build_digest(episodes, samples, lambda eid: self.trajectory_summary(trajectories.get(eid), blobs),
+                            seed=seed, options=options, max_chars=self.digest_chars,
+                            per_group=self.per_group)
+
+    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        digest = self.digest(request, ctx.blobs, ctx.seed)
+        digest_hash = ctx.blobs.put_text(digest.text)
+        label = f"{self.provider.name}:{self.model or 'default'}"
+        base: dict[str, Any] = {"digest_hash": digest_hash, "digest_summary": digest.summary,
+                                "rollback_to": None, "forced": False, "provider": label}
+        recommended = (request.get("reward_shape") or {}).get("recommended")
+        force = request.get("force")
+        forced_action = str(force).partition(":")[0] if force else None
+        if forced_action in ("stop", "update_weights"):
+            return EffectResult(self._forced(str(force), recommended, base))
+
+        current = ctx.blobs.get_text(request["harness_hash"]) if request.get("harness_hash") else None
+        conversation = _Conversation(self.provider, self.model, prompts.feedback_system(self.task.description),
+                                     FEEDBACK_SCHEMA, self.max_tokens, ctx.seed)
+        conversation.messages.append(Message(role="user", content=prompts.feedback_user(
+            request, harness_source=current, digest_text=digest.text,
+            last_diff=last_edit_diff(request.get("history") or [], ctx.blobs))))
+        refused: list[str] = []
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = conversation.ask()
+            except _Unreadable as exc:
+                refused.append(f"attempt {attempt}: unreadable answer: {exc}")
+                conversation.refuse("(unreadable answer)", prompts.unparseable_reask(str(exc)))
+                continue
+            try:
+                answer = DecisionAnswer.model_validate(response.structured or {})
+            except ValidationError as exc:
+                problems = _errors(exc)
+            else:
+                problems = check_decision(answer, request, digest.episode_ids_shown, current, self.validate,
+                                          forced_action=forced_action)
+            if not problems:
+                result = self._result(answer, request, ctx.blobs, base, conversation.label,
+                                      forced=forced_action is not None, attempt=attempt, refused=refused)
+                return EffectResult(result, conversation.usage)
+            refused.append(f"attempt {attempt}: " + "; ".join(problems))
+            conversation.refuse(prompts.echo(response.structured), prompts.feedback_reask(problems))
+        raise EffectError(f"feedback ({conversation.label}): no valid decision after {self.max_attempts} "
+                          "attempts: " + " | ".join(refused))
+
+    def _forced(self, force: str, recommended: str | None, base: dict[str, Any]) -> dict[str, Any]:
+        action, _, algorithm = force.partition(":")
+        result = {**base, "action": action, "forced": True, "evidence": [],
+                  "rationale": f"forced by the run's settings (feedback.force={force}); the model was not asked"}
+        if action == "update_weights":
+            chosen = algorithm or recommended or "grpo"
+            result["plan"] = {"algorithm": chosen, "params": {}, "episodes": []}
+            if not algorithm:
+                result["rationale"] += f"; algorithm {chosen} as the reward shape recommends"
+        FeedbackResult.model_validate(result)
+        return result
+
+    def _result(self, answer: DecisionAnswer, request: Mapping[str, Any], blobs: BlobStore,
+                base: dict[str, Any], label: str, *, forced: bool, attempt: int,
+                refused: Sequence[str]) -> dict[str, Any]:
+        recommended = (request.get("reward_shape") or {}).get("recommended")
+        rationale = answer.rationale.strip()
+        result: dict[str, Any] = {**base, "action": answer.action, "provider": label, "forced": forced,
+                                  "evidence": list(dict.fromkeys(answer.evidence)),
+                                  "rollback_to": answer.rollback_to}
+        if answer.action == "edit_harness":
+            assert answer.harness is not None
+            result["harness_hash"] = blobs.put_text(strip_fences(answer.harness))
+        if answer.action == "update_weights":
+            assert answer.plan is not None
+            result["plan"] = {"algorithm": answer.plan.algorithm, "params": answer.plan.params,
+                              "episodes": list(answer.plan.episodes)}
+            if answer.plan.algorithm != recommended:
+                rationale += (f"\n[algorithm {answer.plan.algorithm} overrides the recommended "
+                              f"{recommended}: {(answer.algorithm_override_reason or '').strip()}]")
+        if refused:
+            rationale += (f"\n[sia: accepted on attempt {attempt} of {self.max_attempts}; refused before: "
+                          + " | ".join(refused) + "]")
+        result["rationale"] = rationale
+        FeedbackResult.model_validate(result)
+        return result
+
+
+def check_decision(answer: DecisionAnswer, request: Mapping[str, Any], shown: Sequence[str],
+                   current_source: str | None, validate: Validate, *,
+                   forced_action: str | None = None) -> list[str]:
+    """Why `answer` cannot be accepted for `request` (empty when it can)."""
+    problems: list[str] = []
+    mode = request.get("mode")
+    recommended = (request.get("reward_shape") or {}).get("recommended")
+    if forced_action and answer.action != forced_action:
+        problems.append(f"this run's settings force the action {forced_action!r}, not {answer.action!r}")
+    if answer.action == "update_weights":
+        if mode != "WH":
+            problems.append(f"update_weights is not allowed in mode {mode}: only harness edits "
+                            "(edit_harness) or stop")
+        if answer.plan is None:
+            problems.append("update_weights needs a plan with an algorithm")
+        else:
+            if answer.plan.algorithm not in ALGORITHMS:
+                problems.append(f"unknown algorithm {answer.plan.algorithm!r}; choose one of "
+                                f"{', '.join(ALGORITHMS)}")
+            elif answer.plan.algorithm != recommended and not (answer.algorithm_override_reason or "").strip():
+                problems.append(f"the plan uses {answer.plan.algorithm} instead of the recommended "
+                                f"{recommended}: say why in algorithm_override_reason")
+            known = {str(e["episode_id"]) for e in request.get("episodes") or []}
+            unknown = [e for e in answer.plan.episodes if e not in known]
+            if unknown:
+                problems.append(f"plan.episodes names episodes of no dev episode of this generation: "
+                                f"{', '.join(unknown[:10])}")
+    shown_set = set(shown)
+    bad_evidence = [e for e in answer.evidence if e not in shown_set]
+    if bad_evidence:
+        problems.append(f"evidence must be episode ids shown in the digest; not shown: "
+                        f"{', '.join(bad_evidence[:10])}")
+    history = request.get("history") or []
+    if answer.rollback_to is not None and not 0 <= answer.rollback_to < len(history):
+        problems.append(f"rollback_to={answer.rollback_to} is not a generation (0..{len(history) - 1})")
+    if answer.action == "edit_harness":
+        if not answer.harness or not answer.harness.strip():
+            problems.append("edit_harness needs the complete new harness module in 'harness'")
+        else:
+            source = strip_fences(answer.harness)
+            if current_source is not None and source == current_source and answer.rollback_to is None:
+                problems.append("the new harness is identical to the current one")
+            else:
+                problems += [f"the harness fails its check: {p}" for p in validate(source)]
+    return problems
+
+
+def last_edit_diff(history: Sequence[Mapping[str, Any]], blobs: BlobStore) -> str | None:
+    """Unified diff of the most recent harness change between consecutive generations."""
+    for i in range(len(history) - 1, 0, -1):
+        before, after = history[i - 1].get("harness_hash"), history[i].get("harness_hash")
+        if before and after and before != after:
+            try:
+                old, new = blobs.get_text(before), blobs.get_text(after)
+            except (KeyError, ValueError) as exc:
+                return f"(harness changed between generations {i - 1} and {i}; diff unavailable: {exc})"
+            return prompts.harness_diff(old, new, f"generation {i - 1}", f"generation {i}")
+    return None
