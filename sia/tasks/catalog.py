@@ -1,8 +1,13 @@
-"""Resolving `--task NAME` to what a run records about its task and how it is served."""
+"""Resolving `--task NAME|PATH` to what a run records about its task.
+
+`toy` is the runtime's own proving ground (deterministic handlers, no model); every
+other name is a bundled task folder or a path to the user's own (see `sia.tasks.format`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sia.events.types import TaskSnapshot
 
@@ -22,13 +27,20 @@ DETERMINISTIC = {"meta": "deterministic", "feedback": "deterministic",
                  "target": "deterministic", "trainer": "deterministic"}
 
 
-def resolve_task(name: str) -> ResolvedTask:
+def resolve_task(name: str, data: Path | None = None, cache: Path | None = None) -> ResolvedTask:
     if name == "toy":
         from sia.effects.deterministic import toy_task
 
         return ResolvedTask(toy_task(), dict(DETERMINISTIC))
-    raise UnknownTask(f"unknown task {name!r}; available: toy")
+    from sia.tasks.loader import TaskError, load_task
+
+    try:
+        return ResolvedTask(load_task(name, data=data, cache=cache).snapshot())
+    except TaskError as exc:
+        raise UnknownTask(str(exc)) from None
 
 
 def task_names() -> list[str]:
-    return ["toy"]
+    from sia.tasks.loader import bundled_task_names
+
+    return ["toy", *bundled_task_names()]

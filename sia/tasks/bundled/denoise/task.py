@@ -1,0 +1,56 @@
+"""denoise: how its data files are made (`python sia/tasks/bundled/denoise/task.py` rewrites them).
+
+A sample is one simulated data set (its seed and size); the answer is the source of a module
+defining `denoise(train_counts)`. Nothing is hidden to label (the data set is regenerated
+from its seed by the evaluator), so every label is null.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+QUESTION = (
+    "Write a Python module (numpy is available) defining denoise(train_counts) -> numpy array, "
+    "a denoiser for single-cell RNA-seq counts. train_counts is an integer matrix, cells x genes "
+    "(here {n_cells} x {n_genes}), holding 90% of each cell's sampled molecules (molecular "
+    "cross-validation); return a non-negative, finite matrix of the same shape. It is scored by "
+    "the openproblems MSE between log1p of both matrices normalised to 10,000 counts per cell "
+    "against the held-out 10%: reward = (mse_no_denoising - mse) / (mse_no_denoising - "
+    "mse_oracle), clipped to [0, 1]. Answer with the module source only."
+)
+
+SEEDS = {"train": [101, 102, 103, 104], "dev": [201, 202], "test": [301, 302]}
+N_CELLS, N_GENES = 300, 2000
+
+
+def generated_files() -> dict[str, str]:
+    files: dict[str, list[dict]] = {}
+    labels = []
+    for split, seeds in SEEDS.items():
+        rows = []
+        for index, seed in enumerate(seeds, start=1):
+            sample_id = f"dn-{split}-{index}"
+            rows.append({"id": sample_id, "question": QUESTION.format(n_cells=N_CELLS, n_genes=N_GENES),
+                         "seed": seed, "n_cells": N_CELLS, "n_genes": N_GENES})
+            labels.append({"id": sample_id, "label": None})
+        files[{"train": "public/train.jsonl", "dev": "public/dev.jsonl",
+               "test": "private/test.jsonl"}[split]] = rows
+    files["private/labels.jsonl"] = labels
+    return {rel: "".join(json.dumps(row) + "\n" for row in rows) for rel, rows in files.items()}
+
+
+def generate(folder: Path) -> None:
+    for rel, content in generated_files().items():
+        path = Path(folder) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content, encoding="utf-8")
+
+
+def pretraining_corpus(samples: list[dict], seed: int) -> list[str]:
+    return sorted({sample["question"] for sample in samples})
+
+
+if __name__ == "__main__":
+    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent)

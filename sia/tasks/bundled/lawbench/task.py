@@ -1,0 +1,47 @@
+"""lawbench: builds the splits from the user's LawBench 3-3.json (`--data`).
+
+The data file is read where it lies and never copied into the repository; the built splits
+go to the task cache. Split: seeded (`[build] seed`), `dev_fraction` / `test_fraction` of the
+cases, the rest train (`sia.tasks.lawbench.split_cases`). Public fields: `id` (`lb-0001`,
+the record's position in the file), `instruction` (LawBench's prompt for the task),
+`question` (the fact description) and `options` (every charge named in any gold answer,
+sorted: the option list predictions are matched against). The label is the list of gold
+charges.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sia.tasks.lawbench import charge_options, load_cases, split_cases
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def build(data: Path, out: Path, params: dict[str, Any]) -> None:
+    cases = load_cases(data)
+    train, dev, test = split_cases(cases, seed=int(params.get("seed", 0)),
+                                   dev_fraction=float(params.get("dev_fraction", 0.2)),
+                                   test_fraction=float(params.get("test_fraction", 0.2)))
+    options = charge_options(cases)
+
+    def public(case) -> dict:
+        return {"id": case.case_id, "instruction": case.instruction, "question": case.question,
+                "options": options}
+
+    for rel, split in (("public/train.jsonl", train), ("public/dev.jsonl", dev),
+                       ("private/test.jsonl", test)):
+        path = Path(out) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_jsonl([public(case) for case in split]), encoding="utf-8")
+    labels = [{"id": case.case_id, "label": list(case.charges)} for case in cases]
+    (Path(out) / "private/labels.jsonl").write_text(_jsonl(labels), encoding="utf-8")
+
+
+def pretraining_corpus(samples: list[dict], seed: int) -> list[str]:
+    """The fact descriptions and LawBench instructions (public text; no gold charges)."""
+    return [sample["question"] for sample in samples] + sorted({s["instruction"] for s in samples})
