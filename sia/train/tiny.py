@@ -1,0 +1,153 @@
+"""The embedded target model: a tiny word-level Llama built offline from a corpus.
+
+sia must run (and its tests must train real adapters) on a machine with no network and
+a slow CPU, so the default target is built here rather than downloaded: a word-level
+tokenizer over the corpus and a small Llama pretrained for a few hundred steps, enough
+to learn the corpus *format* (e.g. "answer:" is followed by one word and `<eos>`).
+The build is a pure function of its inputs, cached under the hash of those inputs,
+and byte-identical when repeated.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sia.events.canonical import content_hash
+from sia.train import deterministic_torch
+
+FORMAT_VERSION = 1
+"""Bump when the build procedure changes, so cached models are not reused across it."""
+
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<eos>")
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Architecture and pretraining hyper-parameters (part of the model hash)."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    max_positions: int = 128
+    learning_rate: float = 3e-3
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    """A built model directory, loadable with `AutoModelForCausalLM` / `AutoTokenizer`."""
+
+    path: Path
+    model_hash: str
+    model_id: str
+
+
+def _pre_tokenizer():  # type: ignore[no-untyped-def]
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+
+
+def build_tokenizer(corpus: list[str]):  # type: ignore[no-untyped-def]
+    """A word-level `PreTrainedTokenizerFast` whose vocabulary is the corpus' sorted words.
+
+    No decoder is set, so decoding joins tokens with single spaces; no post-processor,
+    so `tokenizer(prompt)` adds no special tokens (the sampler continues the prompt).
+    """
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    splitter = _pre_tokenizer()
+    words = sorted({piece for line in corpus for piece, _ in splitter.pre_tokenize_str(line)}
+                   - set(SPECIAL_TOKENS))
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words])}
+    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = splitter
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<eos>",
+                                   pad_token="<pad>", clean_up_tokenization_spaces=False)
+
+
+def model_hash(corpus: list[str], seed: int, config: TinyConfig, pretrain_steps: int) -> str:
+    return content_hash({"corpus": list(corpus), "seed": seed, "config": asdict(config),
+                         "pretrain_steps": pretrain_steps, "format": FORMAT_VERSION})
+
+
+def build_tiny_model(corpus: list[str], *, seed: int, root: Path, pretrain_steps: int = 200,
+                     config: TinyConfig = TinyConfig()) -> TinyModel:
+    """Build (or reuse) the tiny model for `corpus` under `root/<model_hash>/`."""
+    if not corpus:
+        raise ValueError("the corpus is empty: the tiny model needs at least one document")
+    if pretrain_steps < 0:
+        raise ValueError(f"pretrain_steps must be >= 0, got {pretrain_steps}")
+    digest = model_hash(corpus, seed, config, pretrain_steps)
+    model = TinyModel(path=Path(root) / digest, model_hash=digest, model_id=f"tiny-{digest[:12]}")
+    if (model.path / "config.json").exists():
+        return model
+    Path(root).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=root))
+    try:
+        _build_into(staging, corpus, seed, pretrain_steps, config)
+        try:
+            os.rename(staging, model.path)
+        except OSError:
+            if not (model.path / "config.json").exists():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return model
+
+
+def _build_into(out: Path, corpus: list[str], seed: int, steps: int, config: TinyConfig) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(corpus)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    documents = [tokenizer(line)["input_ids"][: config.max_positions - 1] + [eos] for line in corpus]
+    with deterministic_torch(seed):
+        llama = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads, num_key_value_heads=config.num_heads,
+            max_position_embeddings=config.max_positions, tie_word_embeddings=True,
+            bos_token_id=None, eos_token_id=eos, pad_token_id=pad)
+        model = LlamaForCausalLM(llama)
+        _pretrain(model, documents, pad, steps, config, seed)
+        model.generation_config.pad_token_id = pad
+        model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _pretrain(model, documents: list[list[int]], pad: int, steps: int,  # type: ignore[no-untyped-def]
+              config: TinyConfig, seed: int) -> None:
+    """Causal-LM training on whole documents, in seeded shuffled epochs (every document is
+    seen equally often: with a small corpus, sampling with replacement is too noisy for
+    the model to pick up which answer goes with which input)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    size = min(config.batch_size, len(documents))
+    order: list[int] = []
+    model.train()
+    for _ in range(steps):
+        if len(order) < size:
+            order += torch.randperm(len(documents), generator=generator).tolist()
+        picks, order = order[:size], order[size:]
+        batch = [documents[i] for i in picks]
+        width = max(len(doc) for doc in batch)
+        ids = torch.tensor([doc + [pad] * (width - len(doc)) for doc in batch])
+        mask = torch.tensor([[1] * len(doc) + [0] * (width - len(doc)) for doc in batch])
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
