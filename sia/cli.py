@@ -33,6 +33,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+def _mount_tasks() -> None:
+    from sia.tasks.commands import app as tasks_app
+
+    app.add_typer(tasks_app, name="tasks", help="List, show and validate tasks.")
+
+
+_mount_tasks()
 out = Console()
 err = Console(stderr=True)
 
@@ -78,14 +85,17 @@ def emit_json(value: Any) -> None:
 
 
 def _runtime(store: EventStore, config: RunConfig, task: TaskSnapshot | None, concurrency: int,
-             cache: str, observer: Callable[..., None] | None = None) -> Any:
+             cache: str, observer: Callable[..., None] | None = None,
+             settings: Any = None) -> Any:
     from sia.runtime import Runtime
+    from sia.settings import load_settings
     from sia.wiring import BackendUnavailable, handlers_for
 
     if cache not in ("off", "read", "readwrite"):
         raise CliError(f"--cache must be off, read or readwrite, not {cache!r}")
     try:
-        registry = handlers_for(config, task)
+        registry = handlers_for(config, task, home=sia_home(),
+                                settings=settings if settings is not None else load_settings())
     except BackendUnavailable as exc:
         raise CliError(str(exc)) from None
     return Runtime(store, registry, concurrency=concurrency, cache=cache,  # type: ignore[arg-type]
@@ -129,21 +139,30 @@ def run(
     cache: Annotated[str, typer.Option(help="Effect cache: off | read | readwrite.")] = "readwrite",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display.")] = False,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Name the run (default: task-time-random).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Data file for tasks built from one (e.g. LawBench 3-3.json).")] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="Settings file (default ./sia.toml, then $SIA_HOME/sia.toml).")] = None,
 ) -> None:
     """Start a run; prints the run id as the last line."""
+    from sia.settings import load_settings, role_defaults
     from sia.tasks.catalog import UnknownTask, resolve_task
 
+    settings = load_settings(config_file)
     try:
-        resolved = resolve_task(task)
+        resolved = resolve_task(task, data=data, cache=sia_home() / "tasks")
     except UnknownTask as exc:
         raise CliError(str(exc)) from None
-    overrides = {**resolved.defaults, "mode": mode, "max_generations": str(max_gen),
-                 "seed": str(seed)}
+    overrides: dict[str, str] = {}
+    if not resolved.defaults:
+        overrides, notices = role_defaults(settings)
+        for notice in notices:
+            err.print(f"[yellow]{notice}[/yellow]")
+    overrides.update({**resolved.defaults, "mode": mode, "max_generations": str(max_gen),
+                      "seed": str(seed)})
     overrides.update({f"budget.{k}": v for k, v in parse_assignments(budget).items()})
     overrides.update(parse_assignments(set_))
     config = apply_overrides(RunConfig(task=resolved.snapshot.name), overrides)
     with opened_store() as store:
-        runtime = _runtime(store, config, resolved.snapshot, concurrency, cache)
+        runtime = _runtime(store, config, resolved.snapshot, concurrency, cache, settings=settings)
         run_id = runtime.create(config, resolved.snapshot, run_id=run_id)
         err.print(f"run {run_id} started (meta={config.meta}, feedback={config.feedback}, "
                   f"target={config.target}, trainer={config.trainer})")

@@ -43,6 +43,7 @@ class EvaluateResult(Frozen):
     n: int
     n_answered: int
     failures: dict[str, int] = {}
+    metrics: dict[str, float] = {}
 
 
 class FeedbackResult(Frozen):
@@ -109,7 +110,8 @@ def _episode(effect_id: str, request: dict[str, Any], result: dict[str, Any]) ->
 def _evaluate(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
     r = EvaluateResult.model_validate(result)
     return [EvaluationRecorded(generation=request["generation"], score=r.score, rewards=r.rewards,
-                               n=r.n, n_answered=r.n_answered, failures=r.failures)]
+                               n=r.n, n_answered=r.n_answered, failures=r.failures,
+                            metrics=r.metrics)]
 
 
 def _feedback(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:

@@ -3,21 +3,140 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 from sia.effects.base import HandlerRegistry
 from sia.events.types import RunConfig, TaskSnapshot
+from sia.settings import Settings, provider_of
+from sia.store.home import blobs_path, sia_home
+
+if TYPE_CHECKING:
+    from sia.tasks.loader import Task
+
+TARGETS = ("tiny",)
+TRAINERS = ("local", "modal")
 
 
 class BackendUnavailable(ValueError):
     pass
 
 
-def handlers_for(config: RunConfig, task: TaskSnapshot | None = None) -> HandlerRegistry:
+def handlers_for(config: RunConfig, task: TaskSnapshot | None = None, *,
+                 home: Path | None = None, settings: Settings | None = None) -> HandlerRegistry:
     roles = {config.meta, config.feedback, config.target, config.trainer}
     if roles == {"deterministic"}:
         from sia.effects.deterministic import deterministic_registry
 
         return deterministic_registry()
-    raise BackendUnavailable(
-        f"no handlers for meta={config.meta} feedback={config.feedback} target={config.target} "
-        f"trainer={config.trainer}: only the deterministic backends are wired in so far"
-    )
+    if "deterministic" in roles:
+        raise BackendUnavailable("the deterministic backends only run together (meta, feedback, "
+                                 "target and trainer all 'deterministic')")
+    if task is None:
+        raise BackendUnavailable("a run needs its task to be served")
+    if config.target not in TARGETS:
+        raise BackendUnavailable(f"unknown target {config.target!r} (known: {', '.join(TARGETS)})")
+    if config.trainer not in TRAINERS:
+        raise BackendUnavailable(f"unknown trainer {config.trainer!r} (known: {', '.join(TRAINERS)})")
+    home = home or sia_home()
+    settings = settings or Settings()
+    served = open_task(task, home)
+
+    from sia.effects.episode import EpisodeHandler, EvaluateHandler, SmokeCheck
+    from sia.effects.targets import TargetPool
+    from sia.effects.train import TrainHandler
+    from sia.store.blobs import FileBlobStore
+
+    model = TinyModelSource(served, home / "models")
+    targets = TargetPool(model.path, home / "adapters")
+    check = SmokeCheck(served, targets, FileBlobStore(blobs_path(home)))
+    registry = HandlerRegistry(name=f"{config.meta}/{config.feedback}/{config.target}/{config.trainer}")
+    registry.register(_meta(config.meta, served, check, settings))
+    registry.register(_feedback(config.feedback, served, check, settings))
+    registry.register(EpisodeHandler(served, targets))
+    registry.register(EvaluateHandler(served))
+    registry.register(TrainHandler(served, model, home, backend=config.trainer))
+    registry.close_with(targets.close)
+    return registry
+
+
+def open_task(snapshot: TaskSnapshot, home: Path) -> Task:
+    from sia.tasks.loader import TaskError, load_task
+
+    try:
+        task = load_task(snapshot.source or snapshot.name,
+                         data=Path(snapshot.data) if snapshot.data else None,
+                         cache=home / "tasks")
+    except TaskError as exc:
+        raise BackendUnavailable(f"task {snapshot.name}: {exc}") from None
+    if task.snapshot().task_hash != snapshot.task_hash:
+        raise BackendUnavailable(
+            f"task {snapshot.name} changed since this run recorded it (hash "
+            f"{snapshot.task_hash[:12]} recorded, {task.snapshot().task_hash[:12]} now)")
+    return task
+
+
+class TinyModelSource:
+    """The embedded target model, built offline from the task's public text on first use."""
+
+    SEED = 0
+
+    def __init__(self, task: Task, root: Path) -> None:
+        self.task, self.root = task, root
+        self._built: Any = None
+        self._lock = threading.Lock()
+
+    def model(self) -> Any:
+        with self._lock:
+            if self._built is None:
+                from sia.train.tiny import build_tiny_model
+
+                self._built = build_tiny_model(self.task.pretraining_corpus(), seed=self.SEED,
+                                               root=self.root)
+            return self._built
+
+    def path(self) -> Path:
+        return Path(self.model().path)
+
+
+def _meta(role: str, task: Task, check: Any, settings: Settings) -> Any:
+    name, model = provider_of(role)
+    if name == "builtin":
+        from sia.agents.builtin import BuiltinMeta
+
+        return BuiltinMeta(lambda request: task, check)
+    from sia.agents.llm import LLMMeta
+
+    return LLMMeta(_provider(name, settings), model=_model(name, model), task=task, validate=check)
+
+
+def _feedback(role: str, task: Task, check: Any, settings: Settings) -> Any:
+    name, model = provider_of(role)
+    if name == "builtin":
+        from sia.agents.builtin import BuiltinFeedback
+
+        return BuiltinFeedback(lambda request: {e["sample_id"]: task.options_of(e["sample_id"])
+                                                for e in request["episodes"]})
+    from sia.agents.llm import LLMFeedback
+
+    return LLMFeedback(_provider(name, settings), model=_model(name, model), task=task,
+                       validate=check)
+
+
+def _provider(name: str, settings: Settings) -> Any:
+    from sia.llm import get_provider
+
+    try:
+        return get_provider(name, **settings.provider_settings(name))
+    except (ValueError, TypeError) as exc:
+        raise BackendUnavailable(str(exc)) from None
+
+
+def _model(name: str, model: str | None) -> str:
+    from sia.llm import DEFAULT_MODELS
+
+    chosen = model or DEFAULT_MODELS.get(name)
+    if not chosen:
+        raise BackendUnavailable(f"provider {name!r} needs a model: set it as '{name}:MODEL'")
+    return chosen

@@ -61,9 +61,14 @@ class HandlerRegistry:
                  name: str = "custom") -> None:
         self.handlers: dict[str, EffectHandler] = dict(handlers or {})
         self.name = name
+        self._resources: list[Callable[[], None]] = []
 
     def register(self, handler: EffectHandler) -> None:
         self.handlers[handler.kind] = handler
+
+    def close_with(self, release: Callable[[], None]) -> None:
+        """Also release a resource several handlers share when the registry closes."""
+        self._resources.append(release)
 
     def close(self) -> None:
         """Release what handlers hold across effects (model gateways, servers, processes)."""
@@ -71,6 +76,8 @@ class HandlerRegistry:
             close = getattr(handler, "close", None)
             if callable(close):
                 close()
+        for release in self._resources:
+            release()
 
     def get(self, kind: str) -> EffectHandler:
         try:

@@ -211,6 +211,8 @@ class EvaluationRecorded(BaseEvent):
     n: int
     n_answered: int
     failures: dict[str, int] = {}
+    metrics: dict[str, float] = {}
+    """Task-specific aggregates beside the score (e.g. LawBench F1, abstention rate)."""
 
 
 class TrainingPlan(Frozen):

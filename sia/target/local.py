@@ -9,6 +9,7 @@ torch RNG is seeded per call so a call's samples depend only on its seed.
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,11 @@ class LocalBackend:
     def __init__(self, model_dir: Path, adapter_dir: Path | None = None, threads: int = 1) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|torch|peft)\b")
         torch.set_num_threads(threads)
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)

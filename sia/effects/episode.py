@@ -1,0 +1,105 @@
+"""Episodes: a harness answers one sample in the sandbox, talking to the target only
+through the model gateway, which records the trajectory the harness cannot skip."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sia.effects.base import EffectContext, EffectResult
+from sia.effects.targets import TargetPool
+from sia.events.canonical import canonical_json
+from sia.events.types import Usage
+from sia.harness.contract import validate_harness
+from sia.harness.gateway import ModelCall
+from sia.harness.sandbox import EpisodeOutcome, Limits, run_episode
+from sia.store.blobs import BlobStore
+
+if TYPE_CHECKING:
+    from sia.tasks.loader import Task
+
+
+def sandbox_limits(task: Task) -> Limits:
+    limits = task.spec.limits
+    return Limits(wall_s=limits.wall_s, cpu_s=int(limits.cpu_s), memory_mb=limits.memory_mb)
+
+
+def play(source: str, sample: dict[str, Any], *, episode_id: str, seed: int,
+         adapter_hash: str | None, targets: TargetPool, blobs: BlobStore,
+         limits: Limits) -> tuple[EpisodeOutcome, list[ModelCall]]:
+    gateway = targets.gateway(adapter_hash, blobs)
+    url = gateway.open_episode(episode_id, seed=seed)
+    try:
+        outcome = run_episode(source, sample, model_url=url, limits=limits)
+    finally:
+        calls = gateway.close_episode(episode_id)
+    return outcome, calls
+
+
+def trajectory_of(sample_id: str, outcome: EpisodeOutcome, calls: list[ModelCall]) -> dict[str, Any]:
+    return {"sample_id": sample_id,
+            "outcome": outcome.model_dump(mode="json"),
+            "calls": [call.model_dump(mode="json") for call in calls]}
+
+
+def target_usage(calls: list[ModelCall], wall_s: float) -> Usage:
+    generations = [g for call in calls for g in call.generations]
+    prompt_tokens = sum(len(g.prompt_token_ids) for g in generations)
+    return Usage(tokens_in=prompt_tokens, tokens_out=sum(len(g.token_ids) for g in generations),
+                 wall_s=wall_s)
+
+
+class EpisodeHandler:
+    kind = "episode"
+
+    def __init__(self, task: Task, targets: TargetPool) -> None:
+        self.task, self.targets = task, targets
+        self.limits = sandbox_limits(task)
+
+    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        source = ctx.blobs.get_text(request["harness_hash"])
+        sample = self.task.sample(request["sample_id"])
+        outcome, calls = play(source, sample, episode_id=ctx.effect_id, seed=ctx.seed,
+                              adapter_hash=request["adapter_hash"], targets=self.targets,
+                              blobs=ctx.blobs, limits=self.limits)
+        trajectory = ctx.blobs.put_text(canonical_json(trajectory_of(request["sample_id"],
+                                                                     outcome, calls)))
+        return EffectResult({"status": outcome.status, "prediction": outcome.answer,
+                             "trajectory_hash": trajectory, "error": outcome.error},
+                            target_usage(calls, outcome.wall_s))
+
+
+class SmokeCheck:
+    """The Meta Agent's validation: the contract, then a real run on two dev samples."""
+
+    def __init__(self, task: Task, targets: TargetPool, blobs: BlobStore, samples: int = 2) -> None:
+        self.task, self.targets, self.blobs = task, targets, blobs
+        self.samples = samples
+
+    def __call__(self, source: str) -> list[str]:
+        problems = validate_harness(source)
+        if problems:
+            return problems
+        limits = sandbox_limits(self.task)
+        for index, sample in enumerate(self.task.samples("dev")[: self.samples]):
+            outcome, _ = play(source, sample, episode_id=f"smoke-{index}-{id(source)}",
+                              seed=index, adapter_hash=None, targets=self.targets,
+                              blobs=self.blobs, limits=limits)
+            if outcome.status != "ok":
+                problems.append(f"smoke run on dev sample {sample['id']}: {outcome.status}: "
+                                f"{outcome.error or ''} {outcome.stderr_tail[-400:]}".strip())
+        return problems
+
+
+class EvaluateHandler:
+    """Scores a generation's answers; labels stay inside the task's evaluator."""
+
+    kind = "evaluate"
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        predictions = [(sample_id, prediction) for sample_id, prediction in request["predictions"]]
+        result = self.task.evaluate(predictions, scored=len(self.task.ids("dev")))
+        result.pop("failure_kinds", None)
+        return EffectResult(result)

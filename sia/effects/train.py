@@ -1,0 +1,116 @@
+"""Weight updates: recorded trajectories → rollouts → a training job → a stored adapter.
+
+Rollouts are built from what the gateway recorded (exact token ids and sampling
+logprobs), one per sampled completion, grouped by the prompt they answer. Each
+completion is scored by the task's evaluator as if it were the answer, so group-relative
+algorithms see the spread within a group; labels stay inside the evaluator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sia.effects.base import EffectContext, EffectError, EffectResult
+from sia.events.types import TrainingJobSubmitted, Usage
+from sia.store.blobs import BlobStore
+
+if TYPE_CHECKING:
+    from sia.tasks.loader import Task
+    from sia.train.rollouts import Rollout
+    from sia.wiring import TinyModelSource
+
+
+def build_rollouts(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task,
+                   eos_id: int | None) -> list[Rollout]:
+    from sia.train.rollouts import Rollout
+
+    rollouts: list[Rollout] = []
+    for episode in episodes:
+        if not episode.get("trajectory_hash"):
+            continue
+        trajectory = json.loads(blobs.get_text(episode["trajectory_hash"]))
+        for call in trajectory["calls"]:
+            if call["status"] != 200 or not call["generations"]:
+                continue
+            n = len(call["generations"]) // max(1, len(call["prompts"]))
+            for index, generation in enumerate(call["generations"]):
+                completion = list(generation["token_ids"])
+                logprobs = generation.get("logprobs")
+                if generation["finish_reason"] == "stop" and eos_id is not None:
+                    completion.append(eos_id)
+                    logprobs = None if logprobs is None else [*logprobs, 0.0]
+                if not generation["prompt_token_ids"] or not completion:
+                    continue
+                rollouts.append(Rollout(
+                    prompt_ids=generation["prompt_token_ids"], completion_ids=completion,
+                    reward=task.reward(episode["sample_id"], generation["text"]),
+                    group=f"{episode['episode_id']}/{call['index']}/{index // max(1, n)}",
+                    logprobs=logprobs))
+    return rollouts
+
+
+def eos_of(model_dir: Path) -> int | None:
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    eos = config.get("eos_token_id")
+    return eos[0] if isinstance(eos, list) else eos
+
+
+class TrainHandler:
+    kind = "train"
+
+    def __init__(self, task: Task, model: TinyModelSource, home: Path, backend: str = "local") -> None:
+        self.task, self.model, self.home, self.backend = task, model, home, backend
+
+    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        from sia.train.rollouts import write_rollouts
+        from sia.train.spec import TrainingSpec, data_hash
+
+        started = time.perf_counter()
+        built = self.model.model()
+        model_dir = Path(built.path)
+        rollouts = build_rollouts(request["episodes"], ctx.blobs, self.task, eos_of(model_dir))
+        if not rollouts:
+            raise EffectError("no recorded model calls to train on (every rollout episode failed "
+                              "before calling the model)")
+        data_dir = self.home / "rollouts"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        staging = data_dir / f".{ctx.effect_id}.jsonl"
+        write_rollouts(staging, rollouts)
+        data = data_dir / f"{data_hash(staging)}.jsonl"
+        os.replace(staging, data)
+        spec = TrainingSpec(algorithm=request["algorithm"], params=request["params"],
+                            base_model_id=built.model_id, base_model_hash=built.model_hash,
+                            initial_adapter_hash=request["initial_adapter_hash"],
+                            data_hash=data_hash(data), seed=ctx.seed % 2**31)
+        manifest, adapter_dir = self._train(spec, model_dir, request, data, ctx)
+        from sia.train.job import store_adapter
+
+        adapter_hash = store_adapter(ctx.blobs, adapter_dir)
+        metrics = {k: v for k, v in manifest.metrics.items() if v is not None}
+        metrics["rollouts"] = float(len(rollouts))
+        metrics["rollout_reward"] = sum(r.reward for r in rollouts) / len(rollouts)
+        return EffectResult({"job_id": spec.job_id, "adapter_hash": adapter_hash,
+                             "config_hash": manifest.config_hash, "algorithm": spec.algorithm,
+                             "metrics": metrics},
+                            Usage(wall_s=time.perf_counter() - started))
+
+    def _train(self, spec: Any, model_dir: Path, request: dict[str, Any], data: Path,
+               ctx: EffectContext) -> tuple[Any, Path]:
+        """Run the job in a subprocess (re-attached by its recorded id after a crash)."""
+        from sia.train.job import load_adapter
+        from sia.train.local import LocalTrainer, TrainingFailed
+
+        init = request["initial_adapter_hash"]
+        init_dir = load_adapter(ctx.blobs, init, self.home / "adapters" / init) if init else None
+        trainer = LocalTrainer(self.home / "train")
+        inputs = {"model_dir": str(model_dir), "init_adapter_dir": str(init_dir) if init_dir else None,
+                  "data_path": str(data)}
+        try:
+            manifest = trainer.run_effect(spec, inputs, ctx)
+        except TrainingFailed as exc:
+            raise EffectError(f"training job {spec.job_id[:12]} failed: {exc}") from None
+        return manifest, manifest.adapter_dir(trainer.root / "jobs" / spec.job_id)
