@@ -208,6 +208,11 @@ class Task:
         return self.spec.name
 
     @property
+    def description(self) -> str:
+        """What the agents are told the task is."""
+        return self.spec.description
+
+    @property
     def task_hash(self) -> str:
         return self._task_hash
 

@@ -1,0 +1,64 @@
+"""Whole runs with the Meta and Feedback agents on an LLM: the real `anthropic` and
+`openai` SDKs, inside a real `sia run` process, against loopback protocol servers that
+also throw a rate limit and a server error at them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sia.agents.template import Knobs, render
+from sia.testing import AnthropicServer, Fault, OpenAIServer, Script
+from tests.cli import sia, sia_json
+
+pytestmark = pytest.mark.slow
+
+KEY = "sk-test-SECRET-run-4821"
+FIRST = render(Knobs(prompt="fields", extract="option", samples=3, fallback="first_option"))
+SECOND = render(Knobs(prompt="fields", extract="option", samples=5, fallback="first_option"))
+SCRIPT = (
+    {"harness": FIRST, "notes": "list the options, cue the answer, vote over 3"},
+    {"action": "edit_harness", "rationale": "votes are close: sample five completions",
+     "evidence": [], "harness": SECOND},
+)
+
+
+def check_run(home: Path, run: str, provider: str, requests: int) -> None:
+    state = sia_json(home, "show", run)
+    assert state["status"] == "completed" and len(state["dev_scores"]) == 2
+    (decision,) = sia_json(home, "audit", run)
+    assert decision["action"] == "edit_harness" and decision["provider"].startswith(provider)
+    assert "five completions" in decision["rationale"]
+    failures = [e for e in sia(home, "log", run, "--type", "EffectFailed", "--json").stdout.splitlines()]
+    assert len(failures) == 2
+    assert requests == 4
+    stored = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert KEY.encode() not in stored
+
+
+def test_a_run_with_anthropic_meta_and_feedback(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with AnthropicServer(api_key=KEY) as server:
+        server.responder = Script(*SCRIPT)
+        server.fail_next(Fault.rate_limited(retry_after=0), Fault.server_error())
+        result = sia(home, "run", "--task", "wordcat", "--mode", "H", "--max-gen", "2", "--quiet",
+                     "--set", "meta=anthropic", "--set", "feedback=anthropic:claude-sonnet-4-6",
+                     env={"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": server.base_url},
+                     timeout=300)
+        requests = len(server.requests)
+    check_run(home, result.stdout.split()[-1], "anthropic", requests)
+
+
+def test_a_run_with_an_openai_compatible_endpoint(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with OpenAIServer(api_key=KEY, models=("loopback-model",)) as server:
+        server.responder = Script(*SCRIPT)
+        server.fail_next(Fault.rate_limited(retry_after=0), Fault.server_error())
+        result = sia(home, "run", "--task", "wordcat", "--mode", "H", "--max-gen", "2", "--quiet",
+                     "--set", "meta=openai:loopback-model",
+                     "--set", "feedback=openai:loopback-model",
+                     env={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": server.api_base},
+                     timeout=300)
+        requests = len(server.requests)
+    check_run(home, result.stdout.split()[-1], "openai", requests)
