@@ -89,12 +89,29 @@ def test_a_large_answer_comes_back_and_an_oversized_one_is_malformed() -> None:
     assert over.status == "malformed" and "over" in over.error
 
 
-def test_helpers_the_harness_leaves_behind_are_killed_and_cannot_stall_the_caller() -> None:
-    body = ("import subprocess, sys\n"
-            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-            "return 'done'")
-    outcome = run_episode(solve(body), SAMPLE, model_url=None, limits=Limits(wall_s=10))
-    assert (outcome.status, outcome.answer) == ("ok", "done") and outcome.wall_s < 5
+@pytest.mark.parametrize("body", [
+    "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])",
+    "import os\nos.system('sleep 60 &')",
+    "import os\nos.fork()",
+], ids=["Popen", "system", "fork"])
+def test_a_harness_cannot_start_processes(body: str) -> None:
+    outcome = run_episode(solve(body + "\nreturn 'done'"), SAMPLE, model_url=None,
+                          limits=Limits(wall_s=10))
+    assert outcome.status == "crash" and "sandbox does not allow" in outcome.error
+    assert outcome.wall_s < 5
+
+
+def test_task_files_and_labels_are_unreadable_even_by_absolute_path() -> None:
+    import sia.tasks.loader as loader
+
+    labels = loader.BUNDLED_ROOT / "wordcat" / "private" / "labels.jsonl"
+    assert labels.is_file()
+    outcome = run_episode(solve(f"return open({str(labels)!r}).read()"), SAMPLE, model_url=None)
+    assert outcome.status == "crash" and "PermissionError" in outcome.error
+    assert "label" not in (outcome.answer or "")
+    allowed = run_episode(solve("import json, re, collections\nopen('scratch.txt', 'w').write('ok')\n"
+                                "return open('scratch.txt').read()"), SAMPLE, model_url=None)
+    assert (allowed.status, allowed.answer) == ("ok", "ok")
 
 
 def test_a_harness_that_exits_without_answering_is_a_crash() -> None:

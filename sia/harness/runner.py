@@ -68,6 +68,40 @@ def limit_self() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+FORBIDDEN_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
+                    "os.fork", "os.forkpty", "pty.spawn", "ctypes.dlopen", "ctypes.dlsym",
+                    "ctypes.cdata", "socket.bind")
+
+
+def confine(private_dir: str) -> None:
+    """From here on, files open only inside the private directory, the standard library
+    and system configuration, and no process can be started.
+
+    An audit hook cannot be removed once added, so harness code cannot lift it. It is the
+    second wall (the first is that nothing tells the harness where task data lives): task
+    folders, sia's home and the held-out labels stay unreadable even by absolute path.
+    """
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    allowed = tuple(os.path.realpath(p) + os.sep for p in {
+        private_dir, paths["stdlib"], paths["platstdlib"], "/etc", "/dev", "/proc/self",
+        "/usr/share/zoneinfo"})
+    devices = ("/dev/null", "/dev/urandom", "/dev/random")
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open" and args and isinstance(args[0], (str, bytes)):
+            path = args[0].decode() if isinstance(args[0], bytes) else args[0]
+            real = os.path.realpath(path)
+            if real in devices or (real + os.sep).startswith(allowed):
+                return
+            raise PermissionError(f"the sandbox does not allow opening {path}")
+        if event.startswith(FORBIDDEN_EVENTS):
+            raise PermissionError(f"the sandbox does not allow {event}")
+
+    sys.addaudithook(hook)
+
+
 def main() -> None:
     limit_self()
     harness_path, sample_path, result_fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -80,6 +114,8 @@ def main() -> None:
 
     with open(sample_path, encoding="utf-8") as handle:
         sample = json.load(handle)
+    import urllib.request  # noqa: F401 - loaded before confinement, with everything it opens
+    confine(os.path.dirname(os.path.abspath(harness_path)))
     try:
         spec = importlib.util.spec_from_file_location("harness", harness_path)
         module = importlib.util.module_from_spec(spec)
