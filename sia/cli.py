@@ -128,7 +128,7 @@ def _drive(store: EventStore, run_id: str, state: LoopState, concurrency: int, c
 
 @app.command()
 def run(
-    task: Annotated[str, typer.Option(help="Task name or folder.")],
+    task: Annotated[str, typer.Option(help="Task: a bundled name (sia tasks list) or a task folder.")] = "wordcat",
     mode: Annotated[str, typer.Option(help="H (harness only) or WH (harness + weights).")] = "WH",
     max_gen: Annotated[int, typer.Option("--max-gen", help="Generations to run.")] = 3,
     seed: Annotated[int, typer.Option(help="Run seed; every handler seed derives from it.")] = 0,

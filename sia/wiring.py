@@ -39,6 +39,14 @@ def handlers_for(config: RunConfig, task: TaskSnapshot | None = None, *,
         raise BackendUnavailable(f"unknown target {config.target!r} (known: {', '.join(TARGETS)})")
     if config.trainer not in TRAINERS:
         raise BackendUnavailable(f"unknown trainer {config.trainer!r} (known: {', '.join(TRAINERS)})")
+    if config.trainer == "modal":
+        from sia.train.modal_app import modal_credentials_present
+
+        if not modal_credentials_present():
+            raise BackendUnavailable(
+                "trainer 'modal' needs Modal credentials: set MODAL_TOKEN_ID and "
+                "MODAL_TOKEN_SECRET (or run `modal token new`), then deploy the trainer once "
+                "with `modal deploy -m sia.train.modal_app`")
     home = home or sia_home()
     settings = settings or Settings()
     served = open_task(task, home)
@@ -108,7 +116,8 @@ def _meta(role: str, task: Task, check: Any, settings: Settings) -> Any:
         return BuiltinMeta(lambda request: task, check)
     from sia.agents.llm import LLMMeta
 
-    return LLMMeta(_provider(name, settings), model=_model(name, model), task=task, validate=check)
+    chosen = _model(name, model)
+    return LLMMeta(_provider(name, settings), model=chosen, task=task, validate=check)
 
 
 def _feedback(role: str, task: Task, check: Any, settings: Settings) -> Any:
@@ -120,22 +129,27 @@ def _feedback(role: str, task: Task, check: Any, settings: Settings) -> Any:
                                                 for e in request["episodes"]})
     from sia.agents.llm import LLMFeedback
 
-    return LLMFeedback(_provider(name, settings), model=_model(name, model), task=task,
-                       validate=check)
+    chosen = _model(name, model)
+    return LLMFeedback(_provider(name, settings), model=chosen, task=task, validate=check)
 
 
 def _provider(name: str, settings: Settings) -> Any:
-    from sia.llm import get_provider
+    from sia.llm import MissingCredentials, get_provider
 
     try:
-        return get_provider(name, **settings.provider_settings(name))
-    except (ValueError, TypeError) as exc:
+        provider = get_provider(name, **settings.provider_settings(name))
+        provider.check_credentials()
+    except (ValueError, TypeError, MissingCredentials) as exc:
         raise BackendUnavailable(str(exc)) from None
+    return provider
 
 
 def _model(name: str, model: str | None) -> str:
-    from sia.llm import DEFAULT_MODELS
+    from sia.llm import DEFAULT_MODELS, provider_names
 
+    if name not in provider_names():
+        raise BackendUnavailable(f"unknown LLM provider {name!r}; known: builtin, "
+                                 f"{', '.join(provider_names())}")
     chosen = model or DEFAULT_MODELS.get(name)
     if not chosen:
         raise BackendUnavailable(f"provider {name!r} needs a model: set it as '{name}:MODEL'")

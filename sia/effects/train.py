@@ -85,8 +85,10 @@ class TrainHandler:
         spec = TrainingSpec(algorithm=request["algorithm"], params=request["params"],
                             base_model_id=built.model_id, base_model_hash=built.model_hash,
                             initial_adapter_hash=request["initial_adapter_hash"],
-                            data_hash=data_hash(data), seed=ctx.seed % 2**31)
-        manifest, adapter_dir = self._train(spec, model_dir, request, data, ctx)
+                            data_hash=data_hash(data), seed=ctx.seed % 2**31,
+                            precision="bf16" if self.backend == "modal" else "fp32")
+        train = self._train_on_modal if self.backend == "modal" else self._train
+        manifest, adapter_dir = train(spec, model_dir, request, data, ctx)
         from sia.train.job import store_adapter
 
         adapter_hash = store_adapter(ctx.blobs, adapter_dir)
@@ -114,3 +116,24 @@ class TrainHandler:
         except TrainingFailed as exc:
             raise EffectError(f"training job {spec.job_id[:12]} failed: {exc}") from None
         return manifest, manifest.adapter_dir(trainer.root / "jobs" / spec.job_id)
+
+    def _train_on_modal(self, spec: Any, model_dir: Path, request: dict[str, Any], data: Path,
+                        ctx: EffectContext) -> tuple[Any, Path]:
+        """Spawn on the deployed Modal app; the FunctionCall id is recorded at once, so a
+        resumed run re-attaches to it. The base model goes to the Volume once, by hash."""
+        from sia.train.job import load_adapter
+        from sia.train.modal_app import ModalTrainer, adapter_inputs, upload_model
+
+        trainer = ModalTrainer()
+        init = request["initial_adapter_hash"]
+        inputs: dict[str, Any] = {"model_dir": upload_model(model_dir, spec.base_model_hash),
+                                  "rollouts_jsonl": data.read_text(encoding="utf-8")}
+        if init:
+            inputs["init_adapter_files"] = adapter_inputs(
+                load_adapter(ctx.blobs, init, self.home / "adapters" / init))
+        try:
+            manifest = trainer.run_effect(spec, inputs, ctx)
+            adapter_dir = trainer.fetch_adapter(manifest, self.home / "train" / "modal" / spec.job_id)
+        except Exception as exc:  # Modal's errors name what went wrong; record them as the effect's
+            raise EffectError(f"Modal training job {spec.job_id[:12]} failed: {exc}") from None
+        return manifest, adapter_dir

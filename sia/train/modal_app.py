@@ -197,6 +197,22 @@ def require_credentials() -> None:
             "`modal deploy -m sia.train.modal_app`")
 
 
+def upload_model(model_dir: Path, model_hash: str) -> str:
+    """Put a locally built base model (the embedded tiny model) on the Volume once; returns
+    its path relative to the volume root, for `inputs["model_dir"]`."""
+    require_credentials()
+    remote = f"models/{model_hash}"
+    volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+    try:
+        present = {entry.path for entry in volume.listdir(remote)}
+    except Exception:  # noqa: BLE001 - a missing directory is reported differently across versions
+        present = set()
+    if not present:
+        with volume.batch_upload() as batch:
+            batch.put_directory(str(model_dir), remote)
+    return remote
+
+
 def adapter_inputs(adapter_dir: Path) -> dict[str, str]:
     """An init adapter inline for `inputs["init_adapter_files"]` (small LoRA adapters only)."""
     return {p.name: base64.b64encode(p.read_bytes()).decode("ascii")
