@@ -82,7 +82,14 @@ class TrainHandler:
         write_rollouts(staging, rollouts)
         data = data_dir / f"{data_hash(staging)}.jsonl"
         os.replace(staging, data)
-        spec = TrainingSpec(algorithm=request["algorithm"], params=request["params"],
+        from sia.train.algorithms import resolve_params
+
+        try:
+            params = resolve_params(request["algorithm"], request["params"])
+        except ValueError as exc:
+            raise EffectError(f"training plan refused: {exc}") from None
+        # Resolved defaults are part of the job's identity: new defaults are a new job.
+        spec = TrainingSpec(algorithm=request["algorithm"], params=params,
                             base_model_id=built.model_id, base_model_hash=built.model_hash,
                             initial_adapter_hash=request["initial_adapter_hash"],
                             data_hash=data_hash(data), seed=ctx.seed % 2**31,
