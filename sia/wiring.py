@@ -35,8 +35,8 @@ def handlers_for(config: RunConfig, task: TaskSnapshot | None = None, *,
                                  "target and trainer all 'deterministic')")
     if task is None:
         raise BackendUnavailable("a run needs its task to be served")
-    if config.target not in TARGETS:
-        raise BackendUnavailable(f"unknown target {config.target!r} (known: {', '.join(TARGETS)})")
+    if config.target not in TARGETS and not config.target.startswith("vllm:"):
+        raise BackendUnavailable(f"unknown target {config.target!r} (known: tiny, vllm:MODEL)")
     if config.trainer not in TRAINERS:
         raise BackendUnavailable(f"unknown trainer {config.trainer!r} (known: {', '.join(TRAINERS)})")
     if config.trainer == "modal":
@@ -56,8 +56,8 @@ def handlers_for(config: RunConfig, task: TaskSnapshot | None = None, *,
     from sia.effects.train import TrainHandler
     from sia.store.blobs import FileBlobStore
 
-    model = TinyModelSource(served, home / "models")
-    targets = TargetPool(model.path, home / "adapters")
+    model, backend = _target(config.target, served, home, settings)
+    targets = TargetPool(backend, home / "adapters")
     check = SmokeCheck(served, targets, FileBlobStore(blobs_path(home)))
     registry = HandlerRegistry(name=f"{config.meta}/{config.feedback}/{config.target}/{config.trainer}")
     registry.register(_meta(config.meta, served, check, settings))
@@ -83,6 +83,35 @@ def open_task(snapshot: TaskSnapshot, home: Path) -> Task:
             f"task {snapshot.name} changed since this run recorded it (hash "
             f"{snapshot.task_hash[:12]} recorded, {task.snapshot().task_hash[:12]} now)")
     return task
+
+
+def _target(target: str, task: Task, home: Path, settings: Settings) -> tuple[Any, Any]:
+    """The base model's identity (for training) and how episodes reach it."""
+    from sia.effects.targets import local_backend, vllm_backend
+
+    if target == "tiny":
+        tiny = TinyModelSource(task, home / "models")
+        return tiny, local_backend(tiny.path)
+    model = target.partition(":")[2]
+    vllm = settings.provider_settings("vllm")
+    if not model or not vllm.get("base_url"):
+        raise BackendUnavailable(f"target {target!r} needs a model name and base_url in "
+                                 "[providers.vllm] of sia.toml (the vLLM server's address)")
+    return RemoteModelSource(model, vllm), vllm_backend(model, vllm)
+
+
+class RemoteModelSource:
+    """A model served remotely; trained locally only from a local copy (`model_dir`)."""
+
+    def __init__(self, model: str, settings: dict[str, Any]) -> None:
+        from sia.events.canonical import content_hash
+
+        self.model_id = model
+        self.model_hash = content_hash({"model": model, "revision": settings.get("revision")})
+        self.path = settings.get("model_dir")
+
+    def model(self) -> RemoteModelSource:
+        return self
 
 
 class TinyModelSource:

@@ -21,7 +21,7 @@ from sia.store.blobs import BlobStore
 if TYPE_CHECKING:
     from sia.tasks.loader import Task
     from sia.train.rollouts import Rollout
-    from sia.wiring import TinyModelSource
+    from sia.wiring import RemoteModelSource, TinyModelSource
 
 
 def build_rollouts(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task,
@@ -62,7 +62,8 @@ def eos_of(model_dir: Path) -> int | None:
 class TrainHandler:
     kind = "train"
 
-    def __init__(self, task: Task, model: TinyModelSource, home: Path, backend: str = "local") -> None:
+    def __init__(self, task: Task, model: TinyModelSource | RemoteModelSource, home: Path,
+                 backend: str = "local") -> None:
         self.task, self.model, self.home, self.backend = task, model, home, backend
 
     def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
@@ -71,8 +72,12 @@ class TrainHandler:
 
         started = time.perf_counter()
         built = self.model.model()
-        model_dir = Path(built.path)
-        rollouts = build_rollouts(request["episodes"], ctx.blobs, self.task, eos_of(model_dir))
+        model_dir = Path(built.path) if built.path else None
+        if model_dir is None and self.backend == "local":
+            raise EffectError(f"training {built.model_id} locally needs a local copy of it: set "
+                              "model_dir in [providers.vllm] of sia.toml, or use trainer=modal")
+        rollouts = build_rollouts(request["episodes"], ctx.blobs, self.task,
+                                  eos_of(model_dir) if model_dir else None)
         if not rollouts:
             raise EffectError("no recorded model calls to train on (every rollout episode failed "
                               "before calling the model)")
@@ -107,7 +112,7 @@ class TrainHandler:
                              "metrics": metrics},
                             Usage(wall_s=time.perf_counter() - started))
 
-    def _train(self, spec: Any, model_dir: Path, request: dict[str, Any], data: Path,
+    def _train(self, spec: Any, model_dir: Path | None, request: dict[str, Any], data: Path,
                ctx: EffectContext) -> tuple[Any, Path]:
         """Run the job in a subprocess (re-attached by its recorded id after a crash)."""
         from sia.train.job import load_adapter
@@ -124,7 +129,7 @@ class TrainHandler:
             raise EffectError(f"training job {spec.job_id[:12]} failed: {exc}") from None
         return manifest, manifest.adapter_dir(trainer.root / "jobs" / spec.job_id)
 
-    def _train_on_modal(self, spec: Any, model_dir: Path, request: dict[str, Any], data: Path,
+    def _train_on_modal(self, spec: Any, model_dir: Path | None, request: dict[str, Any], data: Path,
                         ctx: EffectContext) -> tuple[Any, Path]:
         """Spawn on the deployed Modal app; the FunctionCall id is recorded at once, so a
         resumed run re-attaches to it. The base model goes to the Volume once, by hash."""
@@ -133,8 +138,9 @@ class TrainHandler:
 
         trainer = ModalTrainer()
         init = request["initial_adapter_hash"]
-        inputs: dict[str, Any] = {"model_dir": upload_model(model_dir, spec.base_model_hash),
-                                  "rollouts_jsonl": data.read_text(encoding="utf-8")}
+        inputs: dict[str, Any] = {"rollouts_jsonl": data.read_text(encoding="utf-8")}
+        if model_dir is not None:
+            inputs["model_dir"] = upload_model(model_dir, spec.base_model_hash)
         if init:
             inputs["init_adapter_files"] = adapter_inputs(
                 load_adapter(ctx.blobs, init, self.home / "adapters" / init))
