@@ -288,9 +288,15 @@ def test_an_unknown_algorithm_is_re_asked_and_the_second_answer_used(anthropic_s
     anthropic_server.responder = Scripted(answer("update_weights", plan={"algorithm": "sgd_magic"}),
                                           answer("update_weights", plan={"algorithm": "grpo"}))
     blobs = MemoryBlobStore()
-    outcome = feedback(anthropic(anthropic_server)).run(feedback_request(blobs), context(blobs, "feedback"))
+    reported: list[Any] = []
+    ctx = context(blobs, "feedback")
+    ctx.report = reported.append
+    outcome = feedback(anthropic(anthropic_server)).run(feedback_request(blobs), ctx)
     assert outcome.result["plan"]["algorithm"] == "grpo"
     assert "unknown algorithm 'sgd_magic'" in outcome.result["rationale"]
+    (refusal,) = reported
+    assert (refusal.type, refusal.effect_id, refusal.attempt) == ("AnswerRefused", "feedback-effect", 1)
+    assert any("sgd_magic" in problem for problem in refusal.problems)
     assert len(anthropic_server.message_requests) == 2
     one_call_in = anthropic_server.message_requests[0]
     assert outcome.usage.tokens_in > 0 and outcome.usage.tokens_out > 0

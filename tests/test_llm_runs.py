@@ -4,6 +4,7 @@ also throw a rate limit and a server error at them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ FIRST = render(Knobs(prompt="fields", extract="option", samples=3, fallback="fir
 SECOND = render(Knobs(prompt="fields", extract="option", samples=5, fallback="first_option"))
 SCRIPT = (
     {"harness": FIRST, "notes": "list the options, cue the answer, vote over 3"},
+    {"action": "update_weights", "rationale": "train", "plan": {"algorithm": "grpo"}},
     {"action": "edit_harness", "rationale": "votes are close: sample five completions",
      "evidence": [], "harness": SECOND},
 )
@@ -32,7 +34,10 @@ def check_run(home: Path, run: str, provider: str, requests: int) -> None:
     assert "five completions" in decision["rationale"]
     failures = [e for e in sia(home, "log", run, "--type", "EffectFailed", "--json").stdout.splitlines()]
     assert len(failures) == 2
-    assert requests == 4
+    (refused,) = [json.loads(line)["payload"] for line in
+                  sia(home, "log", run, "--type", "AnswerRefused", "--json").stdout.splitlines()]
+    assert refused["kind"] == "feedback" and "mode H" in " ".join(refused["problems"])
+    assert requests == 5
     stored = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
     assert KEY.encode() not in stored
 

@@ -35,7 +35,7 @@ from sia.agents import prompts
 from sia.agents.digest import Digest, build_digest, summarize_trajectory
 from sia.config import dollars
 from sia.effects.base import EffectContext, EffectError, EffectResult
-from sia.events.types import ALGORITHMS, Usage
+from sia.events.types import ALGORITHMS, AnswerRefused, Usage
 from sia.interpret import FeedbackResult, MetaResult
 from sia.llm import LLMRequest, LLMResponse, Message, MissingCredentials, PermanentLLMError, Provider, ResponseSchema
 from sia.store.blobs import BlobStore
@@ -77,6 +77,12 @@ def default_trajectory_summary(trajectory_hash: str | None, blobs: BlobStore) ->
 
 
 # ---------------------------------------------------------------- answer schemas
+
+
+def _report_refusal(ctx: EffectContext, attempt: int, problems: Sequence[str]) -> None:
+    """Record a refused answer now, so the log holds every attempt, not only the last."""
+    ctx.report(AnswerRefused(effect_id=ctx.effect_id, kind=ctx.kind, attempt=attempt,
+                             problems=tuple(problems)))
 
 
 class MetaAnswer(BaseModel):
@@ -261,6 +267,7 @@ class LLMMeta:
             except _Unreadable as exc:
                 problems = [f"unreadable answer: {exc}"]
                 history.append(f"attempt {attempt}: {problems[0]}")
+                _report_refusal(ctx, attempt, problems)
                 conversation.refuse("(unreadable answer)", prompts.unparseable_reask(str(exc)))
                 continue
             try:
@@ -268,6 +275,7 @@ class LLMMeta:
             except ValidationError as exc:
                 problems = _errors(exc)
                 history.append(f"attempt {attempt}: " + "; ".join(problems))
+                _report_refusal(ctx, attempt, problems)
                 conversation.refuse(prompts.echo(response.structured), prompts.meta_reask(problems))
                 continue
             source = strip_fences(answer.harness)
@@ -278,6 +286,7 @@ class LLMMeta:
                 MetaResult.model_validate(result)
                 return EffectResult(result, conversation.usage)
             history.append(f"attempt {attempt}: " + "; ".join(problems))
+            _report_refusal(ctx, attempt, problems)
             conversation.refuse(prompts.echo({"harness": source}), prompts.meta_reask(problems))
         summary = [f"no valid harness after {self.max_attempts} attempts ({conversation.label})"] + history
         result = {"harness_hash": ctx.blobs.put_text(last_source) if last_source is not None else None,
@@ -359,6 +368,7 @@ class LLMFeedback:
                 response = conversation.ask()
             except _Unreadable as exc:
                 refused.append(f"attempt {attempt}: unreadable answer: {exc}")
+                _report_refusal(ctx, attempt, [f"unreadable answer: {exc}"])
                 conversation.refuse("(unreadable answer)", prompts.unparseable_reask(str(exc)))
                 continue
             try:
@@ -373,6 +383,7 @@ class LLMFeedback:
                                       forced=forced_action is not None, attempt=attempt, refused=refused)
                 return EffectResult(result, conversation.usage)
             refused.append(f"attempt {attempt}: " + "; ".join(problems))
+            _report_refusal(ctx, attempt, problems)
             conversation.refuse(prompts.echo(response.structured), prompts.feedback_reask(problems))
         raise EffectError(f"feedback ({conversation.label}): no valid decision after {self.max_attempts} "
                           "attempts: " + " | ".join(refused))

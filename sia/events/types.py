@@ -7,7 +7,7 @@ Events are facts. Three sources append them, and each type has exactly one sourc
   RolledBack, GenerationCompleted, RunCompleted, RunFailed;
 * an effect's outcome, through the pure `interpret` (the runtime appends it in the same
   transaction as the EffectCompleted it came from): HarnessProposed, EpisodeRecorded,
-  EvaluationRecorded, FeedbackDecided, TrainingJobSubmitted, AdapterCheckpointed,
+  EvaluationRecorded, FeedbackDecided, TrainingJobSubmitted, AnswerRefused, AdapterCheckpointed,
   plus EffectCompleted / EffectFailed themselves.
 
 Large payloads (harness source, trajectories, adapters) live in the blob store; events
@@ -264,6 +264,17 @@ class TrainingJobSubmitted(BaseEvent):
     call_id: str | None = None
 
 
+class AnswerRefused(BaseEvent):
+    """An agent's answer that failed validation and was re-asked within the same effect,
+    recorded as it happens so the audit shows every attempt, not only the accepted one."""
+
+    type: Literal["AnswerRefused"] = "AnswerRefused"
+    effect_id: str
+    kind: str
+    attempt: int
+    problems: tuple[str, ...]
+
+
 class AdapterCheckpointed(BaseEvent):
     type: Literal["AdapterCheckpointed"] = "AdapterCheckpointed"
     generation: int
@@ -300,6 +311,7 @@ Event = Annotated[
         HarnessEdited,
         RolledBack,
         TrainingJobSubmitted,
+        AnswerRefused,
         AdapterCheckpointed,
         GenerationCompleted,
     ],

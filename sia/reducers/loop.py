@@ -14,6 +14,7 @@ from typing import Any
 
 from sia.events.mapper import RecordedEvent
 from sia.events.types import (
+    AnswerRefused,
     AdapterCheckpointed,
     BaseEvent,
     EffectCompleted,
@@ -208,6 +209,12 @@ def _job_submitted(state: LoopState, e: TrainingJobSubmitted, seq: int, run_id: 
     return {"pending": {**state.pending, e.effect_id: submitted}}
 
 
+def _answer_refused(state: LoopState, e: AnswerRefused, seq: int, run_id: str | None) -> Changes:
+    if e.effect_id not in state.pending:
+        raise FoldError(seq, f"refused answer for effect {e.effect_id} that is not pending")
+    return {}
+
+
 # ---------------------------------------------------------------- the loop's facts
 
 
@@ -297,6 +304,7 @@ _REDUCERS: dict[type[BaseEvent], _Reducer] = {
     EffectCompleted: _effect_completed,
     EffectFailed: _effect_failed,
     TrainingJobSubmitted: _job_submitted,
+    AnswerRefused: _answer_refused,
     HarnessProposed: _harness_proposed,
     GenerationStarted: _generation_started,
     EpisodeRecorded: _episode_recorded,
