@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--checkpoint-every", type=int, default=5)
+    parser.add_argument("--checkpoint-every", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 

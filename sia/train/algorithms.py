@@ -21,7 +21,7 @@ from sia.train.rollouts import Rollout
 ALGORITHMS = ("ppo_gae", "grpo", "entropic", "reinforce_kl", "dpo", "best_of_n")
 
 _COMMON: dict[str, Any] = {"lr": 5e-3, "epochs": 4, "batch_size": 32, "max_grad_norm": 1.0,
-                           "checkpoint_every": 5}
+                           "checkpoint_every": 25}
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "ppo_gae": {**_COMMON, "clip": 0.2, "value_clip": 0.2, "vf_coef": 0.1, "gamma": 1.0, "lam": 0.95,
                 "normalize_advantages": True},
