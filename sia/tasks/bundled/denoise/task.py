@@ -7,9 +7,10 @@ from its seed by the evaluator), so every label is null.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from sia.tasks.splits import question_corpus, split_files, write_files
 
 QUESTION = (
     "Write a Python module (numpy is available) defining denoise(train_counts) -> numpy array, "
@@ -26,30 +27,20 @@ N_CELLS, N_GENES = 300, 2000
 
 
 def generated_files() -> dict[str, str]:
-    files: dict[str, list[dict]] = {}
-    labels = []
-    for split, seeds in SEEDS.items():
-        rows = []
-        for index, seed in enumerate(seeds, start=1):
-            sample_id = f"dn-{split}-{index}"
-            rows.append({"id": sample_id, "question": QUESTION.format(n_cells=N_CELLS, n_genes=N_GENES),
-                         "seed": seed, "n_cells": N_CELLS, "n_genes": N_GENES})
-            labels.append({"id": sample_id, "label": None})
-        files[{"train": "public/train.jsonl", "dev": "public/dev.jsonl",
-               "test": "private/test.jsonl"}[split]] = rows
-    files["private/labels.jsonl"] = labels
-    return {rel: "".join(json.dumps(row) + "\n" for row in rows) for rel, rows in files.items()}
+    samples = {split: [{"id": f"dn-{split}-{index}",
+                        "question": QUESTION.format(n_cells=N_CELLS, n_genes=N_GENES),
+                        "seed": seed, "n_cells": N_CELLS, "n_genes": N_GENES}
+                       for index, seed in enumerate(seeds, start=1)]
+               for split, seeds in SEEDS.items()}
+    return split_files(samples, {s["id"]: None for rows in samples.values() for s in rows})
 
 
 def generate(folder: Path) -> None:
-    for rel, content in generated_files().items():
-        path = Path(folder) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content, encoding="utf-8")
+    write_files(folder, generated_files())
 
 
 def pretraining_corpus(samples: list[dict], seed: int) -> list[str]:
-    return sorted({sample["question"] for sample in samples})
+    return question_corpus(samples)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,11 @@ charges.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from sia.tasks.lawbench import charge_options, load_cases, split_cases
-
-
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+from sia.tasks.splits import split_files, write_files
 
 
 def build(data: Path, out: Path, params: dict[str, Any]) -> None:
@@ -33,13 +29,9 @@ def build(data: Path, out: Path, params: dict[str, Any]) -> None:
         return {"id": case.case_id, "instruction": case.instruction, "question": case.question,
                 "options": options}
 
-    for rel, split in (("public/train.jsonl", train), ("public/dev.jsonl", dev),
-                       ("private/test.jsonl", test)):
-        path = Path(out) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(_jsonl([public(case) for case in split]), encoding="utf-8")
-    labels = [{"id": case.case_id, "label": list(case.charges)} for case in cases]
-    (Path(out) / "private/labels.jsonl").write_text(_jsonl(labels), encoding="utf-8")
+    samples = {"train": [public(c) for c in train], "dev": [public(c) for c in dev],
+               "test": [public(c) for c in test]}
+    write_files(out, split_files(samples, {case.case_id: list(case.charges) for case in cases}))
 
 
 def pretraining_corpus(samples: list[dict], seed: int) -> list[str]:

@@ -7,9 +7,10 @@ nothing hidden to label, so every label is null: the reward is measured, not loo
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from sia.tasks.splits import question_corpus, split_files, write_files
 
 QUESTION = (
     "Write a Python module (torch is available) defining custom_kernel(x, mask, weights) -> "
@@ -33,31 +34,20 @@ CONFIGS = {
 
 
 def generated_files() -> dict[str, str]:
-    files: dict[str, list[dict]] = {}
-    labels = []
-    for split, configs in CONFIGS.items():
-        rows = []
-        for index, (batch, seq_len, dim, hidden_dim, seed) in enumerate(configs, start=1):
-            sample_id = f"tm-{split}-{index}"
-            rows.append({"id": sample_id, "question": QUESTION, "batch": batch, "seq_len": seq_len,
-                         "dim": dim, "hidden_dim": hidden_dim, "seeds": [seed, seed + 1000],
-                         "repeats": 10, "warmup": 2})
-            labels.append({"id": sample_id, "label": None})
-        files[{"train": "public/train.jsonl", "dev": "public/dev.jsonl",
-               "test": "private/test.jsonl"}[split]] = rows
-    files["private/labels.jsonl"] = labels
-    return {rel: "".join(json.dumps(row) + "\n" for row in rows) for rel, rows in files.items()}
+    samples = {split: [{"id": f"tm-{split}-{index}", "question": QUESTION, "batch": batch,
+                        "seq_len": seq_len, "dim": dim, "hidden_dim": hidden_dim,
+                        "seeds": [seed, seed + 1000], "repeats": 10, "warmup": 2}
+                       for index, (batch, seq_len, dim, hidden_dim, seed) in enumerate(configs, start=1)]
+               for split, configs in CONFIGS.items()}
+    return split_files(samples, {s["id"]: None for rows in samples.values() for s in rows})
 
 
 def generate(folder: Path) -> None:
-    for rel, content in generated_files().items():
-        path = Path(folder) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content, encoding="utf-8")
+    write_files(folder, generated_files())
 
 
 def pretraining_corpus(samples: list[dict], seed: int) -> list[str]:
-    return sorted({sample["question"] for sample in samples})
+    return question_corpus(samples)
 
 
 if __name__ == "__main__":

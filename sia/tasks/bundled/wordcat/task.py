@@ -13,10 +13,11 @@ and assigned after a seeded shuffle, so an id says nothing about the label.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path
+
+from sia.tasks.splits import split_files, write_files
 
 SEED = 0
 CATEGORIES = ("fruit", "animal", "color", "tool")
@@ -56,28 +57,15 @@ def make_samples(seed: int = SEED) -> dict[str, list[tuple[dict, str]]]:
     return splits
 
 
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
 def generated_files(seed: int = SEED) -> dict[str, str]:
     """Relative path -> content of every data file of the task."""
     splits = make_samples(seed)
-    labels = sorted(({"id": s["id"], "label": label} for rows in splits.values() for s, label in rows),
-                    key=lambda row: row["id"])
-    return {
-        "public/train.jsonl": _jsonl([s for s, _ in splits["train"]]),
-        "public/dev.jsonl": _jsonl([s for s, _ in splits["dev"]]),
-        "private/test.jsonl": _jsonl([s for s, _ in splits["test"]]),
-        "private/labels.jsonl": _jsonl(labels),
-    }
+    return split_files({split: [s for s, _ in rows] for split, rows in splits.items()},
+                       {s["id"]: label for rows in splits.values() for s, label in rows})
 
 
 def generate(folder: Path, seed: int = SEED) -> None:
-    for rel, content in generated_files(seed).items():
-        path = Path(folder) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content, encoding="utf-8")
+    write_files(folder, generated_files(seed))
 
 
 def pretraining_corpus(samples: list[dict], seed: int) -> list[str]:
