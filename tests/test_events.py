@@ -21,7 +21,7 @@ from sia.events.types import (
     TaskSnapshot,
     TrainingPlan,
 )
-from sia.events.upcasting import Upcasters, UnknownSchemaVersion
+from sia.events.upcasting import UnknownSchemaVersion, Upcasters
 from sia.store.memory import MemoryEventStore
 
 json_values = st.recursive(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anthropic
@@ -16,8 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sia.events.canonical import canonical_json
-from sia.llm import (LLMRequest, LLMResponse, Message, MissingCredentials, PermanentLLMError,
-                     TransientLLMError, Usage, get_provider)
+from sia.llm import (
+    LLMRequest,
+    LLMResponse,
+    Message,
+    MissingCredentials,
+    PermanentLLMError,
+    TransientLLMError,
+    Usage,
+    get_provider,
+)
 from sia.llm.anthropic_provider import AnthropicProvider, build_params
 from sia.llm.errors import NO_STATUS, is_retryable_status, retry_after_seconds
 from sia.testing import AnthropicServer, Fault, Reply, Script

@@ -14,8 +14,8 @@ from sia.effects.base import EffectContext, EffectResult, HandlerRegistry, Trans
 from sia.effects.deterministic import deterministic_registry, toy_task
 from sia.events.mapper import MAPPER
 from sia.events.types import EffectRequested, RunConfig
-from sia.replay import check_run
 from sia.reducers.state import state_hash
+from sia.replay import check_run
 from sia.runtime import Runtime, load_state
 from sia.store.base import LeaseHeld
 from sia.store.memory import MemoryEventStore

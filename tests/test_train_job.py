@@ -16,8 +16,16 @@ from pathlib import Path
 import pytest
 
 from sia.events.canonical import content_hash
-from sia.train.job import (JobError, acquire_job_lock, adapter_hash, canonical_adapter_config,
-                           load_manifest, run_job, store_adapter, load_adapter)
+from sia.train.job import (
+    JobError,
+    acquire_job_lock,
+    adapter_hash,
+    canonical_adapter_config,
+    load_adapter,
+    load_manifest,
+    run_job,
+    store_adapter,
+)
 from sia.train.local import LocalTrainer, TrainingFailed
 from sia.train.spec import LoraShape, TrainingSpec, data_hash
 

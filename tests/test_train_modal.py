@@ -15,9 +15,8 @@ import pytest
 
 from sia.train import modal_app
 from sia.train.job import adapter_hash, load_manifest
+from sia.train.modal_app import ModalCredentialsMissing, ModalTrainer, adapter_inputs, modal_credentials_present, train
 from sia.train.spec import TrainingSpec
-from sia.train.modal_app import (ModalCredentialsMissing, ModalTrainer, adapter_inputs,
-                                 modal_credentials_present, train)
 from tests.test_train_job import PARAMS, make_fixture, make_spec
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sia.effects.base import EffectContext, EffectError, EffectResult
-from sia.events.types import TrainingJobSubmitted, Usage
+from sia.events.types import Usage
 from sia.store.blobs import BlobStore
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from typing import Any
 
 from sia.events.mapper import RecordedEvent
 from sia.events.types import (
-    AnswerRefused,
     AdapterCheckpointed,
+    AnswerRefused,
     BaseEvent,
     EffectCompleted,
     EffectFailed,

@@ -7,10 +7,10 @@ the same trajectory share it, and a read can prove it got what was written.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
+
+from sia.store.files import atomic_write
 
 
 class BlobMissing(KeyError):
@@ -83,17 +83,7 @@ class FileBlobStore(BlobStore):
         target = self.path(sha)
         if target.exists():
             return sha
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, data)
         return sha
 
     def get(self, sha: str) -> bytes:

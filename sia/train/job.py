@@ -32,7 +32,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from sia.events.canonical import canonical_json, content_hash
+from sia.store.files import atomic_write, fsync_dir
 from sia.train.spec import TrainingSpec, file_sha256
 
 MANIFEST_FORMAT = 1
@@ -75,38 +75,6 @@ class Manifest(BaseModel):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write `data` to `path` via a temp file in the same directory, fsync, rename."""
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def canonical_adapter_config(config: dict[str, Any], base_model_id: str | None) -> dict[str, Any]:
@@ -279,7 +247,7 @@ def run_job(spec: TrainingSpec, *, job_dir: Path, model_dir: Path,
     if final.exists():  # left by an attempt that died between this rename and DONE
         shutil.rmtree(final)
     os.replace(staging, final)
-    _fsync_dir(job_dir)
+    fsync_dir(job_dir)
 
     manifest = Manifest(job_id=spec.job_id, spec=spec.canonical(), adapter_hash=content_hash(files),
                         config_hash=files["adapter_config.json"], metrics=_finite(metrics or {}),

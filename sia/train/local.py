@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sia.train.job import (EXIT_LOCKED, JobError, Manifest, acquire_job_lock, atomic_write,
-                           load_manifest)
+from sia.train.job import EXIT_LOCKED, JobError, Manifest, acquire_job_lock, atomic_write, load_manifest
 from sia.train.spec import TrainingSpec
 
 BACKEND = "local"

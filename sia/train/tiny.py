@@ -113,7 +113,6 @@ def build_tiny_model(corpus: list[str], *, seed: int, root: Path, pretrain_steps
 
 
 def _build_into(out: Path, corpus: list[str], seed: int, steps: int, config: TinyConfig) -> None:
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
