@@ -51,7 +51,8 @@ def handlers_for(config: RunConfig, task: TaskSnapshot | None = None, *,
     settings = settings or Settings()
     served = open_task(task, home)
 
-    from sia.effects.episode import EpisodeHandler, EvaluateHandler, SmokeCheck
+    from sia.effects.episode import EpisodeHandler, SmokeCheck
+    from sia.effects.evaluate import EvaluateHandler
     from sia.effects.targets import TargetPool
     from sia.effects.train import TrainHandler
     from sia.store.blobs import FileBlobStore

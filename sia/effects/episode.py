@@ -88,18 +88,3 @@ class SmokeCheck:
                 problems.append(f"smoke run on dev sample {sample['id']}: {outcome.status}: "
                                 f"{outcome.error or ''} {outcome.stderr_tail[-400:]}".strip())
         return problems
-
-
-class EvaluateHandler:
-    """Scores a generation's answers; labels stay inside the task's evaluator."""
-
-    kind = "evaluate"
-
-    def __init__(self, task: Task) -> None:
-        self.task = task
-
-    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
-        predictions = [(sample_id, prediction) for sample_id, prediction in request["predictions"]]
-        result = self.task.evaluate(predictions, scored=len(self.task.ids("dev")))
-        result.pop("failure_kinds", None)
-        return EffectResult(result)

@@ -1,0 +1,26 @@
+"""Evaluation: a generation's answers scored by the task's evaluator, the only code that
+reads labels; what leaves it is rewards, counts and aggregate metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sia.effects.base import EffectContext, EffectResult
+
+if TYPE_CHECKING:
+    from sia.tasks.loader import Task
+
+
+class EvaluateHandler:
+    """Dev answers first (they make the score), then the rollouts (rewards only)."""
+
+    kind = "evaluate"
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        predictions = [(sample_id, prediction) for sample_id, prediction in request["predictions"]]
+        result = self.task.evaluate(predictions, scored=len(self.task.ids("dev")))
+        result.pop("failure_kinds", None)
+        return EffectResult(result)
