@@ -110,3 +110,13 @@ def test_kill_9_during_training_then_resume_reattaches_to_the_one_job(tmp_path: 
     assert len(attempts) <= 1
     assert len(events(home, "trained", "AdapterCheckpointed")) == 1
     assert sia_json(home, "show", "trained")["status"] == "completed"
+
+
+def test_the_same_settings_in_a_fresh_home_repeat_the_main_run(
+        main_run: tuple[Path, str, float], tmp_path: Path) -> None:
+    home, run, _ = main_run
+    again = sia(tmp_path / "home", "run", "--task", "wordcat", env=NO_KEYS, timeout=600).stdout.split()[-1]
+    first, second = sia_json(home, "show", run), sia_json(tmp_path / "home", "show", again)
+    assert first["dev_scores"] == second["dev_scores"]
+    assert first["adapter_hash"] == second["adapter_hash"] is not None
+    assert first["harness_hash"] == second["harness_hash"]

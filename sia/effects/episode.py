@@ -36,9 +36,13 @@ def play(source: str, sample: dict[str, Any], *, episode_id: str, seed: int,
 
 
 def trajectory_of(sample_id: str, outcome: EpisodeOutcome, calls: list[ModelCall]) -> dict[str, Any]:
+    """What happened, without how long it took: timings vary from run to run, and a
+    trajectory's hash feeds the requests (and so the seeds) of the effects that learn
+    from it, so leaving them out makes a fresh run of the same config repeat itself.
+    The episode's wall time is in its recorded usage."""
     return {"sample_id": sample_id,
-            "outcome": outcome.model_dump(mode="json"),
-            "calls": [call.model_dump(mode="json") for call in calls]}
+            "outcome": outcome.model_dump(mode="json", exclude={"wall_s", "cpu_s", "max_rss_mb"}),
+            "calls": [call.model_dump(mode="json", exclude={"latency_s"}) for call in calls]}
 
 
 def target_usage(calls: list[ModelCall], wall_s: float) -> Usage:
