@@ -27,7 +27,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
                 "normalize_advantages": True},
     "grpo": {**_COMMON, "clip": 0.2},
     "entropic": {**_COMMON, "clip": 0.2, "beta": None},
-    "reinforce_kl": {**_COMMON, "epochs": 8, "clip": 0.2, "kl_coef": 0.05},
+    "reinforce_kl": {**_COMMON, "clip": 0.2, "kl_coef": 0.01, "normalize_advantages": True},
     "dpo": {**_COMMON, "lr": 5e-3, "epochs": 3, "batch_size": 16, "beta": 0.1, "sft_weight": 1.0,
             "max_pairs_per_group": 16},
     "best_of_n": {**_COMMON, "lr": 5e-3, "epochs": 3, "batch_size": 16, "top_k": 1},

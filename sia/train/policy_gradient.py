@@ -102,6 +102,11 @@ def sequence_advantages(rollouts: list[Rollout], algorithm: str,
     for g, values in zip(groups, nested):
         for i, a in zip(g, values):
             flat[i] = a
+    if params.get("normalize_advantages"):
+        # Leave-one-out advantages are already centred per group; scaling them by the batch
+        # spread gives REINFORCE the step size GRPO's per-group std gives it.
+        spread = (sum(a * a for a in flat) / len(flat)) ** 0.5
+        flat = [a / (spread + 1e-8) for a in flat]
     return flat, stats
 
 
