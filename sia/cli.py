@@ -363,11 +363,17 @@ def audit(
         "--rejudge", help="Re-ask this feedback provider each recorded decision (in forks).")] = None,
 ) -> None:
     """Every Feedback decision: evidence shown, action and algorithm with why, outcome."""
-    from sia.views import audit_rows
+    from sia.events.mapper import MAPPER
+    from sia.views import audit_rows, refusals_by_generation
 
     with opened_store() as store:
         state = load(store, run_id)
         rows = audit_rows(state)
+        refused = refusals_by_generation(
+            MAPPER.decode(e).event for e in store.read(run_id)
+            if e.type in ("EffectRequested", "AnswerRefused"))
+        for row in rows:
+            row["refused_answers"] = refused.get(row["generation"], [])
         if rejudge:
             from sia.config import apply_overrides
             from sia.rejudge import rejudge as rejudge_run
@@ -395,6 +401,8 @@ def audit(
         delta = "-" if row["delta"] is None else f"{row['delta']:+.3f}"
         evidence = f"{(row['evidence']['digest_hash'] or '-')[:10]} {row['evidence']['summary']}"
         action = row["action"] + (" (forced)" if row["forced"] else "")
+        if row["refused_answers"]:
+            action += f" (after {len(row['refused_answers'])} refused)"
         if row["rollback_to"] is not None:
             action += f", after rolling back to gen {row['rollback_to']}"
         table.add_row(str(row["generation"]), action,

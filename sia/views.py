@@ -6,8 +6,10 @@ pure makes the interface contract testable without a terminal.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from sia.events.types import AnswerRefused, BaseEvent, EffectRequested
 from sia.reducers.state import Generation, LoopState, Spend, state_hash, to_jsonable
 
 
@@ -110,6 +112,19 @@ def audit_rows(state: LoopState) -> list[dict[str, Any]]:
             "delta": None if after is None or g.score is None else round(after - g.score, 6),
         })
     return rows
+
+
+def refusals_by_generation(events: Iterable[BaseEvent]) -> dict[int, list[dict[str, Any]]]:
+    """The Feedback Agent's refused answers of each generation, in attempt order."""
+    generation_of: dict[str, int] = {}
+    refused: dict[int, list[dict[str, Any]]] = {}
+    for event in events:
+        if isinstance(event, EffectRequested) and event.kind == "feedback":
+            generation_of[event.effect_id] = event.request["generation"]
+        elif isinstance(event, AnswerRefused) and event.effect_id in generation_of:
+            refused.setdefault(generation_of[event.effect_id], []).append(
+                {"attempt": event.attempt, "problems": list(event.problems)})
+    return refused
 
 
 def spend_dict(spend: Spend) -> dict[str, Any]:

@@ -31,6 +31,9 @@ def check_run(home: Path, run: str, provider: str, requests: int) -> None:
     assert state["status"] == "completed" and len(state["dev_scores"]) == 2
     (decision,) = sia_json(home, "audit", run)
     assert decision["action"] == "edit_harness" and decision["provider"].startswith(provider)
+    (refusal,) = decision["refused_answers"]
+    assert refusal["attempt"] == 1 and "mode H" in " ".join(refusal["problems"])
+    assert "(after 1 refused)" in sia(home, "audit", run).stdout
     assert "five completions" in decision["rationale"]
     failures = [e for e in sia(home, "log", run, "--type", "EffectFailed", "--json").stdout.splitlines()]
     assert len(failures) == 2
