@@ -26,6 +26,7 @@ from sia.reducers.state import LoopState
 from sia.store.base import EventStore, StoreError
 from sia.store.blobs import BlobMissing
 from sia.store.home import sia_home
+from sia.tasks.commands import app as tasks_app
 
 app = typer.Typer(
     help="sia: a self-improving agent loop you can resume, fork, replay and audit.",
@@ -33,13 +34,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-def _mount_tasks() -> None:
-    from sia.tasks.commands import app as tasks_app
-
-    app.add_typer(tasks_app, name="tasks", help="List, show and validate tasks.")
-
-
-_mount_tasks()
+app.add_typer(tasks_app, name="tasks", help="List, show and validate tasks.")
 out = Console()
 err = Console(stderr=True)
 

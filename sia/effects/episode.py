@@ -78,16 +78,16 @@ class SmokeCheck:
     def __init__(self, task: Task, targets: TargetPool, blobs: BlobStore, samples: int = 2) -> None:
         self.task, self.targets, self.blobs = task, targets, blobs
         self.samples = samples
+        self.limits = sandbox_limits(task)
 
     def __call__(self, source: str) -> list[str]:
         problems = validate_harness(source)
         if problems:
             return problems
-        limits = sandbox_limits(self.task)
         for index, sample in enumerate(self.task.samples("dev")[: self.samples]):
             outcome, _ = play(source, sample, episode_id=f"smoke-{index}-{id(source)}",
                               seed=index, adapter_hash=None, targets=self.targets,
-                              blobs=self.blobs, limits=limits)
+                              blobs=self.blobs, limits=self.limits)
             if outcome.status != "ok":
                 problems.append(f"smoke run on dev sample {sample['id']}: {outcome.status}: "
                                 f"{outcome.error or ''} {outcome.stderr_tail[-400:]}".strip())

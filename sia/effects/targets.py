@@ -51,6 +51,15 @@ def vllm_backend(model: str, settings: dict[str, Any]) -> BackendFactory:
     return make
 
 
+def adapter_dir(blobs: BlobStore, adapter_hash: str | None, root: Path) -> Path | None:
+    """An adapter's files at a stable path (`root/<hash>/`), written once from the blobs."""
+    if adapter_hash is None:
+        return None
+    from sia.train.job import load_adapter
+
+    return load_adapter(blobs, adapter_hash, root / adapter_hash)
+
+
 class TargetPool:
     def __init__(self, backend: BackendFactory, adapters_root: Path) -> None:
         self._backend = backend
@@ -62,10 +71,7 @@ class TargetPool:
         with self._lock:
             gateway = self._gateways.get(adapter_hash)
             if gateway is None:
-                from sia.train.job import load_adapter
-
-                adapter = (load_adapter(blobs, adapter_hash, self._adapters_root / adapter_hash)
-                           if adapter_hash else None)
+                adapter = adapter_dir(blobs, adapter_hash, self._adapters_root)
                 gateway = self._gateways[adapter_hash] = ModelGateway(self._backend(adapter_hash, adapter))
             return gateway
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sia.effects.base import EffectContext, EffectError, EffectResult
+from sia.effects.targets import adapter_dir
 from sia.events.types import Usage
 from sia.store.blobs import BlobStore
 
@@ -67,6 +68,8 @@ class TrainHandler:
         self.task, self.model, self.home, self.backend = task, model, home, backend
 
     def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        from sia.train.algorithms import resolve_params
+        from sia.train.job import store_adapter
         from sia.train.rollouts import write_rollouts
         from sia.train.spec import TrainingSpec, data_hash
 
@@ -85,10 +88,9 @@ class TrainHandler:
         data_dir.mkdir(parents=True, exist_ok=True)
         staging = data_dir / f".{ctx.effect_id}.jsonl"
         write_rollouts(staging, rollouts)
-        data = data_dir / f"{data_hash(staging)}.jsonl"
+        rollouts_hash = data_hash(staging)
+        data = data_dir / f"{rollouts_hash}.jsonl"
         os.replace(staging, data)
-        from sia.train.algorithms import resolve_params
-
         try:
             params = resolve_params(request["algorithm"], request["params"])
         except ValueError as exc:
@@ -97,13 +99,11 @@ class TrainHandler:
         spec = TrainingSpec(algorithm=request["algorithm"], params=params,
                             base_model_id=built.model_id, base_model_hash=built.model_hash,
                             initial_adapter_hash=request["initial_adapter_hash"],
-                            data_hash=data_hash(data), seed=ctx.seed % 2**31,
+                            data_hash=rollouts_hash, seed=ctx.seed % 2**31,
                             precision="bf16" if self.backend == "modal" else "fp32")
         train = self._train_on_modal if self.backend == "modal" else self._train
-        manifest, adapter_dir = train(spec, model_dir, request, data, ctx)
-        from sia.train.job import store_adapter
-
-        adapter_hash = store_adapter(ctx.blobs, adapter_dir)
+        manifest, trained = train(spec, model_dir, request, data, ctx)
+        adapter_hash = store_adapter(ctx.blobs, trained)
         metrics = {k: v for k, v in manifest.metrics.items() if v is not None}
         metrics["rollouts"] = float(len(rollouts))
         metrics["rollout_reward"] = sum(r.reward for r in rollouts) / len(rollouts)
@@ -115,11 +115,9 @@ class TrainHandler:
     def _train(self, spec: Any, model_dir: Path | None, request: dict[str, Any], data: Path,
                ctx: EffectContext) -> tuple[Any, Path]:
         """Run the job in a subprocess (re-attached by its recorded id after a crash)."""
-        from sia.train.job import load_adapter
         from sia.train.local import LocalTrainer, TrainingFailed
 
-        init = request["initial_adapter_hash"]
-        init_dir = load_adapter(ctx.blobs, init, self.home / "adapters" / init) if init else None
+        init_dir = adapter_dir(ctx.blobs, request["initial_adapter_hash"], self.home / "adapters")
         trainer = LocalTrainer(self.home / "train")
         inputs = {"model_dir": str(model_dir), "init_adapter_dir": str(init_dir) if init_dir else None,
                   "data_path": str(data)}
@@ -133,20 +131,18 @@ class TrainHandler:
                         ctx: EffectContext) -> tuple[Any, Path]:
         """Spawn on the deployed Modal app; the FunctionCall id is recorded at once, so a
         resumed run re-attaches to it. The base model goes to the Volume once, by hash."""
-        from sia.train.job import load_adapter
         from sia.train.modal_app import ModalTrainer, adapter_inputs, upload_model
 
         trainer = ModalTrainer()
-        init = request["initial_adapter_hash"]
+        init_dir = adapter_dir(ctx.blobs, request["initial_adapter_hash"], self.home / "adapters")
         inputs: dict[str, Any] = {"rollouts_jsonl": data.read_text(encoding="utf-8")}
         if model_dir is not None:
             inputs["model_dir"] = upload_model(model_dir, spec.base_model_hash)
-        if init:
-            inputs["init_adapter_files"] = adapter_inputs(
-                load_adapter(ctx.blobs, init, self.home / "adapters" / init))
+        if init_dir is not None:
+            inputs["init_adapter_files"] = adapter_inputs(init_dir)
         try:
             manifest = trainer.run_effect(spec, inputs, ctx)
-            adapter_dir = trainer.fetch_adapter(manifest, self.home / "train" / "modal" / spec.job_id)
+            fetched = trainer.fetch_adapter(manifest, self.home / "train" / "modal" / spec.job_id)
         except Exception as exc:  # Modal's errors name what went wrong; record them as the effect's
             raise EffectError(f"Modal training job {spec.job_id[:12]} failed: {exc}") from None
-        return manifest, adapter_dir
+        return manifest, fetched
