@@ -34,7 +34,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.add_typer(tasks_app, name="tasks", help="List, show and validate tasks.")
+app.add_typer(tasks_app, name="tasks", help="List, show, validate tasks and score predictions.")
 out = Console()
 err = Console(stderr=True)
 
@@ -66,10 +66,21 @@ def opened_store() -> Iterator[EventStore]:
 
 
 def load(store: EventStore, run_id: str, at: int | None = None) -> LoopState:
+    """The run's state after event `at` (the end when None); `at` outside the log is an error."""
     from sia.runtime import load_state
 
     store.get_run(run_id)
+    if at is not None:
+        checked_seq(store, run_id, at)
     return load_state(store, run_id, upto=at)
+
+
+def checked_seq(store: EventStore, run_id: str, seq: int, option: str = "--at") -> int:
+    """`seq` if the run has an event there, else a CliError naming the valid range."""
+    last = store.last_seq(run_id)
+    if not 1 <= seq <= last:
+        raise CliError(f"{option} {seq} is outside run {run_id}, whose events are seq 1 to {last}")
+    return seq
 
 
 def emit_json(value: Any) -> None:
@@ -191,8 +202,8 @@ def fork(
     """Branch a run at an event; the parent's prefix is shared, never copied. Prints the new id."""
     with opened_store() as store:
         state = load(store, run_id, at)
-        if state.seq != at or state.config is None:
-            raise CliError(f"cannot fork {run_id} at seq {at}: its history has {state.seq} events")
+        if state.config is None:
+            raise CliError(f"cannot fork {run_id} at seq {at}: the run has no configuration there")
         overrides = parse_assignments(set_)
         config = apply_overrides(state.config, overrides)
         new_id = _runtime(store, config, state.task, 1, "readwrite").fork(run_id, at, config, overrides)
@@ -213,6 +224,8 @@ def replay(
 
     with opened_store() as store:
         store.get_run(run_id)
+        if to is not None:
+            checked_seq(store, run_id, to, "--to")
         if check:
             report = check_run(store, run_id, upto=to)
             result = {**show(report.state), "check": {
@@ -268,6 +281,11 @@ def log(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
     """The run's events, oldest first (its inherited prefix included)."""
+    from sia.events.types import EVENT_CLASSES
+
+    if type_ is not None and type_ not in EVENT_CLASSES:
+        raise CliError(f"--type {type_} is not an event type; known types: "
+                       f"{', '.join(sorted(EVENT_CLASSES))}")
     with opened_store() as store:
         store.get_run(run_id)
         for event in store.read(run_id):
@@ -326,12 +344,20 @@ def export(
     """Write a run (its whole lineage history and referenced blobs) to a JSONL file."""
     from sia.store.transfer import export_run
 
+    if not output.parent.is_dir():
+        raise CliError(f"cannot write {output}: the folder {output.parent} does not exist")
+    if output.is_dir():
+        raise CliError(f"cannot write {output}: it is a folder; name a file, e.g. {output / 'run.jsonl'}")
     with opened_store() as store:
         store.get_run(run_id)
         tmp = output.with_name(output.name + ".partial")
-        with tmp.open("w", encoding="utf-8") as handle:
-            counts = export_run(store, run_id, handle)
-        tmp.replace(output)
+        try:
+            with tmp.open("w", encoding="utf-8") as handle:
+                counts = export_run(store, run_id, handle)
+            tmp.replace(output)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise CliError(f"cannot write {output}: {exc.strerror or exc}") from None
     out.print(f"exported {run_id}: {counts['events']} events, {counts['blobs']} blobs → {output}")
 
 
@@ -387,7 +413,7 @@ def audit(
         emit_json({"decisions": rows, "rejudge": agreement} if rejudge else rows)
         return
     table = Table(title=f"decisions of {run_id}")
-    for column in ("gen", "action", "algorithm (rec.)", "rationale", "evidence", "score", "Δ next"):
+    for column in ("gen", "by", "action", "algorithm (rec.)", "rationale", "evidence", "score", "Δ next"):
         table.add_column(column, overflow="fold")
     for row in rows:
         algorithm = row["algorithm"] or "-"
@@ -400,7 +426,7 @@ def audit(
             action += f" (after {len(row['refused_answers'])} refused)"
         if row["rollback_to"] is not None:
             action += f", after rolling back to gen {row['rollback_to']}"
-        table.add_row(str(row["generation"]), action,
+        table.add_row(str(row["generation"]), row["provider"] or "-", action,
                       algorithm, row["rationale"], evidence,
                       "-" if row["score_before"] is None else f"{row['score_before']:.3f}", delta)
     out.print(table)
@@ -483,7 +509,7 @@ def entrypoint() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (CliError, StoreError, ConfigError, FoldError, EventDecodeError, BlobMissing) as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

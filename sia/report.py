@@ -122,7 +122,7 @@ def write_report(store: EventStore, run_id: str, out_dir: Path) -> tuple[Path, P
                                               "decision", "algorithm", "tokens", "dollars", "wall_s",
                                               "gpu_s"])
             + "<h3>Decisions</h3>"
-            + _table(audit, ["generation", "action", "algorithm", "recommended_algorithm", "forced",
+            + _table(audit, ["generation", "provider", "action", "algorithm", "recommended_algorithm", "forced",
                              "rollback_to", "rationale", "evidence", "score_before", "delta"])
             + "<h3>Harness diffs</h3>" + _harness_diffs(store, state)
         )

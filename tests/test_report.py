@@ -25,3 +25,5 @@ def test_report_covers_the_run_and_its_forks(tmp_path: Path) -> None:
     assert "update_weights" in text and "dpo" in text and "generation 0 → 1" in text
     decisions = sia_json(home, "audit", fork)
     assert all(d["rationale"].replace("&", "&amp;")[:20] in text for d in decisions)
+    assert "<th>provider</th>" in text
+    assert all(f"<td>{d['provider']}</td>" in text for d in decisions)
