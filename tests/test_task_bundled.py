@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sia.tasks.code_answers import extract_code, run_isolated
-from sia.tasks.loader import bundled_task_names, load_task, validate_task
+from sia.tasks.loader import BUNDLED_ROOT, bundled_task_names, load_task, validate_task
 
 LAWBENCH_FILE = Path("/work/shared/data/lawbench/3-3.json")
 INSTRUCTION = "请你模拟法官依据下面事实给出罪名，只需要给出罪名的名称，将答案写在[罪名]和<eoa>之间。"
@@ -63,12 +63,13 @@ def test_lawbench_built_from_a_small_file(lawbench_data: Path, tmp_path: Path) -
     assert task.split_sizes() == {"train": 12, "dev": 4, "test": 4}
     sample = task.samples("dev")[0]
     assert set(sample) == {"id", "instruction", "question", "options"}
-    assert sample["options"] == sorted(["抢劫", "故意伤害", "盗窃", "诈骗"])
+    official = json.loads((BUNDLED_ROOT / "lawbench" / "charges.json").read_text(encoding="utf-8"))
+    assert sample["options"] == official and len(official) == 189  # LawBench's list, not the labels'
     assert task.options_of(sample["id"]) == sample["options"]
     assert not list(Path(task.root).glob("public"))  # built into the cache, not the package
     snapshot = task.snapshot()
     assert snapshot.data == str(lawbench_data.resolve()) and snapshot.source == "lawbench"
-    assert snapshot.rollouts_per_generation == 12 and snapshot.reward_kind == "binary"
+    assert snapshot.rollouts_per_generation == 12 and snapshot.reward_kind == "categorical"
 
     gold = {i: synthetic_cases()[int(i[3:]) - 1]["answer"][3:].split(";") for i in snapshot.dev_ids}
     answers = []
@@ -80,13 +81,16 @@ def test_lawbench_built_from_a_small_file(lawbench_data: Path, tmp_path: Path) -
     assert perfect["metrics"]["abstention_rate"] == 0.0
 
     first, second, third, fourth = snapshot.dev_ids
-    mixed = task.evaluate([(first, "无法判断"), (second, None),
-                           (third, f"[罪名]{gold[third][0]}<eoa>"),
-                           (fourth, "[罪名]" + next(c for c in sample["options"] if c not in gold[fourth]))])
-    assert mixed["rewards"][:3] == [0.0, 0.0, 1.0] and mixed["rewards"][3] == 0.0
+    extra = "抢劫" if "抢劫" not in gold[third] else "盗窃"
+    two_named = f"[罪名]{gold[third][0]};{extra}<eoa>"
+    mixed = task.evaluate([(first, "无法判断"), (second, None), (third, two_named),
+                           (fourth, "[罪名]" + next(c for c in ("妨害公务", "重婚") if c not in gold[fourth]))])
+    third_f1 = 2 * 0.5 * (1 / len(gold[third])) / (0.5 + 1 / len(gold[third]))  # P = 1/2, R = 1/|gold|
+    assert mixed["rewards"] == [0.0, 0.0, pytest.approx(third_f1), 0.0]  # the reward is the case's F1
     assert mixed["failures"] == {"abstained": 1, "unanswered": 1, "wrong": 1}
     assert mixed["metrics"]["abstention_rate"] == 0.5  # unanswered abstains too, as in LawBench
-    assert mixed["metrics"]["f1"] <= 0.25
+    assert mixed["metrics"]["f1"] == pytest.approx(mixed["score"])
+    assert mixed["metrics"]["top1_accuracy"] == 0.25
 
     corpus = task.pretraining_corpus()
     assert INSTRUCTION in corpus and not any("罪名:" in text for text in corpus)
@@ -100,13 +104,13 @@ def test_lawbench_with_the_real_file(tmp_path: Path) -> None:
     ids = [*task.ids("train"), *task.ids("dev"), *(s["id"] for s in task.test_samples())]
     assert len(set(ids)) == 500
     options = task.options_of(task.ids("dev")[0])
-    assert len(options) > 150 and "盗窃" in options
+    assert len(options) == 189 and "盗窃" in options
     for sample in task.samples("dev"):
         assert sample["question"].startswith("事实") and "罪名:" not in sample["question"]
     again = load_task("lawbench", data=LAWBENCH_FILE, cache=tmp_path / "other")
     assert again.snapshot() == task.snapshot()  # the seeded split is reproducible
     result = task.evaluate([(i, "[罪名]盗窃<eoa>") for i in task.ids("dev")])
-    assert 0.0 < result["score"] < 0.5 and result["metrics"]["f1"] > 0.0
+    assert 0.0 < result["score"] < 0.5 and result["metrics"]["f1"] == pytest.approx(result["score"])
 
 
 # ---------------------------------------------------------------- trimul
@@ -146,7 +150,7 @@ def test_denoise_reference_answer_and_failures() -> None:
                             ("dn-dev-2", "def denoise(train_counts):\n    return train_counts\n"),
                             ("dn-train-1", "def denoise(train_counts):\n    return -train_counts\n"),
                             ("dn-train-2", "import numpy as np\n")])
-    assert 0.3 < result["rewards"][0] < 0.7  # MAGIC-style diffusion
+    assert 0.15 < result["rewards"][0] < 0.3  # MAGIC-style diffusion (0.22 on this seed)
     assert result["rewards"][1:] == [0.0, 0.0, 0.0]
     assert result["failure_kinds"] == [None, None, "incorrect", "no_function"]
 

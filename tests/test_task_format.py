@@ -384,7 +384,7 @@ def test_data_task_builds_into_the_cache(data_task: Path, tmp_path: Path) -> Non
 
 def test_data_required_but_not_given(data_task: Path, tmp_path: Path) -> None:
     assert only_problem(data_task, cache=tmp_path) == (
-        "task 'built' is built from a data file you provide (a JSON object word -> colour): pass it with --data")
+        "task 'built' is built from a data file you provide (a JSON object word -> colour): pass it with --data FILE")
 
 
 def test_data_file_not_found(data_task: Path, tmp_path: Path) -> None:
@@ -432,7 +432,7 @@ def test_cli_list_names_every_bundled_task() -> None:
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert [line.split()[0] for line in lines] == bundled_task_names()
+    assert [line.split()[0] for line in lines] == ["toy", *bundled_task_names()]
     wordcat = next(line for line in lines if line.startswith("wordcat"))
     assert "binary" in wordcat and "train=64 dev=32 test=32" in wordcat
     assert "built from --data" in next(line for line in lines if line.startswith("lawbench"))

@@ -11,18 +11,22 @@ from sia.tasks.lawbench import (
     Case,
     LawbenchDataError,
     aggregate,
-    charge_options,
     extract_charges,
     load_cases,
+    load_charge_list,
     score,
     split_cases,
 )
+from sia.tasks.loader import BUNDLED_ROOT
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lawbench" / "3-3.json"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lawbench"
+DATA = SHARED / "3-3.json"
+SHIPPED_CHARGES = BUNDLED_ROOT / "lawbench" / "charges.json"
 
-GOLD_ECHO_F1 = 0.9459285714285714
-"""Mean LawBench F1 of echoing each gold answer on the real file (90 of 500 cases lose
-precision to options contained in longer gold charges)."""
+GOLD_ECHO_F1 = 0.9322428571428584
+"""Mean LawBench F1 of echoing each gold answer on the real file, under LawBench's own option
+list: cases lose precision to options contained in longer gold charges, and recall to the 13
+gold charges its list does not hold."""
 
 OPTIONS = ["盗窃", "诈骗", "合同诈骗", "故意伤害", "故意毁坏财物", "抢劫"]
 
@@ -173,7 +177,37 @@ def test_error_is_a_value_error(tmp_path: Path) -> None:
 def test_well_formed_file(tmp_path: Path) -> None:
     cases = load_cases(write(tmp_path, [record(), record("罪名:诈骗;合同诈骗")]))
     assert cases[1] == Case("lb-0002", "给出罪名", "事实:……", ("诈骗", "合同诈骗"))
-    assert charge_options(cases) == sorted(["盗窃", "诈骗", "合同诈骗"])
+
+
+def test_charge_list_errors(tmp_path: Path) -> None:
+    with pytest.raises(LawbenchDataError, match="charge list not found"):
+        load_charge_list(tmp_path / "absent.json")
+    for content, message in (("{", "not a JSON file"), ('{"a": 1}', "list of non-empty charge names"),
+                             ('["盗窃", ""]', "list of non-empty charge names"),
+                             ('["盗窃", "盗窃"]', "occurs twice")):
+        (tmp_path / "charges.json").write_text(content, encoding="utf-8")
+        with pytest.raises(LawbenchDataError, match=message):
+            load_charge_list(tmp_path / "charges.json")
+
+
+def test_shipped_charge_list_is_lawbenchs() -> None:
+    charges = load_charge_list(SHIPPED_CHARGES)
+    assert len(charges) == 189 and charges[:3] == ("侮辱", "违法发放贷款", "失火")
+    assert (SHIPPED_CHARGES.parent / "LICENSE-LawBench.txt").read_text(encoding="utf-8").count(
+        "Apache License") >= 1
+    official = SHARED / "charges.json"
+    if not official.is_file():
+        pytest.skip(f"LawBench's charge list is not at {official}")
+    assert charges == load_charge_list(official)
+
+
+def test_a_charge_containing_a_gold_charge_elsewhere_scores_as_lawbench_does() -> None:
+    # internlm-chat-7b's published answer to case 169: LawBench scores it 2/3 (one of two gold
+    # charges, nothing else). A list gathered from the gold answers also holds 走私 (another
+    # case's gold charge), a substring of the answer, and scored it 1/2.
+    gold = ("走私武器、弹药", "走私、贩卖、运输、制造毒品")
+    s = score("走私、贩卖、运输、制造毒品<eoa>\n", gold, load_charge_list(SHIPPED_CHARGES))
+    assert s.f1 == pytest.approx(2 / 3, abs=1e-12) and not s.abstained
 
 
 # --- split -------------------------------------------------------------------------------
@@ -211,7 +245,8 @@ def test_real_file_loads() -> None:
     assert cases[0].case_id == "lb-0001" and cases[-1].case_id == "lb-0500"
     assert cases[0].charges == ("盗窃",)
     assert sum(len(c.charges) > 1 for c in cases) == 167
-    assert len(charge_options(cases)) == 202
+    gold = {charge for case in cases for charge in case.charges}
+    assert len(gold) == 202 and len(gold - set(load_charge_list(SHIPPED_CHARGES))) == 13
 
 
 def test_real_file_split() -> None:
@@ -227,10 +262,10 @@ def test_real_file_gold_answers_score_under_lawbench_rule() -> None:
     # Echoing the gold answer is not a perfect F1 under LawBench's substring rule:
     # e.g. gold 合同诈骗 also "predicts" 诈骗. These are the exact numbers on the file.
     cases = real_cases()
-    options = charge_options(cases)
+    options = load_charge_list(SHIPPED_CHARGES)
     gold = aggregate([score("罪名:" + ";".join(c.charges), c.charges, options) for c in cases])
-    assert gold["top1_accuracy"] == 1.0
-    assert gold["abstention_rate"] == 0.0
+    assert gold["top1_accuracy"] == 0.978
+    assert gold["abstention_rate"] == 0.014  # 7 gold answers name only charges outside the list
     assert gold["f1"] == pytest.approx(GOLD_ECHO_F1, abs=1e-9)
     silent = aggregate([score("", c.charges, options) for c in cases])
     assert (silent["top1_accuracy"], silent["f1"], silent["abstention_rate"]) == (0.0, 0.0, 1.0)

@@ -8,12 +8,14 @@ from torch.nn import functional as F
 from sia.tasks.trimul import (
     GPU_BENCHMARK_CASES,
     GPU_TEST_CASES,
+    TIMED_SEED_STEP,
     ShapeSpec,
     correctness_cases,
     evaluate,
     make_inputs,
     mismatch,
     module_from_weights,
+    timed_seed,
     trimul_reference,
 )
 
@@ -152,7 +154,77 @@ def test_faster_correct_kernel_earns_higher_reward_than_slow_one() -> None:
 
 
 def test_gpu_case_lists_mirror_the_benchmark() -> None:
-    assert len(GPU_TEST_CASES) == 8 and len(GPU_BENCHMARK_CASES) == 7
+    # problems/bioml/trimul/task.yml: 18 tests (11 normal, 7 Cauchy; 7 at N=768 or 1024) and 7 benchmarks.
+    assert len(GPU_TEST_CASES) == 18 and len(GPU_BENCHMARK_CASES) == 7
+    assert sum(case.distribution == "cauchy" for case in GPU_TEST_CASES) == 7
+    assert [case.shape.seq_len for case in GPU_TEST_CASES].count(1024) == 5
+    last = GPU_TEST_CASES[-1]
+    assert (last.shape.seq_len, last.shape.dim, last.seed, last.masked, last.distribution) == (
+        1024, 768, 491, True, "cauchy")  # upstream: nomask False
     assert GPU_BENCHMARK_CASES[1].distribution == "cauchy" and GPU_BENCHMARK_CASES[1].shape.seq_len == 768
     assert all(case.shape.hidden_dim == 128 for case in (*GPU_TEST_CASES, *GPU_BENCHMARK_CASES))
     assert len(correctness_cases(SMALL, seeds=(1, 2, 3))) == 12
+
+
+# ---------------------------------------------------------------- memoising kernels gain nothing
+
+
+def content_memo_kernel() -> object:
+    """Memoises its output by a cheap fingerprint of the inputs (what scored 34x and 66x when
+    every timed call reused the same tensors)."""
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def kernel(x: torch.Tensor, mask: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+        key = (tuple(x.shape), float(x.sum()), float(mask.sum()), float(w["to_out.weight"].sum()))
+        if key not in cache:
+            cache[key] = trimul_reference(x, mask, w)
+        return cache[key]
+
+    return kernel
+
+
+def address_memo_kernel() -> object:
+    """Memoises by the input's memory address: a freed and reallocated tensor can land at the
+    same address, so on fresh inputs it sometimes returns an answer to other inputs."""
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def kernel(x: torch.Tensor, mask: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+        key = (x.data_ptr(), tuple(x.shape))
+        if key not in cache:
+            cache[key] = trimul_reference(x, mask, w)
+        return cache[key]
+
+    return kernel
+
+
+def stale_after_checks_kernel() -> object:
+    """Right on the un-timed checks, then returns the answer of its last check: caught only
+    if timed calls are checked too."""
+    calls = {"n": 0, "last": None}
+
+    def kernel(x: torch.Tensor, mask: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] <= 2 * 4 + 1 or calls["last"] is None:  # 2 seeds x 4 variants + 1 timed case
+            calls["last"] = trimul_reference(x, mask, w)
+        return calls["last"]
+
+    return kernel
+
+
+def test_timed_calls_use_fresh_seeds() -> None:
+    assert [timed_seed(100, call) for call in range(3)] == [113, 126, 139] and TIMED_SEED_STEP == 13
+
+
+def test_memoising_kernels_score_no_better_than_the_reference() -> None:
+    for make in (content_memo_kernel, address_memo_kernel):
+        result = evaluate(make(), specs=SMALL, repeats=10, warmup=2)  # type: ignore[arg-type]
+        assert result.reward < 1.5, (make.__name__, result)  # the reference itself scores about 1
+        if result.correct:
+            assert result.checked_calls == 12
+
+
+def test_a_stale_answer_on_a_timed_call_is_caught() -> None:
+    result = evaluate(stale_after_checks_kernel(), specs=SMALL, repeats=3, warmup=1)  # type: ignore[arg-type]
+    assert not result.correct and result.reward == 0.0
+    assert result.reason is not None and "timed call 0 (seed 9384)" in result.reason
+    assert "outside rtol=0.02" in result.reason

@@ -1,5 +1,8 @@
 """Evaluation: a generation's answers scored by the task's evaluator, the only code that
-reads labels; what leaves it is rewards, counts and aggregate metrics."""
+reads labels; what leaves it is rewards, counts and aggregate metrics.
+
+`Task.evaluate` is the one scoring path: `sia tasks score` (predictions made outside the
+loop) calls it too, so its figures are the ones a run would record."""
 
 from __future__ import annotations
 

@@ -23,12 +23,19 @@ class ResolvedTask:
     """Config settings this task needs unless the user overrides them."""
 
 
+TOY = "toy"
+TOY_DESCRIPTION = (
+    "The runtime's proving ground: a whole loop with deterministic handlers and a simulated "
+    "agent that improves with each harness edit and adapter, no model and no task folder. "
+    "It proves resume, fork, replay and crash safety; it scores no predictions."
+)
+
 DETERMINISTIC = {"meta": "deterministic", "feedback": "deterministic",
                  "target": "deterministic", "trainer": "deterministic"}
 
 
 def resolve_task(name: str, data: Path | None = None, cache: Path | None = None) -> ResolvedTask:
-    if name == "toy":
+    if name == TOY:
         from sia.effects.deterministic import toy_task
 
         return ResolvedTask(toy_task(), dict(DETERMINISTIC))
@@ -36,11 +43,11 @@ def resolve_task(name: str, data: Path | None = None, cache: Path | None = None)
 
     try:
         return ResolvedTask(load_task(name, data=data, cache=cache).snapshot())
-    except TaskError as exc:
-        raise UnknownTask(str(exc)) from None
+    except TaskError as exc:  # one line: the CLI prints it as its error
+        raise UnknownTask("; ".join(" ".join(p.split()) for p in exc.problems)) from None
 
 
 def task_names() -> list[str]:
     from sia.tasks.loader import bundled_task_names
 
-    return ["toy", *bundled_task_names()]
+    return [TOY, *bundled_task_names()]

@@ -85,7 +85,7 @@ def _evaluate_denoise(candidate: Any, config: dict[str, Any]) -> CodeOutcome:
     if not result.ok:
         return CodeOutcome(0.0, "incorrect", result.reason or "")
     return CodeOutcome(result.reward, None, f"mse_norm {result.mse_norm:.4f} (no denoising "
-                       f"{result.identity_mse:.4f}, oracle {result.oracle_mse:.4f})")
+                       f"{result.identity_mse:.4f}, bound {result.bound_mse:.4f})")
 
 
 EVALUATORS = {"trimul": _evaluate_trimul, "denoise": _evaluate_denoise}

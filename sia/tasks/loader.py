@@ -80,6 +80,17 @@ def _locate(name_or_path: str | Path) -> tuple[Path, str]:
     )
 
 
+def task_spec(name_or_path: str | Path) -> tuple[Path, TaskSpec]:
+    """(folder, spec) of a task without loading its data: what `sia tasks show` can say
+    about a task built from a data file the user has not given."""
+    root, _ = _locate(name_or_path)
+    problems: list[str] = []
+    spec = read_spec(root, problems)
+    if spec is None:
+        raise TaskError(f"task {str(name_or_path)!r} is not usable: {'; '.join(problems)}", problems)
+    return root, spec
+
+
 def default_cache() -> Path:
     """Where tasks built from user data are cached: $SIA_TASK_CACHE or <sia home>/tasks."""
     from sia.store.home import sia_home
@@ -242,6 +253,24 @@ class Task:
             raise TaskError(f"task {self.name!r} has no sample {sample_id!r}")
         return copy.deepcopy(self._by_id[sample_id])
 
+    def sample_ids(self) -> list[str]:
+        """Every sample id of every split (ids carry no label), to match a user's prediction file."""
+        return [s["id"] for rows in self._splits.values() for s in rows]
+
+    def split_of(self, sample_id: str) -> str:
+        """Which split ("train", "dev" or "test") holds a sample."""
+        if sample_id not in self._split_of:
+            raise TaskError(f"task {self.name!r} has no sample {sample_id!r}")
+        return self._split_of[sample_id]
+
+    def prediction_id(self, row: dict[str, Any]) -> str | None:
+        """The sample id a line of a prediction file names: its "id", else what the task's
+        own `prediction_id(row)` (task.py) reads from its benchmark's published format."""
+        if isinstance(row.get("id"), str):
+            return row["id"]
+        hook = getattr(self._builder, "prediction_id", None) if self._builder is not None else None
+        return hook(row) if callable(hook) else None
+
     def options_of(self, sample_id: str) -> list[str]:
         """The sample's answer options ([] when the task has none)."""
         return list(self.sample(sample_id).get("options") or [])
@@ -318,7 +347,7 @@ class Task:
                 raise TaskError(f"sample {sample_id!r} is in the {where} split, not {what}")
 
     def evaluate(self, predictions: Sequence[tuple[str, str | None]],
-                 scored: int | None = None) -> dict[str, Any]:
+                 scored: int | None = None, *, held_out: bool = False) -> dict[str, Any]:
         """Score (sample_id, answer) pairs of train/dev samples.
 
         Returns {"score", "rewards", "failure_kinds", "n", "n_answered", "failures",
@@ -326,10 +355,13 @@ class Task:
         covers the first `scored` predictions (all when None), so a caller can pass the dev
         answers first and the train rollouts after. `score` is their mean reward (None when
         `scored` is 0); unanswered (None or blank) answers count, as the worst reward.
+        `held_out=True` admits test samples too: only for a user scoring predictions made
+        outside the loop (`sia tasks score`), never for anything an agent sees.
         """
         pairs = [(str(i), t) for i, t in predictions]
         ids = [i for i, _ in pairs]
-        self._check_ids(ids, {i for i, s in self._split_of.items() if s != "test"}, "train/dev")
+        allowed = {i for i, s in self._split_of.items() if held_out or s != "test"}
+        self._check_ids(ids, allowed, "train/dev")
         count = len(pairs) if scored is None else scored
         if not 0 <= count <= len(pairs):
             raise TaskError(f"scored={scored} is outside 0..{len(pairs)} (the number of predictions)")
@@ -570,7 +602,7 @@ def _inspect(name_or_path: str | Path, data: Path | None, cache: Path | None
         what = f" ({spec.data.description})" if spec.data.description else ""
         if data is None:
             problems.append(f"task {spec.name!r} is built from a data file you provide{what}: "
-                            "pass it with --data")
+                            "pass it with --data FILE")
             return None, problems
         data = Path(data).expanduser().resolve()
         if not data.is_file():

@@ -7,6 +7,7 @@ from sia.tasks.denoise.baselines import (
     oracle,
     pca_scores,
 )
+from sia.tasks.denoise.bound import bound_mse, conditional_target
 from sia.tasks.denoise.evaluator import (
     DenoiseResult,
     evaluate,
@@ -16,13 +17,17 @@ from sia.tasks.denoise.evaluator import (
 from sia.tasks.denoise.mcv import TRAIN_FRACTION, split_counts
 from sia.tasks.denoise.metric import TARGET_SUM, log_normalise, mse_norm
 from sia.tasks.denoise.simulate import Simulation, SimulationParams, simulate
+from sia.tasks.denoise.streams import STREAMS, stream
 
 __all__ = [
+    "STREAMS",
     "TARGET_SUM",
     "TRAIN_FRACTION",
     "DenoiseResult",
     "Simulation",
     "SimulationParams",
+    "bound_mse",
+    "conditional_target",
     "evaluate",
     "identity",
     "log_normalise",
@@ -35,4 +40,5 @@ __all__ = [
     "reward_from_mse",
     "simulate",
     "split_counts",
+    "stream",
 ]

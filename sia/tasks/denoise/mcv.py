@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from sia.tasks.denoise.streams import stream
+
 TRAIN_FRACTION = 0.9
 
 
 def split_counts(
     counts: np.ndarray, seed: int, train_fraction: float = TRAIN_FRACTION
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) halves of an integer count matrix by seeded binomial thinning."""
+    """(train, test) halves of an integer count matrix by binomial thinning drawn from the
+    seed's "thinning" stream (independent of the stream that simulated the counts)."""
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction must lie strictly between 0 and 1, got {train_fraction}")
     counts = np.asarray(counts)
@@ -27,5 +30,5 @@ def split_counts(
     if counts.size and counts.min() < 0:
         raise ValueError("counts must be non-negative")
     whole = counts.astype(np.int64)
-    train = np.random.default_rng(seed).binomial(whole, train_fraction)
+    train = stream(seed, "thinning").binomial(whole, train_fraction)
     return train, whole - train

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sia.tasks.denoise.streams import stream
+
 
 @dataclass(frozen=True)
 class SimulationParams:
@@ -80,10 +82,11 @@ def _unit_rows(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
 
 
 def simulate(seed: int, params: SimulationParams = SimulationParams()) -> Simulation:
-    """Draw one data set; the same seed and parameters always give the same arrays."""
+    """Draw one data set from the seed's "simulation" stream; the same seed and parameters
+    always give the same arrays."""
     if params.n_cells < 2 or params.n_genes < 2 or params.n_latent < 1 or params.n_branches < 1:
         raise ValueError(f"simulation needs at least 2 cells, 2 genes, 1 latent dim and 1 branch: {params}")
-    rng = np.random.default_rng(seed)
+    rng = stream(seed, "simulation")
     directions = _unit_rows(rng, params.n_branches, params.n_latent)
     bends = _unit_rows(rng, params.n_branches, params.n_latent)
     branch = rng.integers(0, params.n_branches, size=params.n_cells)

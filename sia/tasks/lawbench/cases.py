@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +123,21 @@ def split_cases(
     return ([cases[i] for i in train_idx], [cases[i] for i in dev_idx], [cases[i] for i in test_idx])
 
 
-def charge_options(cases: Iterable[Case]) -> list[str]:
-    """Every distinct gold charge, sorted: the option list predictions are matched against."""
-    return sorted({charge for case in cases for charge in case.charges})
+def load_charge_list(path: str | Path) -> tuple[str, ...]:
+    """LawBench's option list (a JSON list of distinct, non-empty charge names), in file order.
+
+    Predictions are matched against this list, never against charges gathered from gold
+    answers: a list built from the labels would both leak them and score differently.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LawbenchDataError(f"{path}: charge list not found")
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LawbenchDataError(f"{path}: not a JSON file ({error})") from None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise LawbenchDataError(f"{path}: expected a JSON list of non-empty charge names")
+    if len(set(names)) != len(names):
+        raise LawbenchDataError(f"{path}: a charge name occurs twice")
+    return tuple(names)

@@ -1,23 +1,26 @@
 """Scoring charge predictions exactly as LawBench scores task 3-3.
 
-Followed: open-compass/LawBench, `evaluation/evaluation_functions/ljp_accusation.py`
-(`compute_ljp_accusation`) and `evaluation/utils/function_utils.py`
-(`compute_f1_two_sets`). The rule there:
+Re-implemented from open-compass/LawBench, `evaluation/evaluation_functions/ljp_accusation.py`
+(`compute_ljp_accusation`) and `evaluation/utils/function_utils.py` (`compute_f1_two_sets`).
+The rule there:
 
 - the gold answer must start with `罪名:`; the prefix is removed and the rest split on `;`
-  (see `cases.parse_answer`);
-- the prediction is *not* parsed: every option that occurs as a substring anywhere in the
-  prediction text counts as predicted (so `罪名:` in the prediction is irrelevant, and an
-  option contained in a longer one, e.g. `诈骗` in `合同诈骗`, is predicted too);
+  (see `cases.parse_answer`); gold charges outside the option list stay in the gold set
+  (they can never be predicted, so they cost recall);
+- the prediction is *not* parsed: every name of LawBench's option list (189 charges, the
+  bundled task's `charges.json`) that occurs as a substring anywhere in the prediction
+  counts as predicted (so an option contained in a longer one, e.g. `诈骗` in `合同诈骗`,
+  is predicted too);
 - per case, F1 between the predicted set and the gold set (precision or recall with an
   empty denominator is 0, F1 is 0 when both are 0);
 - a case with no option found is an abstention; the task score is the mean F1 over all
   cases (abstentions included, with F1 0) and the abstention rate is abstentions / cases.
 
-Added here, not in LawBench: top-1 accuracy, where "first" is the charge whose match
-starts earliest in the text (a longer option wins a tie at the same position); LawBench
-orders matches by its option list, which carries no meaning, so the set and hence F1 are
-identical to LawBench's and only the order is ours.
+With LawBench's own option list these are LawBench's official numbers (tested against its
+published prediction files). Added here, not in LawBench: top-1 accuracy, where "first" is
+the charge whose match starts earliest in the text (a longer option wins a tie at the same
+position); LawBench orders matches by its option list, which carries no meaning, so the set
+and hence F1 are identical to LawBench's and only the order is ours.
 """
 
 from __future__ import annotations

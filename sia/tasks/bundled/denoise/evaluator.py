@@ -2,9 +2,10 @@
 `sia.tasks.denoise.evaluate` on the sample's simulated data set, in a limited child process
 (`sia.tasks.code_answers`).
 
-Reward: the share of the achievable improvement over no denoising, in [0, 1] (0 = no better
-than returning the input, 1 = the ground-truth oracle); 0 with a failure kind when the code
-does not compile, defines no `denoise`, returns a bad matrix, crashes or runs out of time.
+Reward: the share of the possible improvement over no denoising, in [0, 1] (0 = no better
+than returning the input, 1 = the metric's Bayes optimum given the ground truth,
+`sia.tasks.denoise.bound`); 0 with a failure kind when the code does not compile, defines no
+`denoise`, returns a bad matrix, crashes or runs out of time.
 """
 
 from __future__ import annotations

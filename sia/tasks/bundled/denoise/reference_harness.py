@@ -1,5 +1,5 @@
 """Reference harness for denoise: answers every sample with a self-contained MAGIC-style
-diffusion denoiser (reward about 0.45). It does not call the model; a better harness asks
+diffusion denoiser (reward about 0.2). It does not call the model; a better harness asks
 the model for a better denoiser and checks what it gets back."""
 
 MAGIC_DENOISER = '''

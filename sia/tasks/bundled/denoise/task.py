@@ -19,7 +19,9 @@ QUESTION = (
     "cross-validation); return a non-negative, finite matrix of the same shape. It is scored by "
     "the openproblems MSE between log1p of both matrices normalised to 10,000 counts per cell "
     "against the held-out 10%: reward = (mse_no_denoising - mse) / (mse_no_denoising - "
-    "mse_oracle), clipped to [0, 1]. Answer with the module source only."
+    "mse_bound), clipped to [0, 1], where mse_bound is the MSE of the metric's Bayes optimum "
+    "given the simulation's ground truth (no denoiser can beat it in expectation). Answer with "
+    "the module source only."
 )
 
 SEEDS = {"train": [101, 102, 103, 104], "dev": [201, 202], "test": [301, 302]}

@@ -1,10 +1,11 @@
 """lawbench evaluator: LawBench's own rule (`sia.tasks.lawbench.scoring`).
 
-Every charge option occurring anywhere in the answer counts as predicted; the charge whose
-match starts first is the top-1 prediction. Reward: 1 iff the top-1 charge is one of the
-gold charges, else 0 ("abstained" when no option occurs in the answer, "wrong" otherwise).
-Extra metrics: f1 (LawBench's official score, mean set F1 over all cases, unanswered = 0)
-and abstention_rate.
+Every name of LawBench's option list occurring anywhere in the answer counts as predicted.
+Reward: the case's F1 between predicted and gold charge sets, LawBench's per-case score, so
+the task score (mean reward) is LawBench's official score ("abstained" when no option
+occurs in the answer, "wrong" when F1 is 0 otherwise). Extra metrics: f1 (the same mean,
+named as LawBench names it), abstention_rate (LawBench's) and top1_accuracy (ours: the
+charge named first is a gold charge).
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from sia.tasks.lawbench import aggregate, score
 
 def reward(sample: dict, prediction: str, label: list[str]) -> tuple[float, str | None]:
     result = score(prediction, label, sample["options"])
-    if result.abstained:
-        return 0.0, "abstained"
-    return (1.0, None) if result.top1_correct else (0.0, "wrong")
+    return result.f1, ("abstained" if result.abstained else None)
 
 
 def metrics(samples: list[dict], predictions: list, labels: list, rewards: list[float]) -> dict[str, float]:
-    scores = [score(p, label, s["options"]) for s, p, label in zip(samples, predictions, labels)]
-    summary = aggregate(scores)
-    return {"f1": summary["f1"], "abstention_rate": summary["abstention_rate"]}
+    summary = aggregate([score(p, label, s["options"]) for s, p, label in zip(samples, predictions, labels)])
+    return {"f1": summary["f1"], "abstention_rate": summary["abstention_rate"],
+            "top1_accuracy": summary["top1_accuracy"]}

@@ -1,5 +1,7 @@
 """trimul evaluator: the answer's `custom_kernel` is checked against the reference and timed
-by `sia.tasks.trimul.evaluate` in a limited child process (`sia.tasks.code_answers`).
+by `sia.tasks.trimul.evaluate` in a limited child process (`sia.tasks.code_answers`); every
+timed call gets fresh inputs and is checked again, so a kernel that memoises outputs scores
+no better than the reference.
 
 Reward: speedup over the reference (reference time / candidate time, 1.0 = as fast),
 clipped to the task's range [0, 10]; 0 with a failure kind when the code does not compile,
