@@ -1,40 +1,56 @@
-"""Training on Modal: an H100 function whose body is the same `run_job` as local training.
+"""Training on Modal: H100 functions whose body is the same `run_job` as local training.
 
-Deploy once with `modal deploy -m sia.train.modal_app`; then `ModalTrainer` submits jobs
-with `train.spawn(...)` (the FunctionCall id is what TrainingJobSubmitted records as
-`call_id`) and re-attaches after a crash with `FunctionCall.from_id(call_id)`.
+Deploy once with `modal deploy -m sia.train.modal_app`: that deploys one function per
+supported GPU count (`train` on 1 H100, `train_h100x2`, `train_h100x4`, `train_h100x8`).
+`ModalTrainer.submit` sizes the job from the base model's config.json
+(`sia.train.gpu_plan`), spawns the function with that many GPUs and records the plan in
+the inputs (the job writes it to `gpu_plan.json`); the FunctionCall id is what
+TrainingJobSubmitted records as `call_id`, and `FunctionCall.from_id(call_id)`
+re-attaches after a crash, whichever function it was.
 
 The Volume `sia-adapters` (mounted at /vol) is the source of truth: a job lives in
 `/vol/jobs/<job_id>/` exactly as a local job does (checkpoint, metrics.jsonl, adapter/,
-manifest.json, DONE written last). A retried container (Modal retries on preemption or
-crash) or a duplicate call reloads the volume, finds DONE and returns the recorded
-manifest, or finds the checkpoint and resumes. Checkpoints are committed while training
-(at most every `SIA_MODAL_COMMIT_S` seconds) so a retry does not start from zero.
-Modal has no cross-container file locking, so two *concurrent* calls for one job both
-train; the first DONE committed wins and the other returns it.
+manifest.json, DONE written last). A hub model is downloaded once into `/vol/hf`, at the
+pinned revision and only the files loading needs (`HUB_ALLOW`/`HUB_IGNORE`).
+
+Exactly one call trains a job, however many run at once: a call first claims the job
+with an atomic put-if-absent in the `modal.Dict` `sia-job-claims` (`sia.train.job_claim`).
+The winner trains and commits; every other call waits for its DONE and returns the
+winner's manifest without writing anything to the job. A retried container of the
+winning call (Modal retries on preemption or crash) resumes its own claim and the
+checkpoint, which is committed while training (at most every `SIA_MODAL_COMMIT_S`
+seconds); a winner whose heartbeat stopped for `SIA_MODAL_CLAIM_STALE_S` seconds is dead
+and the job goes to the next claimant.
 
 The function body runs locally too (`train.local(spec_json, inputs)`); then the volume
-root is `$SIA_MODAL_VOLUME_ROOT` and nothing talks to Modal.
+root is `$SIA_MODAL_VOLUME_ROOT`, claims are files under it and nothing talks to Modal.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import re
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import modal
 
+from sia.events.canonical import canonical_json
+from sia.train.gpu_plan import GpuPlan, plan_for
 from sia.train.job import JobError, Manifest, atomic_write, load_manifest, run_job
+from sia.train.job_claim import ClaimStore, FileClaimStore, Heartbeat, ModalDictClaimStore, claim_job, release
 from sia.train.spec import TrainingSpec, file_sha256
 
 APP_NAME = "sia-train"
-FUNCTION_NAME = "train"
+FUNCTION_NAMES = {1: "train", 2: "train_h100x2", 4: "train_h100x4", 8: "train_h100x8"}
+"""The deployed function for each H100 count of `sia.train.gpu_plan.GPU_COUNTS`."""
 VOLUME_NAME = "sia-adapters"
 VOLUME_MOUNT = "/vol"
+CLAIMS_DICT = "sia-job-claims"
 BACKEND = "modal"
 
 # The versions this code is tested with; the image pins them so a job trains on the
@@ -52,6 +68,14 @@ PINNED = (
     "numpy==2.4.6",
 )
 
+# What training loads from a hub repository: config, tokenizer and chat template, and the
+# transformers-format safetensors at the repository root. gpt-oss repos also carry the
+# same weights again under original/ (the reference implementation's format) and metal/
+# (Apple's), which transformers never reads: every sub-folder is skipped.
+HUB_ALLOW = ("*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt")
+HUB_IGNORE = ("*/*",)
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+
 app = modal.App(APP_NAME)
 image = (
     modal.Image.debian_slim(python_version="3.11")
@@ -60,6 +84,9 @@ image = (
     .add_local_python_source("sia")  # must stay last (files are added at container start)
 )
 volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+_RETRIES = modal.Retries(max_retries=2, backoff_coefficient=2.0, initial_delay=10.0)
+_FUNCTION_OPTIONS: dict[str, Any] = dict(image=image, timeout=6 * 3600, volumes={VOLUME_MOUNT: volume},
+                                         retries=_RETRIES)
 
 
 def volume_root() -> Path:
@@ -70,11 +97,17 @@ def _remote() -> bool:
     return not modal.is_local()
 
 
-@app.function(image=image, gpu="H100", timeout=4 * 3600,
-              retries=modal.Retries(max_retries=2, backoff_coefficient=2.0, initial_delay=10.0),
-              volumes={VOLUME_MOUNT: volume})
+def _in_container(spec_json: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    if not _remote():
+        return train_body(spec_json, inputs)
+    claims = ModalDictClaimStore(modal.Dict.from_name(CLAIMS_DICT, create_if_missing=True))
+    return train_body(spec_json, inputs, commit=volume.commit, reload=volume.reload, claims=claims,
+                      owner=modal.current_function_call_id())
+
+
+@app.function(gpu="H100", **_FUNCTION_OPTIONS)
 def train(spec_json: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Run (or find) the job; returns its manifest as a dict.
+    """Run (or find) the job on 1 H100; returns its manifest as a dict.
 
     `inputs` (all optional but one data source):
       rollouts_jsonl       the training data inline (checked against spec.data_hash)
@@ -82,20 +115,52 @@ def train(spec_json: str, inputs: dict[str, Any]) -> dict[str, Any]:
       init_adapter_job     start from the adapter of that finished job on the volume
       init_adapter_files   or the init adapter inline: {file name: base64 bytes}
       model_dir            a model directory (relative to the volume root, or absolute);
-                           default: `spec.base_model_id` from the Hugging Face hub,
-                           cached on the volume (`model_revision` pins a revision)
+                           default: `spec.base_model_id` from the Hugging Face hub at
+                           `model_revision` (a commit sha, required), cached on the volume
+      gpu_plan             the `GpuPlan` the submitter chose (recorded in gpu_plan.json)
     """
-    return train_body(spec_json, inputs, commit=_commit if _remote() else None,
-                      reload=volume.reload if _remote() else None)
+    return _in_container(spec_json, inputs)
 
 
-def _commit() -> None:
-    volume.commit()
+@app.function(gpu="H100:2", **_FUNCTION_OPTIONS)
+def train_h100x2(spec_json: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """`train` on 2 H100s."""
+    return _in_container(spec_json, inputs)
+
+
+@app.function(gpu="H100:4", **_FUNCTION_OPTIONS)
+def train_h100x4(spec_json: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """`train` on 4 H100s."""
+    return _in_container(spec_json, inputs)
+
+
+@app.function(gpu="H100:8", **_FUNCTION_OPTIONS)
+def train_h100x8(spec_json: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """`train` on 8 H100s (gpt-oss-120b)."""
+    return _in_container(spec_json, inputs)
+
+
+FUNCTIONS = {1: train, 2: train_h100x2, 4: train_h100x4, 8: train_h100x8}
+"""The Modal function for each H100 count (keys: FUNCTION_NAMES' and gpu_plan.GPU_COUNTS)."""
+
+
+@app.function(image=image, timeout=3 * 3600, volumes={VOLUME_MOUNT: volume}, retries=_RETRIES)
+def download_model(model_id: str, revision: str) -> str:
+    """Put a hub model on the volume from a CPU container, so GPU jobs do not pay H100
+    time for the download: `modal run -m sia.train.modal_app::download_model --model-id
+    openai/gpt-oss-120b --revision <commit sha>`. Returns the snapshot's path."""
+    path = hub_snapshot(model_id, revision, volume_root())
+    if _remote():
+        volume.commit()
+    return str(path)
 
 
 def train_body(spec_json: str, inputs: dict[str, Any], *,
                commit: Callable[[], None] | None = None,
-               reload: Callable[[], None] | None = None) -> dict[str, Any]:
+               reload: Callable[[], None] | None = None,
+               claims: ClaimStore | None = None, owner: str | None = None) -> dict[str, Any]:
+    """The job's manifest: found on the volume, trained here if this call wins the job's
+    claim, or the winner's once it is DONE."""
     spec = TrainingSpec.from_json(spec_json)
     root = volume_root()
     if reload is not None:
@@ -104,11 +169,42 @@ def train_body(spec_json: str, inputs: dict[str, Any], *,
     existing = load_manifest(job_dir)
     if existing is not None:
         return existing.model_dump(mode="json")
-    job_dir.mkdir(parents=True, exist_ok=True)
 
+    store = claims if claims is not None else FileClaimStore(root / "claims")
+    owner = owner or f"local-{uuid.uuid4().hex}"
+    stale_s = float(os.environ.get("SIA_MODAL_CLAIM_STALE_S", "600"))
+    poll_s = float(os.environ.get("SIA_MODAL_WAIT_POLL_S", "20"))
+    while True:
+        claim = claim_job(store, spec.job_id, owner, now=time.time(), stale_s=stale_s)
+        if claim.won:
+            break
+        time.sleep(poll_s)  # another call trains this job: wait for its DONE
+        if reload is not None:
+            reload()
+        existing = load_manifest(job_dir)
+        if existing is not None:
+            return existing.model_dump(mode="json")
+
+    beat_s = float(os.environ.get("SIA_MODAL_CLAIM_BEAT_S", str(min(60.0, stale_s / 4))))
+    try:
+        with Heartbeat(store, claim.key(spec.job_id), beat_s):
+            return _train_claimed(spec, root, job_dir, inputs, commit)
+    except Exception:
+        release(store, spec.job_id, claim)
+        raise
+
+
+def _train_claimed(spec: TrainingSpec, root: Path, job_dir: Path, inputs: dict[str, Any],
+                   commit: Callable[[], None] | None) -> dict[str, Any]:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    if inputs.get("gpu_plan"):
+        _check_gpus(inputs["gpu_plan"])
+        atomic_write(job_dir / "gpu_plan.json", canonical_json(GpuPlan(**inputs["gpu_plan"]).to_dict()))
     data_path = _materialise_data(spec, root, job_dir, inputs)
     init_dir = _materialise_init_adapter(root, job_dir, inputs)
     model_dir = _model_dir(spec, root, inputs)
+    if commit is not None:
+        commit()  # the downloaded model and the job's inputs survive a retry
 
     every = float(os.environ.get("SIA_MODAL_COMMIT_S", "600"))
     last = [time.monotonic()]
@@ -123,6 +219,14 @@ def train_body(spec_json: str, inputs: dict[str, Any], *,
     if commit is not None:
         commit()
     return manifest.model_dump(mode="json")
+
+
+def _check_gpus(plan: dict[str, Any]) -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() < int(plan["gpus"]):
+        raise JobError(f"the job was planned for {plan['gpus']} GPUs but this container has "
+                       f"{torch.cuda.device_count()}")
 
 
 def _resolve(root: Path, path: str) -> Path:
@@ -162,10 +266,27 @@ def _materialise_init_adapter(root: Path, job_dir: Path, inputs: dict[str, Any])
 def _model_dir(spec: TrainingSpec, root: Path, inputs: dict[str, Any]) -> Path:
     if inputs.get("model_dir"):
         return _resolve(root, inputs["model_dir"])
+    return hub_snapshot(spec.base_model_id, inputs.get("model_revision"), root)
+
+
+def hub_snapshot(model_id: str, revision: str | None, root: Path) -> Path:
+    """The model's files at the pinned commit in the volume's hub cache, downloaded if
+    missing; a complete snapshot needs no network."""
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(spec.base_model_id, revision=inputs.get("model_revision"),
-                                  cache_dir=str(root / "hf")))
+    return Path(snapshot_download(model_id, revision=pinned_revision(model_id, revision),
+                                  cache_dir=str(root / "hf"), allow_patterns=list(HUB_ALLOW),
+                                  ignore_patterns=list(HUB_IGNORE)))
+
+
+def pinned_revision(model_id: str, revision: str | None) -> str:
+    """The hub commit to train from: the run hashes it into `base_model_hash`, so it must
+    name one immutable commit, not a branch that moves."""
+    if not revision or not _COMMIT_SHA.fullmatch(revision):
+        raise JobError(f"training {model_id} from the hub needs its revision pinned to a 40-hex commit "
+                       f"sha (got {revision!r}): set `revision` in [providers.vllm] of sia.toml to the "
+                       f"commit shown at https://huggingface.co/{model_id}/commits/main")
+    return revision
 
 
 # ----------------------------------------------------------------------------- client
@@ -219,6 +340,25 @@ def adapter_inputs(adapter_dir: Path) -> dict[str, str]:
             for p in sorted(Path(adapter_dir).iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
+def hub_model_config(model_id: str, revision: str) -> dict[str, Any]:
+    """A hub model's config.json at a pinned commit (a few kB, no weights): what
+    `ModalTrainer.submit` sizes the GPUs by."""
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(model_id, "config.json", revision=pinned_revision(model_id, revision))
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def choose_function(model_config: dict[str, Any] | None, *, lora_rank: int) -> tuple[str, GpuPlan | None]:
+    """The deployed function a job runs on, and the plan that chose it (pure)."""
+    if model_config is None:
+        return FUNCTION_NAMES[1], None
+    plan = plan_for(model_config, lora_rank=lora_rank)
+    return FUNCTION_NAMES[plan.gpus], plan
+
+
 class ModalTrainer:
     """Submit to / re-attach to the deployed `sia-train` app."""
 
@@ -229,16 +369,24 @@ class ModalTrainer:
         self.app_name = app_name
         self.environment = environment
         self.poll_s = poll_s
+        self.last_plan: GpuPlan | None = None
+        """The plan of the last `submit` (None: 1 H100, no config given)."""
 
-    def _function(self) -> Any:
+    def _function(self, name: str) -> Any:
         require_credentials()
-        return modal.Function.from_name(self.app_name, FUNCTION_NAME,
-                                        environment_name=self.environment)
+        return modal.Function.from_name(self.app_name, name, environment_name=self.environment)
 
-    def submit(self, spec: TrainingSpec, inputs: dict[str, Any]) -> str:
-        """Spawn the job; returns the FunctionCall id to record as TrainingJobSubmitted.call_id."""
+    def submit(self, spec: TrainingSpec, inputs: dict[str, Any], *,
+               model_config: dict[str, Any] | None = None) -> str:
+        """Spawn the job on as many H100s as `model_config` (the base model's config.json)
+        needs; returns the FunctionCall id to record as TrainingJobSubmitted.call_id.
+        Without a config the job runs on 1 H100 (the embedded tiny model)."""
+        name, plan = choose_function(model_config, lora_rank=spec.lora.rank)
+        if plan is not None:
+            inputs = {**inputs, "gpu_plan": plan.to_dict()}
+        self.last_plan = plan
         try:
-            call = self._function().spawn(spec.to_json(), inputs)
+            call = self._function(name).spawn(spec.to_json(), inputs)
         except modal.exception.NotFoundError as exc:
             raise RuntimeError(f"Modal app {self.app_name!r} is not deployed: run "
                                f"`modal deploy -m sia.train.modal_app` ({exc})") from exc
@@ -267,11 +415,13 @@ class ModalTrainer:
                                        f"has no finished job {job_id}") from None
                 return manifest
 
-    def run(self, spec: TrainingSpec, inputs: dict[str, Any], *, timeout: float | None = None) -> Manifest:
-        return self.attach(self.submit(spec, inputs), job_id=spec.job_id, timeout=timeout)
+    def run(self, spec: TrainingSpec, inputs: dict[str, Any], *, timeout: float | None = None,
+            model_config: dict[str, Any] | None = None) -> Manifest:
+        return self.attach(self.submit(spec, inputs, model_config=model_config), job_id=spec.job_id,
+                           timeout=timeout)
 
     def run_effect(self, spec: TrainingSpec, inputs: dict[str, Any], ctx: Any, *,
-                   timeout: float | None = None) -> Manifest:
+                   timeout: float | None = None, model_config: dict[str, Any] | None = None) -> Manifest:
         """Inside a `train` effect handler: spawn once and `ctx.report` the FunctionCall id
         (TrainingJobSubmitted), so a resumed run re-attaches by `ctx.call_id` instead of
         spawning again. A call that ended without a manifest is re-spawned: the volume
@@ -285,7 +435,7 @@ class ModalTrainer:
                 manifest = self.manifest_from_volume(spec.job_id)
                 if manifest is not None:
                     return manifest
-        call_id = self.submit(spec, inputs)
+        call_id = self.submit(spec, inputs, model_config=model_config)
         ctx.report(TrainingJobSubmitted(effect_id=ctx.effect_id, job_id=spec.job_id,
                                         backend=self.backend, call_id=call_id))
         return self.attach(call_id, job_id=spec.job_id, timeout=timeout)
