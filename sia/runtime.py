@@ -277,18 +277,22 @@ class Runtime:
 
     def _outcome(self, effect: PendingEffect, result: EffectResult,
                  cached_from: str | None = None, attempt: int = 1) -> list[BaseEvent]:
+        """Events for a result, interpreted after redaction: `interpret` then sees exactly
+        what the log will hold, which is what `replay --check` re-interprets."""
+        value = self.store.redactor.redact_data(result.result)
         try:
-            derived = interpret(effect.kind, effect.effect_id, effect.request, result.result)
+            derived = interpret(effect.kind, effect.effect_id, effect.request, value)
         except ResultInvalid as exc:
             return self._failure(effect, str(exc), attempt, result.usage)
         completed = EffectCompleted(effect_id=effect.effect_id, kind=effect.kind,
-                                    result=result.result,
+                                    result=value,
                                     usage=Usage() if cached_from else result.usage,
                                     cached_from=cached_from)
         return [completed, *derived]
 
     def _failure(self, effect: PendingEffect, error: str, attempt: int,
                  usage: Usage) -> list[BaseEvent]:
+        error = self.store.redactor.redact(error)
         failed = EffectFailed(effect_id=effect.effect_id, kind=effect.kind, error=error,
                               attempt=attempt, will_retry=False, usage=usage)
         return [failed, *interpret_failure(effect.kind, effect.effect_id, effect.request, error)]

@@ -1,19 +1,23 @@
 """The reusable conformance suite every EventStore implementation must pass.
 
-Subclass `EventStoreConformance` in a `Test…` class and provide a `store` fixture.
+Subclass `EventStoreConformance` in a `Test…` class and provide a `make_store` fixture
+(a factory taking a Redactor) and the `outsider_*` methods: what an attacker who can write
+the store's rows, but does not hold its chain key, does to them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from sia.events.canonical import GENESIS_HASH
-from sia.events.envelope import EncodedEvent, StoredEvent, seal
+from sia.events.envelope import EncodedEvent, StoredEvent, seal, seal_batch
 from sia.store.base import (
     CacheEntry,
     ConcurrencyError,
@@ -27,6 +31,11 @@ from sia.store.base import (
     UnknownRun,
 )
 from sia.store.blobs import BlobMissing
+from sia.store.redact import Redactor, SecretRefused
+
+CANARY = "sk-canary-0123456789abcdefghijklmnopqrstuvwxyz"
+CANARY_ENV = "CANARY_API_KEY"
+MARK = f"[redacted:{CANARY_ENV}]"
 
 
 def encoded(n: int, tag: str = "e") -> list[EncodedEvent]:
@@ -37,7 +46,26 @@ def reasons(events: list[StoredEvent]) -> list[str]:
     return [e.payload for e in events]
 
 
+MakeStore = Callable[[Redactor], EventStore]
+
+
 class EventStoreConformance:
+    @pytest.fixture
+    def store(self, make_store: MakeStore) -> EventStore:
+        return make_store(Redactor.none())
+
+    def outsider_rewrite(self, store: EventStore, run_id: str, seq: int, payload: str) -> None:
+        """Replace one own event's payload and re-hash every later own event (plain sha256)."""
+        raise NotImplementedError
+
+    def outsider_truncate(self, store: EventStore, run_id: str, keep: int) -> None:
+        """Delete the run's own events after seq `keep`."""
+        raise NotImplementedError
+
+    def outsider_append(self, store: EventStore, event: StoredEvent) -> None:
+        """Add a correctly sealed (plain sha256) event row, as a writer without the key can."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------- ordering
 
     def test_create_and_read_in_order(self, store: EventStore) -> None:
@@ -162,6 +190,95 @@ class EventStoreConformance:
                                 events)
         with pytest.raises(UnknownRun):
             store.get_run("n")
+
+    # ---------------------------------------------------------------- keyed chain
+
+    def test_rewrite_with_recomputed_chain_is_caught_at_its_seq(self, store: EventStore) -> None:
+        store.create_run("a", encoded(3))
+        store.create_run("b", encoded(6, "b"))
+        self.outsider_rewrite(store, "b", 3, '{"reason":"forged"}')
+        assert json.loads(store.event_at("b", 3).payload) == {"reason": "forged"}
+        with pytest.raises(IntegrityError, match="run b seq 3: rewritten") as info:
+            store.verify("b")
+        assert info.value.seq == 3
+        assert store.verify("a") == 3
+
+    def test_rewrite_of_the_last_event_is_caught(self, store: EventStore) -> None:
+        store.create_run("b", encoded(4))
+        self.outsider_rewrite(store, "b", 4, '{"reason":"forged"}')
+        with pytest.raises(IntegrityError, match="run b seq 4: rewritten"):
+            store.verify("b")
+
+    def test_truncated_tail_is_caught(self, store: EventStore) -> None:
+        store.create_run("b", encoded(6))
+        self.outsider_truncate(store, "b", keep=4)
+        with pytest.raises(IntegrityError, match="run b seq 5: truncated.*ends at seq 6"):
+            store.verify("b")
+
+    def test_event_forged_onto_the_end_is_caught(self, store: EventStore) -> None:
+        store.create_run("b", encoded(3))
+        last = store.last_event("b")
+        forged = seal(encoded(1, "forged")[0], "b", 4, last.hash, "t")
+        self.outsider_append(store, forged)
+        assert store.last_seq("b") == 4
+        with pytest.raises(IntegrityError, match="run b seq 4: (no keyed MAC|rewritten)"):
+            store.verify("b")
+
+    def test_a_fork_verifies_its_inherited_prefix_by_key(self, store: EventStore) -> None:
+        store.create_run("p", encoded(5))
+        store.create_run("c", encoded(2, "c"), parent_run_id="p", fork_seq=4)
+        assert store.verify("c") == 6
+        self.outsider_rewrite(store, "p", 2, '{"reason":"forged"}')
+        with pytest.raises(IntegrityError, match="run c seq 2: rewritten.*inherited from run p"):
+            store.verify("c")
+
+    def test_imported_rows_get_this_stores_macs(self, store: EventStore) -> None:
+        sealed = seal_batch(encoded(5), "imp", 0, GENESIS_HASH, "t")
+        store.import_events([RunRecord("imp", None, None, "t")], sealed)
+        assert store.verify("imp") == 5
+        store.append("imp", encoded(1, "more"), expected_last_seq=5)
+        assert store.verify("imp") == 6
+
+    def test_chain_key_is_never_shown(self, store: EventStore) -> None:
+        store.create_run("a", encoded(2))
+        secret = store.chain_key._secret
+        assert secret.hex() not in repr(store.chain_key) and str(secret) not in repr(store.chain_key)
+        assert all(secret.hex() not in e.payload for e in store.read("a"))
+
+    # ---------------------------------------------------------------- redaction
+
+    def test_secrets_are_redacted_from_events_cache_snapshots_and_text_blobs(
+            self, make_store: MakeStore) -> None:
+        store = make_store(Redactor({CANARY_ENV: CANARY}))
+        escaped = 'quote"' + CANARY
+        store.create_run("a", [EncodedEvent("RunPaused", 1, json.dumps(
+            {"reason": f"env: {CANARY}", CANARY: [f"x{CANARY}y"], "q": escaped},
+            separators=(",", ":"), sort_keys=True))])
+        stored = store.append("a", [EncodedEvent("RunPaused", 1, f'{{"reason":"{CANARY}"}}')], 1)
+        for event in (*store.read("a"), *stored):
+            assert CANARY not in event.payload and MARK in event.payload
+            json.loads(event.payload)
+        assert store.verify("a") == 2
+        store.cache_put(CacheEntry("k", "episode", "e1", "a", json.dumps({"out": CANARY}), "{}"))
+        assert store.cache_get("k").result == json.dumps({"out": MARK}, separators=(",", ":"))
+        store.put_snapshot(Snapshot("a", 2, "v1", "h", json.dumps({"s": CANARY})))
+        assert CANARY not in store.latest_snapshot("a", "v1").body
+        sha = store.blobs.put_text(f"stdout tail: {CANARY}\n")
+        assert store.blobs.get_text(sha) == f"stdout tail: {MARK}\n"
+        assert sha == hashlib.sha256(f"stdout tail: {MARK}\n".encode()).hexdigest()
+        with pytest.raises(SecretRefused, match=f"\\${CANARY_ENV}") as info:
+            store.blobs.put(b"weights" + CANARY.encode())
+        assert CANARY not in str(info.value)
+
+    def test_import_of_a_row_holding_a_secret_is_refused_whole(self, make_store: MakeStore) -> None:
+        store = make_store(Redactor({CANARY_ENV: CANARY}))
+        events = [EncodedEvent("RunPaused", 1, '{"reason":"fine"}'),
+                  EncodedEvent("RunPaused", 1, f'{{"reason":"{CANARY}"}}')]
+        sealed = seal_batch(events, "imp", 0, GENESIS_HASH, "t")
+        with pytest.raises(SecretRefused, match="run imp seq 2"):
+            store.import_events([RunRecord("imp", None, None, "t")], sealed)
+        with pytest.raises(UnknownRun):
+            store.get_run("imp")
 
     # ---------------------------------------------------------------- blobs
 

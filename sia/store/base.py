@@ -5,10 +5,15 @@ fork records only its parent and the seq it branched at, so forking never copies
 never writes to the parent. Seq numbers continue across the lineage (a fork at seq 40
 appends its first own event at 41), so every history is one contiguous, hash-chained
 sequence starting at 1.
+
+Every store also keeps, beside each event, a MAC of its hash under the home's chain key,
+and per run a keyed head (sia/store/keys.py), and passes everything it records through a
+Redactor (sia/store/redact.py); `verify` checks both chains.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import socket
 from abc import ABC, abstractmethod
@@ -18,6 +23,8 @@ from dataclasses import dataclass
 from sia.events.canonical import GENESIS_HASH
 from sia.events.envelope import EncodedEvent, StoredEvent, hash_is_valid
 from sia.store.blobs import BlobStore
+from sia.store.keys import ChainKey
+from sia.store.redact import Redactor, SecretRefused
 
 
 class StoreError(Exception):
@@ -66,6 +73,24 @@ class IntegrityError(StoreError):
     def __init__(self, run_id: str, seq: int, reason: str) -> None:
         super().__init__(f"run {run_id} seq {seq}: {reason}")
         self.run_id, self.seq, self.reason = run_id, seq, reason
+
+
+class StoreTampered(StoreError):
+    """The store's own protections (append-only triggers) were removed or altered."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Where a run's history ends (seq and hash of its last event), MACed."""
+
+    run_id: str
+    seq: int
+    hash: str
+    mac: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +179,8 @@ class EventStore(ABC):
     """Append-only, hash-chained event logs with fork lineage, blobs, cache and leases."""
 
     blobs: BlobStore
+    chain_key: ChainKey
+    redactor: Redactor
 
     # ---- runs and events
 
@@ -190,8 +217,24 @@ class EventStore(ABC):
     def _event_at(self, run_id: str, seq: int) -> StoredEvent | None: ...
 
     @abstractmethod
+    def _read_segment_macs(self, segment: Segment) -> Iterator[tuple[StoredEvent, str | None]]:
+        """A segment's own events with their stored MACs (None when a row has none)."""
+
+    @abstractmethod
+    def _head(self, run_id: str) -> Head | None: ...
+
+    @abstractmethod
     def import_events(self, runs: Sequence[RunRecord], events: Sequence[StoredEvent]) -> None:
-        """Insert already-sealed runs and events verbatim, atomically (used by `sia import`)."""
+        """Insert already-sealed runs and events verbatim, atomically (used by `sia import`).
+
+        The rows get MACs and heads under this home's key: `sia import` verifies their
+        chain first. Sealed payloads cannot be redacted without breaking their hashes, so
+        rows holding a secret are refused (SecretRefused) and nothing is inserted.
+        """
+
+    def guard_problems(self) -> list[str]:
+        """What is wrong with the store's own protections; a store with none has none."""
+        return []
 
     # ---- cache and leases
 
@@ -261,17 +304,94 @@ class EventStore(ABC):
         return 0 if last is None else last.seq
 
     def verify(self, run_id: str) -> int:
-        """Check every hash, link and seq of the history; return the number of events."""
+        """Check the history's hashes, links, seqs, keyed MACs and head, and the store's guards.
+
+        Returns the number of events. Raises IntegrityError naming the first bad seq (and
+        any missing guard besides), or StoreTampered when only the guards are gone.
+        """
+        guards = self.guard_problems()
+        try:
+            count = self._verify_chain(run_id)
+        except IntegrityError as exc:
+            if not guards:
+                raise
+            raise IntegrityError(exc.run_id, exc.seq,
+                                 f"{exc.reason}; also: {'; '.join(guards)}") from None
+        if guards:
+            raise StoreTampered(guards)
+        return count
+
+    def _verify_chain(self, run_id: str) -> int:
+        key = self.chain_key
         prev_hash, expected_seq = GENESIS_HASH, 1
-        for event in self.read(run_id):
-            if event.seq != expected_seq:
-                raise IntegrityError(run_id, expected_seq, f"missing event (found seq {event.seq})")
-            if event.prev_hash != prev_hash:
-                raise IntegrityError(run_id, event.seq, "prev_hash does not link to the previous event")
-            if not hash_is_valid(event):
-                raise IntegrityError(run_id, event.seq, f"hash mismatch: event {event.type} was altered")
-            prev_hash, expected_seq = event.hash, expected_seq + 1
+        for segment in self.segments(run_id):
+            for event, mac in self._read_segment_macs(segment):
+                where = "" if event.run_id == run_id else f" (inherited from run {event.run_id})"
+                if event.seq != expected_seq:
+                    raise IntegrityError(run_id, expected_seq,
+                                         f"missing event (found seq {event.seq}){where}")
+                if event.prev_hash != prev_hash:
+                    raise IntegrityError(run_id, event.seq,
+                                         f"prev_hash does not link to the previous event{where}")
+                if not hash_is_valid(event):
+                    raise IntegrityError(run_id, event.seq,
+                                         f"hash mismatch: event {event.type} was altered{where}")
+                if mac is None:
+                    raise IntegrityError(run_id, event.seq, f"no keyed MAC: event {event.type} "
+                                         f"was not written by this home's sia{where}")
+                if not hmac.compare_digest(mac, key.event_mac(event.hash)):
+                    raise IntegrityError(run_id, event.seq, f"rewritten: event {event.type} has "
+                                         "a consistent sha256 chain but not this home's keyed "
+                                         f"MAC (changed by something without the key){where}")
+                prev_hash, expected_seq = event.hash, expected_seq + 1
+        self._verify_head(run_id, expected_seq - 1, prev_hash)
         return expected_seq - 1
+
+    def _verify_head(self, run_id: str, last_seq: int, last_hash: str) -> None:
+        """The keyed head catches what a valid prefix hides: a truncated or extended tail."""
+        head = self._head(run_id)
+        if head is None:
+            raise IntegrityError(run_id, last_seq, "no keyed head: the run was not recorded "
+                                 "through this home's sia")
+        if not hmac.compare_digest(head.mac, self.chain_key.head_mac(run_id, head.seq, head.hash)):
+            raise IntegrityError(run_id, min(head.seq, last_seq), "the keyed head was forged")
+        if head.seq > last_seq:
+            raise IntegrityError(run_id, last_seq + 1, f"truncated: the keyed head says the "
+                                 f"history ends at seq {head.seq}, the log ends at {last_seq}")
+        if head.seq < last_seq:
+            raise IntegrityError(run_id, head.seq + 1, f"extended: the keyed head says the "
+                                 f"history ends at seq {head.seq}, the log goes on to {last_seq}")
+        if head.hash != last_hash:
+            raise IntegrityError(run_id, last_seq, "rewritten: the last event's hash is not "
+                                 "the one the keyed head holds")
+
+    # ---- what every store does before it records something
+
+    def _redacted(self, events: Sequence[EncodedEvent]) -> list[EncodedEvent]:
+        """Events with every secret value redacted from their payloads."""
+        redactor = self.redactor
+        if not redactor:
+            return list(events)
+        redacted = []
+        for event in events:
+            payload = redactor.redact_document(event.payload)
+            redacted.append(event if payload is event.payload
+                            else EncodedEvent(event.type, event.schema_version, payload))
+        return redacted
+
+    def _redacted_entry(self, entry: CacheEntry) -> CacheEntry:
+        return CacheEntry(entry.key, entry.kind, entry.effect_id, entry.run_id,
+                          self.redactor.redact_document(entry.result),
+                          self.redactor.redact_document(entry.usage))
+
+    def _refuse_secrets(self, events: Sequence[StoredEvent]) -> None:
+        for event in events:
+            name = self.redactor.holds(event.payload)
+            if name is not None:
+                raise SecretRefused(f"run {event.run_id} seq {event.seq} ({event.type})", name)
+
+    def _head_of(self, run_id: str, seq: int, last_hash: str) -> Head:
+        return Head(run_id, seq, last_hash, self.chain_key.head_mac(run_id, seq, last_hash))
 
     def chain_start(self, parent_run_id: str | None, fork_seq: int | None) -> tuple[int, str]:
         """(last seq, last hash) that a new run's first event chains onto."""

@@ -2,6 +2,15 @@
 
 A blob's name is the sha256 of its bytes, so writing is idempotent, two runs that produce
 the same trajectory share it, and a read can prove it got what was written.
+
+Every write goes through the store's Redactor (sia/store/redact.py). Text is redacted
+before it is hashed, so the returned name is that of what was stored: callers must use
+it, never a hash of their own. Bytes are stored verbatim, because their callers name them
+by a hash of their own (an adapter's file index), and are refused if they hold a secret.
+Adapter weights are scanned too although a key cannot usefully be in them (gradient
+descent does not write a 40-byte ASCII string into float tensors, and adapter_config.json
+is rebuilt from a fixed schema): the scan costs ~2 ms per 10 MB of weights per secret
+(measured on float32 tensors) and turns "cannot happen" into "is checked".
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from sia.store.files import atomic_write
+from sia.store.home import make_private_dir
+from sia.store.redact import Redactor, redactor_from_environment
 
 
 class BlobMissing(KeyError):
@@ -26,9 +37,27 @@ class BlobCorrupt(ValueError):
 
 
 class BlobStore(ABC):
-    @abstractmethod
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        """`redactor` None: redact the secrets of the process's environment."""
+        self.redactor = redactor_from_environment() if redactor is None else redactor
+
     def put(self, data: bytes) -> str:
-        """Store bytes, return their sha256 hex."""
+        """Store bytes verbatim, return their sha256 hex; SecretRefused if they hold a secret."""
+        self.redactor.refuse("a blob", data)
+        sha = hashlib.sha256(data).hexdigest()
+        self._write(sha, bytes(data))
+        return sha
+
+    def put_text(self, text: str) -> str:
+        """Store text with every secret redacted; returns the sha256 of what was stored."""
+        data = self.redactor.redact_document(text).encode("utf-8")
+        sha = hashlib.sha256(data).hexdigest()
+        self._write(sha, data)
+        return sha
+
+    @abstractmethod
+    def _write(self, sha: str, data: bytes) -> None:
+        """Keep `data` under `sha` (already its hash); a no-op if it is there."""
 
     @abstractmethod
     def get(self, sha: str) -> bytes:
@@ -37,21 +66,17 @@ class BlobStore(ABC):
     @abstractmethod
     def has(self, sha: str) -> bool: ...
 
-    def put_text(self, text: str) -> str:
-        return self.put(text.encode("utf-8"))
-
     def get_text(self, sha: str) -> str:
         return self.get(sha).decode("utf-8")
 
 
 class MemoryBlobStore(BlobStore):
-    def __init__(self) -> None:
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__(redactor)
         self._blobs: dict[str, bytes] = {}
 
-    def put(self, data: bytes) -> str:
-        sha = hashlib.sha256(data).hexdigest()
-        self._blobs.setdefault(sha, bytes(data))
-        return sha
+    def _write(self, sha: str, data: bytes) -> None:
+        self._blobs.setdefault(sha, data)
 
     def get(self, sha: str) -> bytes:
         try:
@@ -67,24 +92,24 @@ class MemoryBlobStore(BlobStore):
 
 
 class FileBlobStore(BlobStore):
-    """Blobs as files `root/ab/cdef…`, written to a temp name and renamed into place."""
+    """Blobs as files `root/ab/cdef…` (0600, in 0700 folders), written to a temp name and renamed."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, redactor: Redactor | None = None) -> None:
+        super().__init__(redactor)
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.root)
 
     def path(self, sha: str) -> Path:
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise BlobMissing(sha)
         return self.root / sha[:2] / sha[2:]
 
-    def put(self, data: bytes) -> str:
-        sha = hashlib.sha256(data).hexdigest()
+    def _write(self, sha: str, data: bytes) -> None:
         target = self.path(sha)
         if target.exists():
-            return sha
+            return
+        make_private_dir(target.parent)
         atomic_write(target, data)
-        return sha
 
     def get(self, sha: str) -> bytes:
         try:

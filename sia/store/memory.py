@@ -1,4 +1,10 @@
-"""An in-memory EventStore: the reference behaviour, and fast for tests and replay."""
+"""An in-memory EventStore: the reference behaviour, and fast for tests and replay.
+
+Its chain key lives only in memory and dies with the store: nothing outside the process
+can reach the store at all, so the MACs matter here only as the reference behaviour the
+conformance suite holds both stores to (a rewrite through the internals is caught the
+same way a rewrite of the SQLite file is).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from sia.store.base import (
     CacheEntry,
     ConcurrencyError,
     EventStore,
+    Head,
     LeaseHeld,
     RunExists,
     RunRecord,
@@ -23,12 +30,19 @@ from sia.store.base import (
 )
 from sia.store.blobs import MemoryBlobStore
 from sia.store.clock import utc_now
+from sia.store.keys import ChainKey
+from sia.store.redact import Redactor, redactor_from_environment
 
 
 class MemoryEventStore(EventStore):
-    def __init__(self, clock: Callable[[], str] = utc_now) -> None:
-        self.blobs = MemoryBlobStore()
+    def __init__(self, clock: Callable[[], str] = utc_now, redactor: Redactor | None = None) -> None:
+        """`redactor` None: redact the secrets of the process's environment."""
+        self.redactor = redactor_from_environment() if redactor is None else redactor
+        self.chain_key = ChainKey.generate()
+        self.blobs = MemoryBlobStore(self.redactor)
         self._clock = clock
+        self._macs: dict[tuple[str, int], str] = {}
+        self._heads: dict[str, Head] = {}
         self._runs: dict[str, RunRecord] = {}
         self._events: dict[str, list[StoredEvent]] = {}
         self._cache: dict[str, CacheEntry] = {}
@@ -49,6 +63,7 @@ class MemoryEventStore(EventStore):
             seq, prev = self.chain_start(parent_run_id, fork_seq)
             self._runs[run_id] = RunRecord(run_id, parent_run_id, fork_seq, self._clock())
             self._events[run_id] = []
+            self._heads[run_id] = self._head_of(run_id, seq, prev)
             return self._add(run_id, events, seq, prev)
 
     def append(
@@ -62,8 +77,12 @@ class MemoryEventStore(EventStore):
             return self._add(run_id, events, actual, last.hash if last else GENESIS_HASH)
 
     def _add(self, run_id: str, events: Sequence[EncodedEvent], seq: int, prev: str) -> list[StoredEvent]:
-        sealed = seal_batch(list(events), run_id, seq, prev, self._clock())
+        sealed = seal_batch(self._redacted(events), run_id, seq, prev, self._clock())
         self._events[run_id].extend(sealed)
+        for event in sealed:
+            self._macs[(run_id, event.seq)] = self.chain_key.event_mac(event.hash)
+        if sealed:
+            self._heads[run_id] = self._head_of(run_id, sealed[-1].seq, sealed[-1].hash)
         return sealed
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -94,25 +113,40 @@ class MemoryEventStore(EventStore):
         index = seq - (self._runs[run_id].fork_seq or 0) - 1
         return own[index] if 0 <= index < len(own) else None
 
+    def _read_segment_macs(self, segment: Segment) -> Iterator[tuple[StoredEvent, str | None]]:
+        for event in self._read_segment(segment, 0, None):
+            yield event, self._macs.get((event.run_id, event.seq))
+
+    def _head(self, run_id: str) -> Head | None:
+        return self._heads.get(run_id)
+
     def import_events(self, runs: Sequence[RunRecord], events: Sequence[StoredEvent]) -> None:
         with self._lock:
             for run in runs:
                 if run.run_id in self._runs:
                     raise RunExists(run.run_id)
+            self._refuse_secrets(events)
             for run in runs:
                 self._runs[run.run_id] = run
                 self._events[run.run_id] = []
             for event in sorted(events, key=lambda e: (e.run_id, e.seq)):
                 self._events[event.run_id].append(event)
+                self._macs[(event.run_id, event.seq)] = self.chain_key.event_mac(event.hash)
+            for run in runs:
+                last = self.last_event(run.run_id)
+                self._heads[run.run_id] = self._head_of(
+                    run.run_id, last.seq if last else 0, last.hash if last else GENESIS_HASH)
 
     def cache_get(self, key: str) -> CacheEntry | None:
         return self._cache.get(key)
 
     def cache_put(self, entry: CacheEntry) -> None:
         with self._lock:
-            self._cache.setdefault(entry.key, entry)
+            self._cache.setdefault(entry.key, self._redacted_entry(entry))
 
     def put_snapshot(self, snapshot: Snapshot) -> None:
+        snapshot = Snapshot(snapshot.run_id, snapshot.seq, snapshot.version, snapshot.last_hash,
+                            self.redactor.redact_document(snapshot.body))
         with self._lock:
             self._snapshots.setdefault(snapshot.run_id, []).append(snapshot)
 

@@ -3,7 +3,11 @@
 Durability and concurrency come from SQLite itself: WAL journal, `BEGIN IMMEDIATE` so a
 writer takes the write lock before it reads the last seq, a busy timeout so concurrent
 writers queue instead of failing, and `(run_id, seq)` as primary key as the last line of
-defence for optimistic concurrency. Triggers make the events table append-only.
+defence for optimistic concurrency. Triggers make the events and runs tables append-only,
+and `verify` reports them missing or altered (`guard_problems`). Each event row carries a
+MAC under the home's chain key and each run a keyed head (sia/store/keys.py); the key is
+a file beside the database, `keys/chain.key`, never in it. The database and the key are
+0600, their folders 0700.
 
 sqlite-utils creates the schema. It is imported only when a store file is new (or older
 than `SCHEMA_VERSION`, kept in `PRAGMA user_version`): importing it pulls in pandas when
@@ -13,7 +17,9 @@ reads use the raw connection; `executemany` measured ~4-5x faster than `insert_a
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,11 +27,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sia.events.canonical import GENESIS_HASH
-from sia.events.envelope import EncodedEvent, StoredEvent, seal_batch
+from sia.events.envelope import EncodedEvent, StoredEvent, hash_is_valid, seal_batch
 from sia.store.base import (
     CacheEntry,
     ConcurrencyError,
     EventStore,
+    Head,
     LeaseHeld,
     RunExists,
     RunRecord,
@@ -38,16 +45,33 @@ from sia.store.base import (
 )
 from sia.store.blobs import FileBlobStore
 from sia.store.clock import utc_now
-from sia.store.home import blobs_path, database_path, sia_home
-
-SCHEMA_VERSION = 2
-_EVENT_COLUMNS = "run_id, seq, type, schema_version, payload, prev_hash, hash, recorded_at"
-
-_APPEND_ONLY = tuple(
-    f"CREATE TRIGGER IF NOT EXISTS events_no_{op.lower()} BEFORE {op} ON events "
-    "BEGIN SELECT RAISE(ABORT, 'events are append-only'); END"
-    for op in ("UPDATE", "DELETE")
+from sia.store.home import (
+    PRIVATE_FILE,
+    blobs_path,
+    chain_key_path,
+    database_path,
+    make_home_private,
+    make_private_dir,
+    sia_home,
 )
+from sia.store.keys import ChainKey, ChainKeyError, load_chain_key
+from sia.store.redact import Redactor, redactor_from_environment
+
+SCHEMA_VERSION = 3
+"""v3 added the keyed chain: `events.mac`, the `heads` table, append-only `runs`."""
+_EVENT_COLUMNS = "run_id, seq, type, schema_version, payload, prev_hash, hash, recorded_at"
+_INSERT_EVENT = (f"INSERT INTO events ({_EVENT_COLUMNS}, mac) VALUES (?,?,?,?,?,?,?,?,?)")
+_PUT_HEAD = ("INSERT INTO heads (run_id, seq, hash, mac) VALUES (?,?,?,?) ON CONFLICT (run_id) "
+             "DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac")
+
+APPEND_ONLY_TRIGGERS = {
+    f"{table}_no_{op.lower()}": (
+        f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} are append-only'); END"
+    )
+    for table in ("events", "runs") for op in ("UPDATE", "DELETE")
+}
+"""Name → the exact SQL SQLite keeps for it; `verify` compares the schema against this."""
 
 
 class SqliteEventStore(EventStore):
@@ -57,12 +81,24 @@ class SqliteEventStore(EventStore):
         blob_root: Path | str | None = None,
         busy_timeout_s: float = 30.0,
         clock: Callable[[], str] = utc_now,
+        key_path: Path | str | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
+        """`key_path` defaults to `keys/chain.key` beside the database; `redactor` None
+        redacts the secrets of the process's environment."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.blobs = FileBlobStore(Path(blob_root) if blob_root else self.path.parent / "blobs")
+        make_private_dir(self.path.parent)
+        self.redactor = redactor_from_environment() if redactor is None else redactor
+        self.blobs = FileBlobStore(Path(blob_root) if blob_root else self.path.parent / "blobs",
+                                   self.redactor)
+        self.notices: list[str] = []
+        """What opening changed that the user should hear about (printed by the CLI)."""
         self._clock = clock
         self._lock = threading.RLock()
+        try:
+            _make_private_file(self.path)
+        except OSError as exc:
+            raise StoreError(f"{self.path} is not a usable sia store: {exc.strerror}") from None
         try:
             self._conn = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
@@ -74,20 +110,48 @@ class SqliteEventStore(EventStore):
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} was written by a newer sia (schema v{version}); "
                                  "upgrade sia to read it")
+            key_file = Path(key_path) if key_path else self.path.parent / "keys" / "chain.key"
+            try:
+                self.chain_key: ChainKey = load_chain_key(key_file,
+                                                          create=version < SCHEMA_VERSION)
+            except ChainKeyError as exc:
+                raise StoreError(str(exc)) from None
             if version < SCHEMA_VERSION:
                 self._create_schema()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path} is not a usable sia store: {exc}") from exc
 
     @classmethod
-    def open_home(cls, home: Path | None = None) -> SqliteEventStore:
+    def open_home(cls, home: Path | None = None, secret_names: tuple[str, ...] = ()
+                  ) -> SqliteEventStore:
+        """The home's store; the home is made private first (see `notices`).
+
+        `secret_names` adds configured key variables (`sia.toml`'s `api_key_env`) to the
+        ones redacted by their name.
+        """
         home = home or sia_home()
-        return cls(database_path(home), blobs_path(home))
+        notices = make_home_private(home)
+        store = cls(database_path(home), blobs_path(home), key_path=chain_key_path(home),
+                    redactor=redactor_from_environment(secret_names))
+        store.notices = notices + store.notices
+        return store
 
     def _create_schema(self) -> None:
+        """Create the schema, or bring an older one to SCHEMA_VERSION.
+
+        A v2 database gets MACs for the rows whose plain chain verifies now, and heads for
+        the runs whose whole history does. That vouches for the rows as they are at the
+        upgrade, no earlier: a rewrite made before it (undetectable then, since v2 had only
+        the plain chain) stays undetectable, while every change after it is caught. A run
+        that fails its plain check keeps its bad rows unMACed and no head, so `verify`
+        goes on naming it.
+        """
         import sqlite_utils
 
         with self._write():
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
+                return
             db = sqlite_utils.Database(self._conn)
             db["runs"].create(
                 {"run_id": str, "parent_run_id": str, "fork_seq": int, "created_at": str},
@@ -95,10 +159,18 @@ class SqliteEventStore(EventStore):
             )
             db["events"].create(
                 {"run_id": str, "seq": int, "type": str, "schema_version": int,
-                 "payload": str, "prev_hash": str, "hash": str, "recorded_at": str},
+                 "payload": str, "prev_hash": str, "hash": str, "recorded_at": str, "mac": str},
                 pk=("run_id", "seq"),
                 not_null={"type", "schema_version", "payload", "prev_hash", "hash", "recorded_at"},
                 if_not_exists=True,
+            )
+            if "mac" not in db["events"].columns_dict:
+                db["events"].add_column("mac", str)
+            # WITHOUT ROWID (which sqlite-utils cannot say): one B-tree instead of a table
+            # plus its key's index, so each append's head update dirties one page, not two.
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS heads (run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
+                "hash TEXT NOT NULL, mac TEXT NOT NULL) WITHOUT ROWID"
             )
             db["effect_cache"].create(
                 {"key": str, "kind": str, "effect_id": str, "run_id": str,
@@ -113,9 +185,31 @@ class SqliteEventStore(EventStore):
                 {"run_id": str, "holder": str, "expires_at": float}, pk="run_id",
                 if_not_exists=True,
             )
-            for statement in _APPEND_ONLY:
+            for name in APPEND_ONLY_TRIGGERS:
+                self._conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+            if version > 0:
+                self._mac_verified_rows()
+            for statement in APPEND_ONLY_TRIGGERS.values():
                 self._conn.execute(statement)
             self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _mac_verified_rows(self) -> None:
+        """MAC each run's own rows up to its first bad one; a head only for intact runs."""
+        key = self.chain_key
+        for run in self.list_runs():
+            prev, expected, intact = GENESIS_HASH, 1, True
+            for event in self.read(run.run_id):
+                if (event.seq != expected or event.prev_hash != prev
+                        or not hash_is_valid(event)):
+                    intact = False
+                    break
+                if event.run_id == run.run_id:
+                    self._conn.execute("UPDATE events SET mac = ? WHERE run_id = ? AND seq = ?",
+                                       (key.event_mac(event.hash), run.run_id, event.seq))
+                prev, expected = event.hash, expected + 1
+            if intact:
+                head = self._head_of(run.run_id, expected - 1, prev)
+                self._conn.execute(_PUT_HEAD, (head.run_id, head.seq, head.hash, head.mac))
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -162,15 +256,20 @@ class SqliteEventStore(EventStore):
         self, conn: sqlite3.Connection, run_id: str, events: Sequence[EncodedEvent],
         seq: int, prev: str,
     ) -> list[StoredEvent]:
-        sealed = seal_batch(list(events), run_id, seq, prev, self._clock())
+        """Insert sealed, redacted, MACed events and move the run's keyed head to the last."""
+        sealed = seal_batch(self._redacted(events), run_id, seq, prev, self._clock())
+        mac = self.chain_key.event_mac
         try:
             conn.executemany(
-                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+                _INSERT_EVENT,
                 [(e.run_id, e.seq, e.type, e.schema_version, e.payload, e.prev_hash, e.hash,
-                  e.recorded_at) for e in sealed],
+                  e.recorded_at, mac(e.hash)) for e in sealed],
             )
         except sqlite3.IntegrityError as exc:
             raise ConcurrencyError(run_id, sealed[0].seq - 1 if sealed else seq, -1) from exc
+        end = (sealed[-1].seq, sealed[-1].hash) if sealed else (seq, prev)
+        head = self._head_of(run_id, *end)
+        conn.execute(_PUT_HEAD, (head.run_id, head.seq, head.hash, head.mac))
         return sealed
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -214,20 +313,55 @@ class SqliteEventStore(EventStore):
         ).fetchone()
         return StoredEvent(*row) if row else None
 
+    def _read_segment_macs(self, segment: Segment) -> Iterator[tuple[StoredEvent, str | None]]:
+        lo, hi = segment_bounds(segment, 0, None)
+        cursor = self._conn.execute(
+            f"SELECT {_EVENT_COLUMNS}, mac FROM events WHERE run_id = ? AND seq > ? AND seq <= ? "
+            "ORDER BY seq",
+            (segment.run_id, lo, hi if hi is not None else 2**62),
+        )
+        while rows := cursor.fetchmany(4096):
+            for row in rows:
+                yield StoredEvent(*row[:-1]), row[-1]
+
+    def _head(self, run_id: str) -> Head | None:
+        row = self._conn.execute("SELECT run_id, seq, hash, mac FROM heads WHERE run_id = ?",
+                                 (run_id,)).fetchone()
+        return Head(*row) if row else None
+
+    def guard_problems(self) -> list[str]:
+        """Append-only triggers that are missing or not the ones sia creates."""
+        present = dict(self._conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall())
+        problems = []
+        for name, sql in APPEND_ONLY_TRIGGERS.items():
+            if name not in present:
+                problems.append(f"append-only trigger {name} is missing")
+            elif " ".join(present[name].split()) != sql:
+                problems.append(f"append-only trigger {name} was altered")
+        return problems
+
     def import_events(self, runs: Sequence[RunRecord], events: Sequence[StoredEvent]) -> None:
         with self._write() as conn:
             for run in runs:
                 if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run.run_id,)).fetchone():
                     raise RunExists(run.run_id)
+            self._refuse_secrets(events)
             conn.executemany(
                 "INSERT INTO runs (run_id, parent_run_id, fork_seq, created_at) VALUES (?,?,?,?)",
                 [(r.run_id, r.parent_run_id, r.fork_seq, r.created_at) for r in runs],
             )
+            mac = self.chain_key.event_mac
             conn.executemany(
-                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+                _INSERT_EVENT,
                 [(e.run_id, e.seq, e.type, e.schema_version, e.payload, e.prev_hash, e.hash,
-                  e.recorded_at) for e in events],
+                  e.recorded_at, mac(e.hash)) for e in events],
             )
+            for run in runs:
+                last = self.last_event(run.run_id)
+                head = self._head_of(run.run_id, last.seq if last else 0,
+                                     last.hash if last else GENESIS_HASH)
+                conn.execute(_PUT_HEAD, (head.run_id, head.seq, head.hash, head.mac))
 
     # ---- cache and leases
 
@@ -239,6 +373,7 @@ class SqliteEventStore(EventStore):
         return CacheEntry(*row) if row else None
 
     def cache_put(self, entry: CacheEntry) -> None:
+        entry = self._redacted_entry(entry)
         with self._write() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO effect_cache (key, kind, effect_id, run_id, result, usage) "
@@ -251,7 +386,8 @@ class SqliteEventStore(EventStore):
             conn.execute(
                 "INSERT OR REPLACE INTO snapshots (run_id, seq, version, last_hash, body) "
                 "VALUES (?,?,?,?,?)",
-                (snapshot.run_id, snapshot.seq, snapshot.version, snapshot.last_hash, snapshot.body),
+                (snapshot.run_id, snapshot.seq, snapshot.version, snapshot.last_hash,
+                 self.redactor.redact_document(snapshot.body)),
             )
 
     def latest_snapshot(self, run_id: str, version: str, upto: int | None = None) -> Snapshot | None:
@@ -283,3 +419,13 @@ class SqliteEventStore(EventStore):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _make_private_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite does: its WAL and shm files copy the mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)

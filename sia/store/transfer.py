@@ -4,7 +4,10 @@ An export holds the whole history of a run (its ancestors' prefixes included, ea
 under the run that recorded it), the run records of its lineage, and every blob its
 events reference, then a trailer with counts. Import verifies all of it — every hash,
 link and seq, every blob's sha256, the trailer — before it writes anything, and writes
-runs and events in one transaction: a truncated or altered file changes nothing.
+runs and events in one transaction: a truncated or altered file changes nothing. The
+importing store then gives the rows MACs and heads under its own key (the exporting
+home's key never travels). A file holding one of this environment's secrets is refused:
+its rows and blobs are named by their hashes, so they cannot be redacted, only kept out.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ def import_run(store: EventStore, path: Path) -> str:
                             f"{trailer['blobs']} blobs) do not match the file")
     if events and trailer["last_hash"] != events[-1].hash:
         raise ImportRefused(f"{path}: trailer's last hash does not match the last event")
+    _refuse_secrets(store, path, events, blobs)
     new_runs, new_events = _new_rows(store, path, runs, events)
     for data in blobs.values():
         store.blobs.put(data)
@@ -154,6 +158,20 @@ def _verify_chain(path: Path, events: list[StoredEvent]) -> None:
         if event.prev_hash != prev or not hash_is_valid(event):
             raise ImportRefused(f"{path}: event seq {event.seq} ({event.type}) was altered")
         prev = event.hash
+
+
+def _refuse_secrets(store: EventStore, path: Path, events: list[StoredEvent],
+                    blobs: dict[str, bytes]) -> None:
+    for event in events:
+        name = store.redactor.holds(event.payload)
+        if name is not None:
+            raise ImportRefused(f"{path}: event seq {event.seq} ({event.type}) holds the value "
+                                f"of ${name}; a secret is never recorded")
+    for sha, data in blobs.items():
+        name = store.redactor.holds_bytes(data)
+        if name is not None:
+            raise ImportRefused(f"{path}: blob {sha} holds the value of ${name}; a secret is "
+                                "never recorded")
 
 
 def _new_rows(store: EventStore, path: Path, runs: list[RunRecord],
