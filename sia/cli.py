@@ -55,10 +55,19 @@ def main(
 
 
 @contextmanager
-def opened_store() -> Iterator[EventStore]:
+def opened_store(settings: Any = None) -> Iterator[EventStore]:
+    """The home's store, redacting the values of every key variable `sia.toml` names too."""
+    from sia.settings import load_settings
+    from sia.store.redact import configured_key_names
     from sia.store.sqlite import SqliteEventStore
 
-    store = SqliteEventStore.open_home()
+    try:
+        providers = (settings if settings is not None else load_settings()).providers
+    except ConfigError:
+        providers = {}
+    store = SqliteEventStore.open_home(secret_names=tuple(sorted(configured_key_names(providers))))
+    for notice in store.notices:
+        err.print(f"[yellow]{notice}[/yellow]")
     try:
         yield store
     finally:
@@ -113,7 +122,7 @@ def _drive(store: EventStore, run_id: str, state: LoopState, concurrency: int, c
     from sia.progress import LiveProgress, summary_table
 
     assert state.config is not None
-    progress = LiveProgress(err)
+    progress = LiveProgress(err, home=sia_home())
     runtime = _runtime(store, state.config, state.task, concurrency, cache,
                        None if quiet else progress)
     try:
@@ -126,7 +135,9 @@ def _drive(store: EventStore, run_id: str, state: LoopState, concurrency: int, c
         err.print(f"paused; continue with: sia resume {run_id}")
         raise typer.Exit(130) from None
     if not quiet:
-        err.print(summary_table(state))
+        from sia.views import generation_elapsed
+
+        err.print(summary_table(state, generation_elapsed(store.read(run_id)), err.width))
     if state.status == "failed":
         err.print(f"run failed: {state.error}")
     return state
@@ -167,7 +178,7 @@ def run(
     overrides.update({f"budget.{k}": v for k, v in parse_assignments(budget).items()})
     overrides.update(parse_assignments(set_))
     config = apply_overrides(RunConfig(task=resolved.snapshot.name), overrides)
-    with opened_store() as store:
+    with opened_store(settings) as store:
         runtime = _runtime(store, config, resolved.snapshot, concurrency, cache, settings=settings)
         run_id = runtime.create(config, resolved.snapshot, run_id=run_id)
         err.print(f"run {run_id} started (meta={config.meta}, feedback={config.feedback}, "
@@ -192,6 +203,17 @@ def resume(
     print(run_id)
 
 
+def fork_run(store: EventStore, run_id: str, at: int, assignments: list[str]) -> str:
+    """Fork `run_id` after event `at` with `key=value` overrides; `sia fork` and the
+    dashboard's fork action both come here. Returns the new run's id."""
+    state = load(store, run_id, at)
+    if state.config is None:
+        raise CliError(f"cannot fork {run_id} at seq {at}: the run has no configuration there")
+    overrides = parse_assignments(assignments)
+    config = apply_overrides(state.config, overrides)
+    return _runtime(store, config, state.task, 1, "readwrite").fork(run_id, at, config, overrides)
+
+
 @app.command()
 def fork(
     run_id: str,
@@ -201,12 +223,7 @@ def fork(
 ) -> None:
     """Branch a run at an event; the parent's prefix is shared, never copied. Prints the new id."""
     with opened_store() as store:
-        state = load(store, run_id, at)
-        if state.config is None:
-            raise CliError(f"cannot fork {run_id} at seq {at}: the run has no configuration there")
-        overrides = parse_assignments(set_)
-        config = apply_overrides(state.config, overrides)
-        new_id = _runtime(store, config, state.task, 1, "readwrite").fork(run_id, at, config, overrides)
+        new_id = fork_run(store, run_id, at, set_)
     err.print(f"forked {run_id}@{at}; continue it with: sia resume {new_id}")
     print(new_id)
 
@@ -263,15 +280,17 @@ def runs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         emit_json(rows)
         return
-    table = Table(title=f"runs in {sia_home()}")
-    for column in ("run", "task", "parent", "status", "gens", "best", "events"):
-        table.add_column(column)
+    from sia.progress import Column, fitted_table
+
+    cells = []
     for row in rows:
         parent = f"{row['parent_run_id']}@{row['fork_seq']}" if row["parent_run_id"] else "-"
         best = "-" if row["best_dev_score"] is None else f"{row['best_dev_score']:.3f}"
-        table.add_row(row["run_id"], row["task"] or "-", parent, row["status"],
-                      str(row["generations"]), best, str(row["events"]))
-    out.print(table)
+        cells.append([row["run_id"], row["task"] or "-", row["status"], str(row["generations"]),
+                      best, parent, str(row["events"])])
+    columns = [Column("run", 0), Column("task", 1), Column("status", 0), Column("gens", 2),
+               Column("best", 1), Column("parent", 3), Column("events", 4)]
+    out.print(fitted_table(f"runs in {sia_home()}", columns, cells, out.width))
 
 
 @app.command()
@@ -315,13 +334,16 @@ def show(
 
     with opened_store() as store:
         state = load(store, run_id, at)
-    view = show_view(state)
-    if as_json:
-        emit_json(view)
-        return
-    out.print(summary_table(state))
+        view = show_view(state)
+        if as_json:
+            emit_json(view)
+            return
+        from sia.views import generation_elapsed
+
+        elapsed = generation_elapsed(store.read(run_id, upto=at))
+    out.print(summary_table(state, elapsed, out.width))
     for key in ("seq", "state_hash", "status", "parent_run_id", "fork_seq", "best_generation",
-                "best_score", "harness_hash", "adapter_hash", "stop_reason", "error"):
+                "best_score", "harness_hash", "adapter_hash", "sandbox", "stop_reason", "error"):
         if view[key] is not None:
             out.print(f"{key:>16}: {view[key]}")
     if view["pending_effects"]:
@@ -330,10 +352,12 @@ def show(
 
 @app.command()
 def verify(run_id: str) -> None:
-    """Check the run's hash chain: every event, link and seq of its history."""
+    """Check every event, link and seq of the run's history, its keyed MACs and head, and
+    the store's append-only triggers; names the first bad seq."""
     with opened_store() as store:
         count = store.verify(run_id)
-    out.print(f"ok: {run_id}: {count} events, hash chain intact")
+    out.print(f"ok: {run_id}: {count} events, hash chain intact (sha256 and keyed MACs), "
+              "append-only triggers in place")
 
 
 @app.command()
@@ -385,10 +409,11 @@ def audit(
 ) -> None:
     """Every Feedback decision: evidence shown, action and algorithm with why, outcome."""
     from sia.events.mapper import MAPPER
-    from sia.views import audit_rows, refusals_by_generation
+    from sia.views import audit_rows, refusals_by_generation, sandbox_of
 
     with opened_store() as store:
         state = load(store, run_id)
+        sandbox = sandbox_of(state)
         rows = audit_rows(state)
         refused = refusals_by_generation(
             MAPPER.decode(e).event for e in store.read(run_id)
@@ -412,9 +437,9 @@ def audit(
     if as_json:
         emit_json({"decisions": rows, "rejudge": agreement} if rejudge else rows)
         return
-    table = Table(title=f"decisions of {run_id}")
-    for column in ("gen", "by", "action", "algorithm (rec.)", "rationale", "evidence", "score", "Δ next"):
-        table.add_column(column, overflow="fold")
+    from sia.progress import Column, fitted_table
+
+    cells = []
     for row in rows:
         algorithm = row["algorithm"] or "-"
         if row["recommended_algorithm"]:
@@ -426,10 +451,16 @@ def audit(
             action += f" (after {len(row['refused_answers'])} refused)"
         if row["rollback_to"] is not None:
             action += f", after rolling back to gen {row['rollback_to']}"
-        table.add_row(str(row["generation"]), row["provider"] or "-", action,
-                      algorithm, row["rationale"], evidence,
-                      "-" if row["score_before"] is None else f"{row['score_before']:.3f}", delta)
-    out.print(table)
+        cells.append([str(row["generation"]), action, algorithm,
+                      "-" if row["score_before"] is None else f"{row['score_before']:.3f}", delta,
+                      row["provider"] or "-", row["rationale"], evidence])
+    columns = [Column("gen", 0), Column("action", 0, flexible=True), Column("algorithm (rec.)", 1),
+               Column("score", 1, right=True), Column("Δ next", 1, right=True), Column("by", 2),
+               Column("rationale", 3, flexible=True, min_width=24),
+               Column("evidence", 4, flexible=True, min_width=20)]
+    if sandbox is not None:
+        out.print(f"harnesses ran in the {sandbox} sandbox", highlight=False)
+    out.print(fitted_table(f"decisions of {run_id}", columns, cells, out.width))
     if rejudge:
         for row in rows:
             again = row["rejudged"]
@@ -500,6 +531,43 @@ def report(
         store.get_run(run_id)
         png, page = write_report(store, run_id, output)
     out.print(f"wrote {png} and {page}")
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8765,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes your runs.")] = "127.0.0.1",
+    allow_actions: Annotated[bool, typer.Option(
+        "--allow-actions", help="Let the page fork and pause runs (POST, same-origin, token).")] = False,
+) -> None:
+    """A live web dashboard of this home's runs: scores, lineage, decisions, episodes, log."""
+    import os
+    import socket
+
+    import uvicorn
+
+    from sia.dashboard.app import Settings, create_app, new_token
+
+    with opened_store() as store:
+        loopback = ("127.0.0.1", "localhost", "[::1]")
+        settings = Settings(home=sia_home(), allow_actions=allow_actions, token=new_token(),
+                            fork=fork_run, user_errors=(CliError,),
+                            hosts=loopback if host in ("127.0.0.1", "::1") else ("*",))
+        try:
+            listener = socket.create_server((host, port))
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise CliError(f"cannot listen on {host}:{port}: {reason}") from None
+        bound_host, bound_port = listener.getsockname()[:2]
+        server = uvicorn.Server(uvicorn.Config(create_app(store, settings), log_level="warning",
+                                               timeout_graceful_shutdown=1))
+        mode = "actions allowed" if allow_actions else "read-only"
+        err.print(f"sia dashboard ({mode}) on http://{bound_host}:{bound_port}/ — Ctrl-C stops it",
+                  highlight=False)
+        try:
+            server.run(sockets=[listener])
+        finally:
+            listener.close()
 
 
 def entrypoint() -> None:

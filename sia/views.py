@@ -1,4 +1,5 @@
-"""Read models for the CLI: pure functions from folded state to plain JSON-ready dicts.
+"""Read models for the CLI, the report and the dashboard: pure functions from folded state
+(and stored events' stamps) to plain JSON-ready dicts.
 
 `show`, `runs`, `audit` and `diff` print these, as tables or as `--json`; keeping them
 pure makes the interface contract testable without a terminal.
@@ -6,9 +7,12 @@ pure makes the interface contract testable without a terminal.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
+from sia.events.envelope import StoredEvent
 from sia.events.types import AnswerRefused, BaseEvent, EffectRequested
 from sia.reducers.state import Generation, LoopState, Spend, state_hash, to_jsonable
 
@@ -48,7 +52,13 @@ def show(state: LoopState) -> dict[str, Any]:
         "error": state.error,
         "ledger": to_jsonable(state.ledger),
         "config": config.model_dump(mode="json") if config else None,
+        "sandbox": sandbox_of(state),
     }
+
+
+def sandbox_of(state: LoopState) -> str | None:
+    """How harnesses of this run are isolated ("bwrap" | "process"), when the config says."""
+    return getattr(state.config, "sandbox", None) if state.config else None
 
 
 def run_row(run_id: str, state: LoopState) -> dict[str, Any]:
@@ -64,7 +74,12 @@ def run_row(run_id: str, state: LoopState) -> dict[str, Any]:
     }
 
 
-def generation_rows(state: LoopState) -> list[dict[str, Any]]:
+def generation_rows(state: LoopState,
+                    elapsed: Mapping[int, float] | None = None) -> list[dict[str, Any]]:
+    """One row per generation. `elapsed_s` is wall-clock time from the generation's start
+    to its last event (None when unknown); `effect_s` sums the wall time of its effects,
+    which run concurrently, so it can exceed the elapsed time."""
+    elapsed = elapsed or {}
     return [
         {
             "generation": g.index,
@@ -76,11 +91,71 @@ def generation_rows(state: LoopState) -> list[dict[str, Any]]:
             "algorithm": g.decision.algorithm if g.decision else None,
             "tokens": g.spend.tokens,
             "dollars": round(g.spend.dollars, 6),
-            "wall_s": round(g.spend.wall_s, 3),
+            "elapsed_s": None if g.index not in elapsed else round(elapsed[g.index], 3),
+            "effect_s": round(g.spend.wall_s, 3),
             "gpu_s": round(g.spend.gpu_s, 3),
         }
         for g in state.generations
     ]
+
+
+def _instant(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+class ElapsedClock:
+    """Wall-clock time per generation, folded from stored events' `recorded_at` stamps.
+
+    A generation runs from its GenerationStarted to the last event before the next one
+    starts (its decision, edit or training included). Time between RunPaused and the next
+    event is not counted, so a run left paused overnight does not show a day-long
+    generation; nor is the gap before a fork's RunForked (the parent's last event may be
+    days older). Only stamps are read: nothing here decides anything.
+    """
+
+    def __init__(self) -> None:
+        self.elapsed: dict[int, float] = {}
+        self._generation: int | None = None
+        self._last: float | None = None
+        self._paused = False
+
+    def add(self, event: StoredEvent) -> None:
+        now = _instant(event.recorded_at)
+        if event.type == "GenerationStarted":
+            self._generation = json.loads(event.payload)["generation"]
+            self.elapsed.setdefault(self._generation, 0.0)
+        elif (self._generation is not None and self._last is not None and not self._paused
+              and event.type != "RunForked"):
+            self.elapsed[self._generation] += max(0.0, now - self._last)
+        self._paused = event.type == "RunPaused"
+        self._last = now
+
+
+def generation_elapsed(events: Iterable[StoredEvent]) -> dict[int, float]:
+    """Seconds of wall-clock time per generation index (see ElapsedClock)."""
+    clock = ElapsedClock()
+    for event in events:
+        clock.add(event)
+    return clock.elapsed
+
+
+def score_series(run_id: str, state: LoopState, shared_generations: int) -> dict[str, Any]:
+    """A branch's dev scores for a chart, named by what the run is. A fork keeps only its
+    points from its last inherited scored generation on (`shared_generations` were scored
+    before it forked), so its line starts where it leaves its parent's, not under it."""
+    points = [{"generation": g.index, "score": g.score, "best": g.index == state.best_generation,
+               "action": g.decision.action if g.decision else None}
+              for g in state.generations if g.score is not None]
+    if state.parent_run_id is not None:
+        points = [p for p in points if p["generation"] >= max(0, shared_generations - 1)]
+    origin = (f"fork of {state.parent_run_id} at seq {state.fork_seq}"
+              if state.parent_run_id else "root run")
+    return {"run_id": run_id, "label": f"{run_id} ({origin})", "fork": state.parent_run_id is not None,
+            "points": points}
+
+
+def scored_generations(state: LoopState) -> int:
+    return sum(1 for g in state.generations if g.score is not None)
 
 
 def _next_score(state: LoopState, generation: Generation) -> float | None:
