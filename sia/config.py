@@ -31,6 +31,7 @@ OVERRIDE_KEYS: dict[str, tuple[str, ...]] = {
     "budget.gpu_s": ("budget", "gpu_s"),
     "max_meta_attempts": ("max_meta_attempts",),
     "max_effect_attempts": ("max_effect_attempts",),
+    "sandbox": ("sandbox",),
 }
 
 

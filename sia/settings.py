@@ -13,6 +13,9 @@ never read from it, only the *names* of the environment variables that hold them
     base_url = "http://localhost:8000/v1"
     api_key_env = "OPENAI_API_KEY"
 
+    [sandbox]
+    kind = "process"   # bwrap (default: OS isolation) | process (weaker; where bwrap cannot run)
+
 With no file, Meta and Feedback default to Anthropic when `ANTHROPIC_API_KEY` is set
 and to the built-in policy otherwise; every fallback is said out loud.
 """
@@ -37,6 +40,7 @@ KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 class Settings:
     roles: dict[str, str] = field(default_factory=dict)
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sandbox: str | None = None
     source: Path | None = None
 
     def provider_settings(self, name: str) -> dict[str, Any]:
@@ -62,10 +66,10 @@ def load_settings(explicit: Path | None = None) -> Settings:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    unknown = set(data) - {"roles", "providers"}
+    unknown = set(data) - {"roles", "providers", "sandbox"}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))} "
-                          "(known: roles, providers)")
+                          "(known: roles, providers, sandbox)")
     roles = data.get("roles", {})
     bad = set(roles) - set(ROLES)
     if bad:
@@ -80,7 +84,17 @@ def load_settings(explicit: Path | None = None) -> Settings:
         if any("key" in k.lower() and not k.endswith("_env") for k in table):
             raise ConfigError(f"{path}: [providers.{name}] holds a key; put it in the "
                               "environment and name the variable with api_key_env")
-    return Settings(roles=dict(roles), providers=providers, source=path)
+    return Settings(roles=dict(roles), providers=providers,
+                    sandbox=_sandbox_kind(path, data.get("sandbox", {})), source=path)
+
+
+def _sandbox_kind(path: Path, table: Any) -> str | None:
+    if not isinstance(table, dict) or set(table) - {"kind"}:
+        raise ConfigError(f"{path}: [sandbox] takes one key, kind = \"bwrap\" | \"process\"")
+    kind = table.get("kind")
+    if kind not in (None, "bwrap", "process"):
+        raise ConfigError(f"{path}: [sandbox] kind must be \"bwrap\" or \"process\", not {kind!r}")
+    return kind
 
 
 def provider_of(role_value: str) -> tuple[str, str | None]:
@@ -91,7 +105,8 @@ def provider_of(role_value: str) -> tuple[str, str | None]:
 
 def role_defaults(settings: Settings, environ: dict[str, str] | None = None
                   ) -> tuple[dict[str, str], list[str]]:
-    """The role settings a new run starts from, and a notice for every fallback taken."""
+    """The role settings (and the sandbox, when sia.toml names one) a new run starts from,
+    and a notice for every fallback taken."""
     env = os.environ if environ is None else environ
     chosen: dict[str, str] = {}
     notices: list[str] = []
@@ -109,4 +124,6 @@ def role_defaults(settings: Settings, environ: dict[str, str] | None = None
     for role in ("target", "trainer"):
         if role in settings.roles:
             chosen[role] = settings.roles[role]
+    if settings.sandbox:
+        chosen["sandbox"] = settings.sandbox
     return chosen, notices

@@ -1,11 +1,15 @@
-"""The gateway serves harnesses over real loopback HTTP and records every call to its episode."""
+"""The gateway serves harnesses over real HTTP on per-episode Unix sockets, records every call
+to its episode, and nothing a client sends makes it read, allocate or wait without bound."""
 
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +22,9 @@ from sia.harness.backends import (
 )
 from sia.harness.contract import HARNESS_CONTRACT, validate_harness
 from sia.harness.gateway import GatewayLimits, ModelGateway
+from sia.harness.runner import UnixConnection
 from sia.harness.sandbox import Limits, run_episode
+from tests.hostile_harness import DISARM
 
 SAMPLE = {"id": "s1", "sentence": "i saw a plum"}
 GOOD = '''
@@ -36,19 +42,49 @@ def gateway() -> Iterator[ModelGateway]:
         yield served
 
 
-def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+def request(path: Path, method: str, route: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    connection = UnixConnection(str(path), timeout=10)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        data = None if body is None else json.dumps(body).encode()
+        connection.request(method, "/v1" + route, body=data,
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def post(path: Path, route: str, body: Any) -> tuple[int, dict[str, Any]]:
+    return request(path, "POST", route, body)
+
+
+def raw(path: Path, data: bytes, *, then_send: int = 0) -> bytes:
+    """Send `data` (then `then_send` more bytes, as fast as the gateway takes them); the reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(str(path))
+        client.sendall(data)
+        try:
+            chunk = b"x" * 65536
+            for _ in range(then_send // len(chunk)):
+                client.sendall(chunk)
+        except OSError:
+            pass
+        reply = b""
+        try:
+            while True:
+                piece = client.recv(65536)
+                if not piece:
+                    break
+                reply += piece
+        except OSError:
+            pass
+        return reply
 
 
 def test_a_harness_answers_through_the_gateway_and_every_call_is_recorded(
         gateway: ModelGateway) -> None:
-    outcome = run_episode(GOOD, SAMPLE, model_url=gateway.open_episode("ep-1"))
+    outcome = run_episode(GOOD, SAMPLE, model_socket=gateway.open_episode("ep-1"))
     calls = gateway.close_episode("ep-1")
     assert outcome.status == "ok", outcome.stderr_tail
     assert [c.endpoint for c in calls] == ["completions", "chat", "completions"]
@@ -70,56 +106,56 @@ def test_a_harness_answers_through_the_gateway_and_every_call_is_recorded(
 def test_the_same_episode_and_seed_give_the_same_samples(gateway: ModelGateway) -> None:
     texts = []
     for episode in ("a", "a", "b"):
-        url = gateway.open_episode(episode, seed=7)
-        texts.append(post(url + "/completions", {"prompt": "say", "max_tokens": 5})[1]
+        path = gateway.open_episode(episode, seed=7)
+        texts.append(post(path, "/completions", {"prompt": "say", "max_tokens": 5})[1]
                      ["choices"][0]["text"])
         gateway.close_episode(episode)
     assert texts[0] == texts[1] != texts[2]
 
 
-def test_calls_without_a_valid_episode_token_are_refused(gateway: ModelGateway) -> None:
+def test_a_call_belongs_to_the_episode_whose_socket_took_it_and_a_closed_socket_is_gone(
+        gateway: ModelGateway) -> None:
     mine = gateway.open_episode("mine")
     other = gateway.open_episode("other")
-    body = {"prompt": "hello"}
-    assert post(gateway.url + "/v1/completions", body)[0] == 403
-    assert post(gateway.url + "/ep/guessed-token/v1/completions", body)[0] == 403
-    calls_on_other = gateway.close_episode("other")
-    assert post(other + "/completions", body)[0] == 403
-    assert post(mine + "/completions", body)[0] == 200
-    assert calls_on_other == [] and len(gateway.close_episode("mine")) == 1
-    assert gateway.refused_unattributed == 3
+    assert mine != other and mine.parent == other.parent == gateway.directory
+    assert post(mine, "/completions", {"prompt": "hello"})[0] == 200
+    assert gateway.close_episode("other") == []
+    assert not other.exists()
+    with pytest.raises(OSError):
+        post(other, "/completions", {"prompt": "hello"})
+    assert len(gateway.close_episode("mine")) == 1
 
 
-def test_a_harness_cannot_reach_another_episode_or_the_bare_gateway(gateway: ModelGateway) -> None:
+def test_a_harness_cannot_reach_another_episode(gateway: ModelGateway) -> None:
+    """Under bwrap the other socket does not exist in the sandbox, even with the audit hook
+    disarmed; the process sandbox has only the hook to refuse it."""
     victim = gateway.open_episode("victim")
-    token = victim.split("/ep/")[1].split("/")[0]
-    source = f'''
-import json, os, urllib.error, urllib.request
-
-def attempt(url):
-    request = urllib.request.Request(url, data=json.dumps({{"prompt": "x"}}).encode())
-    try:
-        urllib.request.urlopen(request, timeout=5)
-        return "200"
-    except urllib.error.HTTPError as exc:
-        return str(exc.code)
+    attack = f'''
+import socket
 
 def solve(sample, model):
-    base = os.environ["SIA_MODEL_URL"].split("/ep/")[0]
-    return ",".join([attempt(base + "/v1/completions"),
-                     attempt(base + "/ep/not-{token}/v1/completions")])
+    try:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect({str(victim)!r})
+        return "connected"
+    except OSError as exc:
+        return type(exc).__name__
 '''
-    outcome = run_episode(source, SAMPLE, model_url=gateway.open_episode("attacker"))
-    assert (outcome.status, outcome.answer) == ("ok", "403,403")
-    assert gateway.close_episode("victim") == [] and gateway.close_episode("attacker") == []
+    for isolation, source, refusal in (("bwrap", DISARM + attack, "FileNotFoundError"),
+                                       ("process", attack, "PermissionError")):
+        outcome = run_episode(source, SAMPLE, model_socket=gateway.open_episode(isolation),
+                              isolation=isolation)  # type: ignore[arg-type]
+        assert (outcome.status, outcome.answer) == ("ok", refusal), outcome.stderr_tail
+        assert gateway.close_episode(isolation) == []
+    assert gateway.close_episode("victim") == []
 
 
 def test_budgets_answer_429_and_are_recorded(gateway: ModelGateway) -> None:
-    url = gateway.open_episode("greedy") + "/completions"
-    status, reply = post(url, {"prompt": "go", "max_tokens": 1000})
+    path = gateway.open_episode("greedy")
+    status, reply = post(path, "/completions", {"prompt": "go", "max_tokens": 1000})
     assert status == 200 and reply["usage"]["completion_tokens"] == 40
-    assert post(url, {"prompt": "go", "max_tokens": 1})[0] == 429
-    statuses = [post(url, {"prompt": "go"})[0] for _ in range(4)]
+    assert post(path, "/completions", {"prompt": "go", "max_tokens": 1})[0] == 429
+    statuses = [post(path, "/completions", {"prompt": "go"})[0] for _ in range(4)]
     calls = gateway.close_episode("greedy")
     assert statuses == [429, 429, 429, 429] and [c.status for c in calls] == [200] + [429] * 5
     assert calls[0].params is not None and calls[0].params.max_tokens == 40
@@ -128,7 +164,7 @@ def test_budgets_answer_429_and_are_recorded(gateway: ModelGateway) -> None:
 
 def test_a_harness_over_budget_sees_a_clear_model_error(gateway: ModelGateway) -> None:
     source = "def solve(sample, model):\n    while True:\n        model.complete('go', max_tokens=1)\n"
-    outcome = run_episode(source, SAMPLE, model_url=gateway.open_episode("loop"))
+    outcome = run_episode(source, SAMPLE, model_socket=gateway.open_episode("loop"))
     calls = gateway.close_episode("loop")
     assert outcome.status == "crash" and outcome.error is not None
     assert outcome.error.startswith("ModelError: model call failed with HTTP 429")
@@ -145,23 +181,87 @@ class Broken:
 def test_a_backend_error_is_a_recorded_502() -> None:
     backend: TargetBackend = Broken()
     with ModelGateway(backend) as gateway:
-        url = gateway.open_episode("e")
-        status, reply = post(url + "/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+        path = gateway.open_episode("e")
+        status, reply = post(path, "/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
         calls = gateway.close_episode("e")
     assert status == 502 and "device lost" in reply["error"]["message"]
     assert [c.status for c in calls] == [502] and "device lost" in (calls[0].error or "")
 
 
 def test_bad_requests_are_400_and_models_are_listed(gateway: ModelGateway) -> None:
-    url = gateway.open_episode("e")
-    assert post(url + "/completions", {"prompt": 3})[0] == 400
-    assert post(url + "/completions", {"prompt": "x", "n": 99})[0] == 400
-    assert post(url + "/chat/completions", {"messages": []})[0] == 400
-    assert post(url + "/completions", "not an object")[0] == 400
-    assert post(url + "/embeddings", {"input": "x"})[0] == 404
-    with urllib.request.urlopen(url + "/models", timeout=5) as response:
-        assert json.loads(response.read())["data"][0]["id"] == "scripted"
+    path = gateway.open_episode("e")
+    assert post(path, "/completions", {"prompt": 3})[0] == 400
+    assert post(path, "/completions", {"prompt": "x", "n": 99})[0] == 400
+    assert post(path, "/chat/completions", {"messages": []})[0] == 400
+    assert post(path, "/completions", "not an object")[0] == 400
+    assert post(path, "/embeddings", {"input": "x"})[0] == 404
+    assert request(path, "GET", "/models")[1]["data"][0]["id"] == "scripted"
     assert [c.status for c in gateway.close_episode("e")] == [400, 400, 400, 400]
+
+
+HEAD = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    (b"", b"411"),
+    (b"Content-Length: -5\r\n", b"400"),
+    (b"Content-Length: abc\r\n", b"400"),
+    (b"Content-Length: 5\r\nContent-Length: 6\r\n", b"400"),
+    (b"Content-Length: 99999999999999999999\r\n", b"413"),
+    (b"Transfer-Encoding: chunked\r\n", b"411"),
+    (b"X-Pad: " + b"a" * 20000 + b"\r\n", b"431"),
+    (b"".join(b"X-%d: 1\r\n" % i for i in range(3000)), b"431"),
+], ids=["missing", "negative", "not-a-number", "two-lengths", "huge", "chunked", "long-header",
+        "many-headers"])
+def test_bad_lengths_and_heads_are_refused_without_reading_the_body(
+        gateway: ModelGateway, headers: bytes, status: bytes) -> None:
+    path = gateway.open_episode("e")
+    reply = raw(path, HEAD + headers + b"\r\n", then_send=64 << 20)
+    assert reply.startswith(b"HTTP/1.1 " + status), reply[:200]
+    assert gateway.close_episode("e") == []
+
+
+def test_slow_clients_are_cut_off_and_an_episode_is_served_on_few_connections_at_once() -> None:
+    limits = GatewayLimits(socket_timeout_s=0.5, max_connections=2)
+    with ModelGateway(ScriptedBackend(), limits=limits) as gateway:
+        path = gateway.open_episode("slow")
+        held = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        for client in held:
+            client.connect(str(path))
+            client.sendall(b"POST /v1/comp")
+            client.settimeout(5)
+        time.sleep(0.2)
+        assert gateway.open_connections("slow") == 2
+        started = time.perf_counter()
+        assert [client.recv(100) for client in held] == [b"", b"", b""]
+        assert 0.4 < time.perf_counter() - started < 2.5
+        assert post(path, "/completions", {"prompt": "go"})[0] == 200
+        for client in held:
+            client.close()
+        assert gateway.close_episode("slow")[0].status == 200
+
+
+def test_parallel_calls_over_the_connection_cap_wait_their_turn() -> None:
+    with ModelGateway(ScriptedBackend(), limits=GatewayLimits(max_connections=2)) as gateway:
+        path = gateway.open_episode("parallel")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(pool.map(lambda i: post(path, "/completions", {"prompt": f"p{i}"})[0],
+                                     range(16)))
+        assert statuses == [200] * 16 and len(gateway.close_episode("parallel")) == 16
+
+
+def test_closing_an_episode_ends_its_open_connections() -> None:
+    with ModelGateway(ScriptedBackend()) as gateway:
+        path = gateway.open_episode("e")
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(path))
+        client.settimeout(5)
+        time.sleep(0.1)
+        closer = threading.Timer(0.2, gateway.close_episode, args=("e",))
+        closer.start()
+        assert client.recv(100) == b""
+        closer.join()
+        client.close()
 
 
 def test_the_scripted_backend_is_deterministic_and_honours_stop_and_greedy() -> None:
@@ -198,6 +298,6 @@ def test_the_contract_text_documents_the_model_interface() -> None:
 
 
 def test_an_invalid_harness_never_starts_a_process() -> None:
-    outcome = run_episode("def solve(sample):\n    return 'x'\n", SAMPLE, model_url=None,
+    outcome = run_episode("def solve(sample):\n    return 'x'\n", SAMPLE, model_socket=None,
                           limits=Limits(wall_s=1))
     assert outcome.status == "invalid_harness" and outcome.wall_s == 0.0

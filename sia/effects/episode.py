@@ -11,7 +11,7 @@ from sia.events.canonical import canonical_json
 from sia.events.types import Usage
 from sia.harness.contract import validate_harness
 from sia.harness.gateway import ModelCall
-from sia.harness.sandbox import EpisodeOutcome, Limits, run_episode
+from sia.harness.sandbox import EpisodeOutcome, Isolation, Limits, run_episode
 from sia.store.blobs import BlobStore
 
 if TYPE_CHECKING:
@@ -25,11 +25,12 @@ def sandbox_limits(task: Task) -> Limits:
 
 def play(source: str, sample: dict[str, Any], *, episode_id: str, seed: int,
          adapter_hash: str | None, targets: TargetPool, blobs: BlobStore,
-         limits: Limits) -> tuple[EpisodeOutcome, list[ModelCall]]:
+         limits: Limits, isolation: Isolation) -> tuple[EpisodeOutcome, list[ModelCall]]:
     gateway = targets.gateway(adapter_hash, blobs)
-    url = gateway.open_episode(episode_id, seed=seed)
+    model_socket = gateway.open_episode(episode_id, seed=seed)
     try:
-        outcome = run_episode(source, sample, model_url=url, limits=limits)
+        outcome = run_episode(source, sample, model_socket=model_socket, limits=limits,
+                              isolation=isolation)
     finally:
         calls = gateway.close_episode(episode_id)
     return outcome, calls
@@ -55,8 +56,8 @@ def target_usage(calls: list[ModelCall], wall_s: float) -> Usage:
 class EpisodeHandler:
     kind = "episode"
 
-    def __init__(self, task: Task, targets: TargetPool) -> None:
-        self.task, self.targets = task, targets
+    def __init__(self, task: Task, targets: TargetPool, *, isolation: Isolation) -> None:
+        self.task, self.targets, self.isolation = task, targets, isolation
         self.limits = sandbox_limits(task)
 
     def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
@@ -64,7 +65,7 @@ class EpisodeHandler:
         sample = self.task.sample(request["sample_id"])
         outcome, calls = play(source, sample, episode_id=ctx.effect_id, seed=ctx.seed,
                               adapter_hash=request["adapter_hash"], targets=self.targets,
-                              blobs=ctx.blobs, limits=self.limits)
+                              blobs=ctx.blobs, limits=self.limits, isolation=self.isolation)
         trajectory = ctx.blobs.put_text(canonical_json(trajectory_of(request["sample_id"],
                                                                      outcome, calls)))
         return EffectResult({"status": outcome.status, "prediction": outcome.answer,
@@ -75,8 +76,9 @@ class EpisodeHandler:
 class SmokeCheck:
     """The Meta Agent's validation: the contract, then a real run on two dev samples."""
 
-    def __init__(self, task: Task, targets: TargetPool, blobs: BlobStore, samples: int = 2) -> None:
-        self.task, self.targets, self.blobs = task, targets, blobs
+    def __init__(self, task: Task, targets: TargetPool, blobs: BlobStore, samples: int = 2, *,
+                 isolation: Isolation) -> None:
+        self.task, self.targets, self.blobs, self.isolation = task, targets, blobs, isolation
         self.samples = samples
         self.limits = sandbox_limits(task)
 
@@ -87,7 +89,7 @@ class SmokeCheck:
         for index, sample in enumerate(self.task.samples("dev")[: self.samples]):
             outcome, _ = play(source, sample, episode_id=f"smoke-{index}-{id(source)}",
                               seed=index, adapter_hash=None, targets=self.targets,
-                              blobs=self.blobs, limits=self.limits)
+                              blobs=self.blobs, limits=self.limits, isolation=self.isolation)
             if outcome.status != "ok":
                 problems.append(f"smoke run on dev sample {sample['id']}: {outcome.status}: "
                                 f"{outcome.error or ''} {outcome.stderr_tail[-400:]}".strip())

@@ -40,6 +40,9 @@ class Generation(BaseModel):
     token_ids: list[int]
     logprobs: list[float] | None = None
     finish_reason: Literal["stop", "length"] = "length"
+    stop_token_id: int | None = None
+    """The token that ended a "stop" sample, left out of `token_ids`, when the backend knows it
+    (a remote target without a local model directory: the trainer appends it, not a guessed EOS)."""
 
 
 @runtime_checkable
@@ -64,7 +67,7 @@ class Sampler(Protocol):
     name: str
 
     def sample(self, prompt: str, *, max_tokens: int, temperature: float, n: int, seed: int,
-               stop: list[str] | None = None) -> Sequence[Any]: ...
+               stop: list[str] | None = None, top_p: float = 1.0) -> Sequence[Any]: ...
 
 
 class SamplerBackend:
@@ -83,7 +86,8 @@ class SamplerBackend:
         for index, prompt in enumerate(prompts):
             samples = self.sampler.sample(prompt, max_tokens=params.max_tokens,
                                           temperature=params.temperature, n=params.n,
-                                          seed=params.seed + index, stop=list(params.stop) or None)
+                                          seed=params.seed + index, stop=list(params.stop) or None,
+                                          top_p=params.top_p)
             generations.extend(Generation(text=s.text, prompt_token_ids=list(s.prompt_token_ids),
                                           token_ids=list(s.token_ids),
                                           logprobs=None if s.logprobs is None else list(s.logprobs),

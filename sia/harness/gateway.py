@@ -1,25 +1,39 @@
-"""The model gateway: an OpenAI-compatible loopback server that records every call per episode.
+"""The model gateway: an OpenAI-compatible server on one Unix socket per episode.
 
-The runtime starts one gateway per generation. Each episode gets its own base URL,
-`http://127.0.0.1:PORT/ep/<token>/v1`, with an unguessable token: calls are attributed
-to the episode by the URL the sandbox handed out, never by anything the harness says,
-and a call with an unknown or closed token (or none) is refused with 403. Every
-attributed call, refused or not, lands in the episode's trajectory as a `ModelCall`
+The runtime starts one gateway per adapter. Each episode gets its own listening socket,
+`<gateway dir>/<random>.sock`, which the sandbox binds in as the harness's only way out:
+a call is attributed to the episode whose socket accepted the connection, never to
+anything the harness says, so an episode can spend only its own budget (there is no
+token to steal, and under bubblewrap no other episode's socket to see). A closed
+episode's socket is gone. Every call lands in the episode's trajectory as a `ModelCall`
 with its prompt, effective parameters, completions, token ids, log-probabilities and
-latency. Per-episode budgets (calls, completion tokens) answer 429 when spent; a
-backend failure answers 502. Both are recorded, so a trajectory explains itself.
+latency. Per-episode budgets (calls, completion tokens) answer 429 when spent; a backend
+failure answers 502. Both are recorded, so a trajectory explains itself.
+
+A harness is an adversary here too, so nothing it sends can make the gateway allocate
+or wait without bound: the request line and headers share a byte budget (431 past it),
+a body needs a Content-Length that is present (411), a non-negative integer (400) and
+within `max_body_bytes` (413), refused before any of the body is read; every connection
+has a socket timeout, and an episode is served on at most `max_connections` at once (more
+wait in the socket's listen queue).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
+import selectors
+import shutil
+import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal, Self
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -39,6 +53,9 @@ class GatewayLimits(BaseModel):
     max_n: int = 16
     max_prompts: int = 16
     max_body_bytes: int = 1 << 20
+    max_head_bytes: int = 16 << 10
+    max_connections: int = 4
+    socket_timeout_s: float = 10.0
 
 
 DEFAULT_GATEWAY_LIMITS = GatewayLimits()
@@ -64,9 +81,14 @@ class ModelCall(BaseModel):
 class _Episode:
     episode_id: str
     seed: int
+    listener: socket.socket
+    path: Path
     calls: list[ModelCall] = field(default_factory=list)
     started: int = 0
     tokens: int = 0
+    connections: set[socket.socket] = field(default_factory=set)
+    paused: bool = False
+    closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -89,50 +111,71 @@ def _call_seed(episode: _Episode, index: int) -> int:
 
 
 class ModelGateway:
-    """Serve `backend` to harnesses on loopback, one trajectory per open episode."""
+    """Serve `backend` to harnesses, one Unix socket and one trajectory per open episode."""
 
     def __init__(self, backend: TargetBackend, *, limits: GatewayLimits = DEFAULT_GATEWAY_LIMITS,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 root: Path | None = None) -> None:
         self.backend = backend
         self.limits = limits
-        self.refused_unattributed = 0
+        self.directory = Path(tempfile.mkdtemp(prefix="sia-gateway-", dir=root))
         self._episodes: dict[str, _Episode] = {}
-        self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        name="sia-gateway",
-                                        daemon=True)
+        self._selector = selectors.DefaultSelector()
+        self._wake_read, self._wake_write = os.pipe()
+        self._closing = False
+        self._selector.register(self._wake_read, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._accept_loop, name="sia-gateway", daemon=True)
         self._thread.start()
 
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def open_episode(self, episode_id: str, *, seed: int = 0) -> str:
-        """Start recording `episode_id` and return the base URL its harness must use."""
-        token = secrets.token_urlsafe(18)
+    def open_episode(self, episode_id: str, *, seed: int = 0) -> Path:
+        """Start recording `episode_id`; return the socket its harness (and only it) may use."""
         with self._lock:
-            if episode_id in self._tokens:
+            if episode_id in self._episodes:
                 raise ValueError(f"episode {episode_id!r} is already open")
-            self._tokens[episode_id] = token
-            self._episodes[token] = _Episode(episode_id, seed)
-        return f"{self.url}/ep/{token}/v1"
+            path = self.directory / f"{secrets.token_hex(12)}.sock"
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(path))
+            os.chmod(path, 0o600)
+            listener.listen(16)
+            listener.setblocking(False)
+            episode = self._episodes[episode_id] = _Episode(episode_id, seed, listener, path)
+            self._selector.register(listener, selectors.EVENT_READ, episode)
+        return path
 
     def close_episode(self, episode_id: str) -> list[ModelCall]:
         """Stop accepting calls for `episode_id` and return its trajectory in call order."""
         with self._lock:
-            token = self._tokens.pop(episode_id)
-            episode = self._episodes.pop(token)
+            episode = self._episodes.pop(episode_id)
+            with episode.lock:
+                episode.closed = True
+                if not episode.paused:
+                    self._selector.unregister(episode.listener)
+                for connection in episode.connections:
+                    _shut(connection)
+        episode.listener.close()
+        episode.path.unlink(missing_ok=True)
         with episode.lock:
             return sorted(episode.calls, key=lambda call: call.index)
 
+    def open_connections(self, episode_id: str) -> int:
+        """How many connections of an open episode are being served now."""
+        with self._lock:
+            episode = self._episodes[episode_id]
+        with episode.lock:
+            return len(episode.connections)
+
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._closing = True
+        os.write(self._wake_write, b"x")
         self._thread.join(timeout=5)
+        with self._lock:
+            episodes, self._episodes = list(self._episodes.values()), {}
+        for episode in episodes:
+            episode.listener.close()
+        self._selector.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self
@@ -140,9 +183,48 @@ class ModelGateway:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _episode(self, token: str) -> _Episode | None:
-        with self._lock:
-            return self._episodes.get(token)
+    def _accept_loop(self) -> None:
+        while not self._closing:
+            for key, _ in self._selector.select():
+                if key.data is None:
+                    os.read(self._wake_read, 64)
+                    continue
+                try:
+                    connection, _ = key.fileobj.accept()  # type: ignore[union-attr]
+                except OSError:
+                    continue
+                self._admit(key.data, connection)
+
+    def _admit(self, episode: _Episode, connection: socket.socket) -> None:
+        """Serve `connection` on its own thread; at `max_connections` stop accepting for the
+        episode, so further connections wait in the kernel's listen queue (bounded, and
+        costing the gateway nothing) instead of failing a harness that calls in parallel."""
+        with self._lock, episode.lock:
+            if episode.closed:
+                connection.close()
+                return
+            episode.connections.add(connection)
+            if len(episode.connections) >= self.limits.max_connections:
+                self._selector.unregister(episode.listener)
+                episode.paused = True
+        connection.setblocking(True)
+        connection.settimeout(self.limits.socket_timeout_s)
+        threading.Thread(target=self._converse, args=(episode, connection), daemon=True,
+                         name=f"sia-gateway-{episode.episode_id[:12]}").start()
+
+    def _converse(self, episode: _Episode, connection: socket.socket) -> None:
+        try:
+            _Handler(connection, episode, self)
+        except (OSError, _HeadTooLarge):
+            pass
+        finally:
+            with self._lock, episode.lock:
+                episode.connections.discard(connection)
+                if episode.paused and not episode.closed:
+                    self._selector.register(episode.listener, selectors.EVENT_READ, episode)
+                    episode.paused = False
+            _shut(connection)
+            connection.close()
 
     def serve(self, episode: _Episode, endpoint: Endpoint, body: Any) -> tuple[int, dict[str, Any]]:
         """Answer one attributed request and record it, whatever its outcome."""
@@ -253,65 +335,121 @@ class ModelGateway:
 
 
 def _error_body(status: int, message: str) -> dict[str, Any]:
-    kind = {400: "invalid_request_error", 403: "permission_error", 404: "not_found_error",
-            429: "rate_limit_error"}.get(status, "api_error")
+    kind = {400: "invalid_request_error", 404: "not_found_error", 411: "invalid_request_error",
+            413: "invalid_request_error", 429: "rate_limit_error",
+            431: "invalid_request_error"}.get(status, "api_error")
     return {"error": {"message": message, "type": kind, "code": status}}
 
 
-def _handler_for(gateway: ModelGateway) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def _shut(connection: socket.socket) -> None:
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
-        def do_GET(self) -> None:
-            episode, route = self._route()
-            if episode is None:
-                return
-            if route != "models":
-                return self._send(404, _error_body(404, f"no such route: GET {self.path}"))
-            self._send(200, {"object": "list", "data": [
-                {"id": gateway.backend.name, "object": "model", "owned_by": "sia"}]})
 
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > gateway.limits.max_body_bytes:
-                self.close_connection = True
-                return self._send(413, _error_body(413, "request body too large"))
-            raw = self.rfile.read(length)
-            episode, route = self._route()
-            if episode is None:
-                return
-            endpoint: Endpoint | None = {"completions": "completions",
-                                         "chat/completions": "chat"}.get(route)
-            if endpoint is None:
-                return self._send(404, _error_body(404, f"no such route: POST {self.path}"))
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
-            self._send(*gateway.serve(episode, endpoint, body))
+class _HeadTooLarge(Exception):
+    """The request line and headers went over `max_head_bytes`."""
 
-        def _route(self) -> tuple[_Episode | None, str]:
-            """The episode named by the path's token and the route after /v1/, or a 403 sent."""
-            parts = self.path.split("?", 1)[0].strip("/").split("/")
-            episode = None
-            if len(parts) >= 4 and parts[0] == "ep" and parts[2] == "v1":
-                episode = gateway._episode(parts[1])
-            if episode is None:
-                with gateway._lock:
-                    gateway.refused_unattributed += 1
-                self._send(403, _error_body(403, "unknown or missing episode token"))
-                return None, ""
-            return episode, "/".join(parts[3:])
 
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+class _HeadBudget:
+    """The connection's reader, with a byte budget for the request line and headers.
 
-        def log_message(self, format: str, *args: Any) -> None:
-            """Quiet: the trajectory is the log."""
+    `BaseHTTPRequestHandler` reads them with `readline`; bodies are read with `read` after
+    their length is checked, so only `readline` draws on the budget.
+    """
 
-    return Handler
+    def __init__(self, raw: BinaryIO, budget: int) -> None:
+        self.raw, self.budget, self.left = raw, budget, budget
+
+    def readline(self, limit: int = -1) -> bytes:
+        allowed = self.left + 1 if limit < 0 else min(limit, self.left + 1)
+        line = self.raw.readline(allowed)
+        self.left -= len(line)
+        if self.left < 0:
+            raise _HeadTooLarge
+        return line
+
+    def read(self, size: int) -> bytes:
+        return self.raw.read(size)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection of one episode; the episode comes from the socket, not the request."""
+
+    protocol_version = "HTTP/1.1"
+
+    def __init__(self, connection: socket.socket, episode: _Episode, gateway: ModelGateway) -> None:
+        self.episode, self.gateway = episode, gateway
+        super().__init__(connection, ("sandbox", 0), None)  # type: ignore[arg-type]
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _HeadBudget(self.rfile, self.gateway.limits.max_head_bytes)  # type: ignore[assignment]
+
+    def handle_one_request(self) -> None:
+        budget: _HeadBudget = self.rfile  # type: ignore[assignment]
+        budget.left = budget.budget
+        try:
+            super().handle_one_request()
+        except _HeadTooLarge:
+            self.close_connection = True
+            self.request_version, self.requestline = "HTTP/1.1", ""
+            self._send(431, _error_body(431, "request line and headers too large"))
+
+    def do_GET(self) -> None:
+        if self._route() != "models":
+            return self._send(404, _error_body(404, f"no such route: GET {self.path[:200]}"))
+        self._send(200, {"object": "list", "data": [
+            {"id": self.gateway.backend.name, "object": "model", "owned_by": "sia"}]})
+
+    def do_POST(self) -> None:
+        refusal = self._body_length()
+        if isinstance(refusal, tuple):
+            self.close_connection = True
+            return self._send(*refusal)
+        raw = self.rfile.read(refusal)
+        endpoint: Endpoint | None = {"completions": "completions",
+                                     "chat/completions": "chat"}.get(self._route())
+        if endpoint is None:
+            return self._send(404, _error_body(404, f"no such route: POST {self.path[:200]}"))
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            body = None
+        self._send(*self.gateway.serve(self.episode, endpoint, body))
+
+    def _body_length(self) -> int | tuple[int, dict[str, Any]]:
+        """The body's length, or the refusal to send without reading a byte of it."""
+        if self.headers.get("Transfer-Encoding"):
+            return 411, _error_body(411, "chunked bodies are not accepted: send a Content-Length")
+        given = self.headers.get_all("Content-Length") or []
+        if not given:
+            return 411, _error_body(411, "a Content-Length is required")
+        if len(set(given)) != 1 or not given[0].strip().isdigit():
+            return 400, _error_body(400, "Content-Length must be one non-negative integer")
+        length = int(given[0])
+        if length > self.gateway.limits.max_body_bytes:
+            return 413, _error_body(413, f"request body over {self.gateway.limits.max_body_bytes} bytes")
+        return length
+
+    def _route(self) -> str:
+        """The route after /v1/ ('' when the path is not under /v1)."""
+        parts = self.path.split("?", 1)[0].strip("/").split("/")
+        return "/".join(parts[1:]) if parts[0] == "v1" else ""
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the trajectory is the log."""

@@ -1,50 +1,75 @@
 """Runs one harness in a sandboxed child process (stdlib only: it starts with `python -I -S`).
 
-Protocol: argv = [harness.py, sample.json, result_fd]; the model's base URL is in the
-environment as SIA_MODEL_URL and the limits as SIA_LIMITS ("memory_bytes cpu_s file_bytes"),
-which the runner applies to itself before any harness code is loaded. The result goes to a
-dedicated file descriptor, never to stdout, so a harness that prints garbage cannot forge
-its answer.
+Protocol: argv = [harness.py, sample.json, result_fd]; the model gateway's Unix socket is
+in the environment as SIA_MODEL_SOCKET and the limits as SIA_LIMITS ("memory_bytes cpu_s
+file_bytes threads", threads 0 for no cap), which the runner applies to itself before any harness code is
+loaded. The result goes to a dedicated file descriptor, never to stdout, so a harness that
+prints garbage cannot forge its answer.
+
+The same runner serves both sandboxes. Under bubblewrap the namespaces and the seccomp
+filter are the boundary and the audit hook only turns a forbidden act into a clear
+error; in the process sandbox the audit hook is all there is (best effort: PEP 578 says
+it is no security boundary).
 """
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import json
 import os
 import resource
+import signal
+import socket
 import sys
 import traceback
-import urllib.error
-import urllib.request
 
 MAX_ANSWER = 100_000
+MAX_FILES = 256
+"""Open files and sockets: each pipe or socket pins kernel buffers that no rlimit counts."""
 
 
 class ModelError(RuntimeError):
     """The gateway refused or failed a call (budget spent, bad parameters, backend error)."""
 
 
-class Model:
-    """The harness's only way to the target model: an OpenAI-compatible endpoint."""
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over the gateway's Unix socket (the sandbox has no network to speak TCP on)."""
 
-    def __init__(self, base_url: str | None) -> None:
-        self._base = base_url.rstrip("/") if base_url else None
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+class Model:
+    """The harness's only way to the target model: an OpenAI-compatible endpoint on a Unix socket."""
+
+    def __init__(self, socket_path: str | None) -> None:
+        self._socket = socket_path or None
 
     def _post(self, path: str, body: dict) -> dict:
-        if self._base is None:
+        if self._socket is None:
             raise RuntimeError("no model endpoint is available to this episode")
-        request = urllib.request.Request(self._base + path, data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        connection = UnixConnection(self._socket, timeout=120)
         try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
+            connection.request("POST", "/v1" + path, body=json.dumps(body).encode(),
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            status, data = response.status, response.read()
+        finally:
+            connection.close()
+        if status != 200:
             try:
-                message = json.loads(exc.read())["error"]["message"]
-            except Exception:  # noqa: BLE001 - any unreadable error body falls back to the reason
-                message = exc.reason
-            raise ModelError(f"model call failed with HTTP {exc.code}: {message}") from None
+                message = json.loads(data)["error"]["message"]
+            except Exception:  # noqa: BLE001 - any unreadable error body falls back to the status
+                message = f"HTTP {status}"
+            raise ModelError(f"model call failed with HTTP {status}: {message}")
+        return json.loads(data)
 
     def complete(self, prompt: str, *, max_tokens: int = 64, temperature: float = 1.0,
                  stop: str | list[str] | None = None, n: int = 1) -> str | list[str]:
@@ -61,11 +86,28 @@ class Model:
 
 
 def limit_self() -> None:
-    memory, cpu, size = (int(x) for x in os.environ.pop("SIA_LIMITS").split())
+    """Apply the episode's limits; they bind everything this process becomes (exec keeps them).
+
+    RLIMIT_NPROC counts tasks per user; under bubblewrap that user exists only in the
+    sandbox's user namespace (and the seccomp filter already forbids a second process), so
+    it caps threads. The kernel does not apply it to host root, which a filter cannot fix.
+    """
+    memory, cpu, size, threads = (int(x) for x in os.environ.pop("SIA_LIMITS").split())
+    signal.signal(signal.SIGXCPU, _out_of_cpu)
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_FILES, MAX_FILES))
+    if threads:
+        resource.setrlimit(resource.RLIMIT_NPROC, (threads, threads))
+
+
+def _out_of_cpu(signum: int, frame: object) -> None:
+    """Exit as if killed by SIGXCPU: as pid 1 of a pid namespace (under bwrap) the runner
+    would otherwise ignore the kernel's soft-limit signal and die only at the hard limit,
+    by a SIGKILL that says nothing about why."""
+    os._exit(128 + signal.SIGXCPU)
 
 
 FORBIDDEN_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
@@ -73,13 +115,15 @@ FORBIDDEN_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn"
                     "ctypes.cdata", "socket.bind")
 
 
-def confine(private_dir: str) -> None:
+def confine(private_dir: str, model_socket: str | None) -> None:
     """From here on, files open only inside the private directory, the standard library
-    and system configuration, and no process can be started.
+    and system configuration, no process can be started, and sockets connect only to the
+    model gateway.
 
-    An audit hook cannot be removed once added, so harness code cannot lift it. It is the
-    second wall (the first is that nothing tells the harness where task data lives): task
-    folders, sia's home and the held-out labels stay unreadable even by absolute path.
+    An audit hook cannot be removed once added, but Python code can rewrite the hook's
+    own code (tests/hostile_harness.py does), so it is no wall: it gives an honest harness
+    a clear PermissionError where the OS sandbox would give a bare errno, and it is all
+    the process sandbox has.
     """
     import sysconfig
 
@@ -96,6 +140,8 @@ def confine(private_dir: str) -> None:
             if real in devices or (real + os.sep).startswith(allowed):
                 return
             raise PermissionError(f"the sandbox does not allow opening {path}")
+        if event == "socket.connect" and args[1] != model_socket:
+            raise PermissionError(f"the sandbox does not allow connecting to {args[1]!r}")
         if event.startswith(FORBIDDEN_EVENTS):
             raise PermissionError(f"the sandbox does not allow {event}")
 
@@ -104,18 +150,22 @@ def confine(private_dir: str) -> None:
 
 def main() -> None:
     limit_self()
+    sys.dont_write_bytecode = True  # -I ignores PYTHONDONTWRITEBYTECODE
     harness_path, sample_path, result_fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
     result = os.fdopen(result_fd, "w")
     del sys.argv[1:]
 
     def report(**outcome: object) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        outcome.update(cpu_s=usage.ru_utime + usage.ru_stime, max_rss_mb=usage.ru_maxrss / 1024)
         result.write(json.dumps(outcome))
         result.close()
 
     with open(sample_path, encoding="utf-8") as handle:
         sample = json.load(handle)
-    import urllib.request  # noqa: F401 - loaded before confinement, with everything it opens
-    confine(os.path.dirname(os.path.abspath(harness_path)))
+    model_socket = os.environ.pop("SIA_MODEL_SOCKET", None)
+    import email.parser  # noqa: F401 - http.client's lazy imports, loaded before confinement
+    confine(os.path.dirname(os.path.abspath(harness_path)), model_socket)
     try:
         spec = importlib.util.spec_from_file_location("harness", harness_path)
         module = importlib.util.module_from_spec(spec)
@@ -125,7 +175,7 @@ def main() -> None:
         traceback.print_exc()
         return report(status="invalid_harness", error=f"{type(exc).__name__}: {exc}"[:500])
     try:
-        answer = solve(sample, Model(os.environ.get("SIA_MODEL_URL")))
+        answer = solve(sample, Model(model_socket))
     except MemoryError:
         return report(status="memory", error="MemoryError")
     except BaseException as exc:  # noqa: BLE001 - whatever solve raises is recorded

@@ -1,10 +1,21 @@
-"""Run one episode of a harness in a subprocess with limits, and say how it ended.
+"""Run one episode of a harness in a sandboxed child, and say how it ended.
 
-The child gets a wall-clock limit (its whole session is killed on expiry), CPU,
-address-space and file-size rlimits, a private temp dir as home and cwd (deleted after),
-no stdin, and a scrubbed environment: no API keys, tokens, proxies or sia settings, only
-the model endpoint it may use. Every way a harness can fail becomes an `EpisodeOutcome`
-with a status and a reason; nothing it does can raise into the caller.
+Two sandboxes, chosen per run (`RunConfig.sandbox`):
+
+* `bwrap` (the default) — the OS boundary of `sia.harness.bwrap`: namespaces, a
+  read-only view of the interpreter only, a size-limited tmpfs as the private directory,
+  the seccomp filter of `sia.harness.seccomp` (one process, so its limits cannot be
+  multiplied), and the gateway's Unix socket as the only way out. Nothing is written on
+  the host on the harness's behalf but its stdout and stderr, to unlinked files.
+* `process` — the weaker fallback a user must choose explicitly: a child process in a
+  private temp dir (deleted after) with rlimits and the runner's audit hook, which is
+  best effort (a harness running as the user can get around it).
+
+Both give the child a wall-clock limit (its whole session, and under bwrap its whole pid
+namespace, is killed on expiry), CPU, address-space and file-size rlimits, no stdin, and
+an environment built from nothing: no API keys, tokens, proxies or sia settings. Every
+way a harness can fail becomes an `EpisodeOutcome` with a status and a reason; nothing it
+does can raise into the caller.
 """
 
 from __future__ import annotations
@@ -18,12 +29,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from sia.harness.bwrap import (
+    EPISODE_DIR,
+    MODEL_SOCKET,
+    interpreter,
+    require_bwrap,
+    sandbox_command,
+    sandbox_options,
+)
 from sia.harness.contract import MAX_ANSWER_CHARS, validate_harness
+from sia.harness.seccomp import episode_filter
 
 RUNNER = Path(__file__).with_name("runner.py")
 TAIL = 4096
@@ -31,10 +53,19 @@ RESULT_CAP = 8 * MAX_ANSWER_CHARS + 4096
 """Bytes of the result channel kept: a JSON-escaped answer at the size limit fits."""
 
 Status = Literal["ok", "crash", "timeout", "memory", "malformed", "invalid_harness"]
+Isolation = Literal["bwrap", "process"]
+ISOLATIONS: tuple[Isolation, ...] = ("bwrap", "process")
 
 
 class Limits(BaseModel):
-    """Per-episode resource limits (defaults: 30 s wall, 30 s CPU, 1 GiB address space)."""
+    """Per-episode resource limits (defaults: 30 s wall, 30 s CPU, 1 GiB address space).
+
+    `file_mb` bounds each file the harness writes and, under bwrap, its whole private
+    directory; `threads` bounds the tasks of the bwrap sandbox's user (the kernel exempts
+    host root; not applied in the process sandbox, where the count would include every
+    process of the user). Without it, threads are bounded by the address space their
+    stacks take.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -42,6 +73,7 @@ class Limits(BaseModel):
     cpu_s: int = 30
     memory_mb: int = 1024
     file_mb: int = 64
+    threads: int = 64
 
 
 DEFAULT_LIMITS = Limits()
@@ -62,72 +94,59 @@ class EpisodeOutcome(BaseModel):
     max_rss_mb: float = 0.0
 
 
-def scrubbed_environment(home: Path, model_url: str | None, limits: Limits) -> dict[str, str]:
+def scrubbed_environment(home: str, model_socket: str | None, limits: Limits,
+                         threads: int) -> dict[str, str]:
     """What the harness sees: nothing inherited but a minimal PATH and locale.
 
-    SIA_LIMITS is read and removed by the runner, which applies the limits to itself
-    first (a `preexec_fn` would do it earlier, but is unsafe in a threaded parent).
+    SIA_LIMITS and SIA_MODEL_SOCKET are read and removed by the runner, which applies the
+    limits to itself first (a `preexec_fn` would do it earlier, but is unsafe in a
+    threaded parent).
     """
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(home),
-           "TMPDIR": str(home), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
-           "SIA_LIMITS": f"{limits.memory_mb * 2**20} {limits.cpu_s} {limits.file_mb * 2**20}"}
-    if model_url:
-        env["SIA_MODEL_URL"] = model_url
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": home,
+           "TMPDIR": home, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
+           "SIA_LIMITS": f"{limits.memory_mb * 2**20} {limits.cpu_s} {limits.file_mb * 2**20} "
+                         f"{threads}"}
+    if model_socket:
+        env["SIA_MODEL_SOCKET"] = model_socket
     return env
 
 
-def _tail(path: Path) -> str:
+def _tail(handle: IO[bytes]) -> str:
     """The last TAIL bytes of a log file, without reading the rest of it."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, path.stat().st_size - TAIL))
-            return handle.read(TAIL).decode("utf-8", "replace")
-    except FileNotFoundError:
-        return ""
+    size = handle.seek(0, os.SEEK_END)
+    handle.seek(max(0, size - TAIL))
+    return handle.read(TAIL).decode("utf-8", "replace")
 
 
-def run_episode(source: str, sample: dict[str, Any], *, model_url: str | None,
-                limits: Limits = DEFAULT_LIMITS) -> EpisodeOutcome:
+def run_episode(source: str, sample: dict[str, Any], *, model_socket: Path | None,
+                limits: Limits = DEFAULT_LIMITS, isolation: Isolation = "bwrap") -> EpisodeOutcome:
     """Run `source`'s `solve(sample, model)` in a sandboxed child; never raises for harness faults.
 
-    `model_url` is the episode's gateway base URL (`ModelGateway.open_episode`), or None
-    when the harness gets no model.
+    `model_socket` is the episode's gateway socket (`ModelGateway.open_episode`), or None
+    when the harness gets no model. Raises `SandboxUnavailable` (before running anything)
+    when `isolation` is bwrap and this machine cannot provide it.
     """
     problems = validate_harness(source)
     if problems:
         return EpisodeOutcome(status="invalid_harness", error="; ".join(problems)[:500])
-    home = Path(tempfile.mkdtemp(prefix="sia-episode-"))
-    try:
-        return _run(source, sample, home, model_url, limits)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _run(source: str, sample: dict[str, Any], home: Path, model_url: str | None,
-         limits: Limits) -> EpisodeOutcome:
-    (home / "harness.py").write_text(source, encoding="utf-8")
-    (home / "sample.json").write_text(json.dumps(sample), encoding="utf-8")
+    start = _bwrap_child if isolation == "bwrap" else _process_child
     read_end, write_end = os.pipe()
-    started = time.perf_counter()
     try:
-        with (home / "stdout").open("wb") as stdout, (home / "stderr").open("wb") as stderr:
-            child = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(RUNNER), str(home / "harness.py"),
-                 str(home / "sample.json"), str(write_end)],
-                cwd=home, env=scrubbed_environment(home, model_url, limits),
-                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, pass_fds=(write_end,),
-                start_new_session=True,
-            )
-    finally:
-        os.close(write_end)
-    try:
-        reported, code, usage, timed_out = _supervise(child, read_end, started + limits.wall_s)
+        with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+            started = time.perf_counter()
+            with start(source, sample, model_socket, limits, write_end, stdout, stderr) as child:
+                os.close(write_end)
+                write_end = -1
+                reported, code, usage, timed_out = _supervise(child, read_end,
+                                                              started + limits.wall_s)
+            measures = {"stdout_tail": _tail(stdout), "stderr_tail": _tail(stderr),
+                        "wall_s": round(time.perf_counter() - started, 3),
+                        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+                        "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}
     finally:
         os.close(read_end)
-    measures = {"stdout_tail": _tail(home / "stdout"), "stderr_tail": _tail(home / "stderr"),
-                "wall_s": round(time.perf_counter() - started, 3),
-                "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
-                "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+        if write_end >= 0:
+            os.close(write_end)
     if timed_out:
         return EpisodeOutcome(status="timeout", error=f"no answer within {limits.wall_s:g} s",
                               **measures)
@@ -135,9 +154,85 @@ def _run(source: str, sample: dict[str, Any], home: Path, model_url: str | None,
         outcome = json.loads(reported)
         status, answer, error = outcome["status"], outcome.get("answer"), outcome.get("error")
         EpisodeOutcome(status=status, answer=answer, error=error)
-    except (ValueError, KeyError, TypeError):
+        measures.update(_reported_usage(outcome, measures))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        if code > 128:  # bwrap's report of a command killed by signal N, and the runner's
+            code = 128 - code  # own exit on SIGXCPU, are exit 128 + N
         return EpisodeOutcome(**_died(code, measures["stderr_tail"], limits), **measures)
     return EpisodeOutcome(status=status, answer=answer, error=error, **measures)
+
+
+def _reported_usage(outcome: dict[str, Any], measured: dict[str, Any]) -> dict[str, float]:
+    """The runner's own CPU time and peak memory, where they exceed what `wait4` saw.
+
+    bwrap hands back its command's exit status without the kernel's accounting of it, so
+    under bwrap the runner's report is the only measure of the harness's own use. It is
+    the harness's word, used only for display: nothing decides on it.
+    """
+    usage = {}
+    for name in ("cpu_s", "max_rss_mb"):
+        value = outcome.get(name)
+        if isinstance(value, (int, float)) and 0 <= value < 1e9:
+            usage[name] = round(max(float(value), measured[name]), 3 if name == "cpu_s" else 1)
+    return usage
+
+
+@contextmanager
+def _process_child(source: str, sample: dict[str, Any], model_socket: Path | None,
+                   limits: Limits, result_fd: int, stdout: IO[bytes],
+                   stderr: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """The weaker sandbox: a child process in a private temp dir that is deleted after."""
+    home = Path(tempfile.mkdtemp(prefix="sia-episode-"))
+    try:
+        (home / "harness.py").write_text(source, encoding="utf-8")
+        (home / "sample.json").write_text(json.dumps(sample), encoding="utf-8")
+        yield subprocess.Popen(
+            [sys.executable, "-I", "-S", str(RUNNER), str(home / "harness.py"),
+             str(home / "sample.json"), str(result_fd)],
+            cwd=home, env=scrubbed_environment(str(home), model_socket and str(model_socket),
+                                               limits, 0),
+            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, pass_fds=(result_fd,),
+            start_new_session=True)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous in-memory file holding `data`, read from its start by bwrap."""
+    fd = os.memfd_create(name)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+@contextmanager
+def _bwrap_child(source: str, sample: dict[str, Any], model_socket: Path | None,
+                 limits: Limits, result_fd: int, stdout: IO[bytes],
+                 stderr: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """The bubblewrap sandbox. bwrap itself gets only PATH for environment and only the
+    descriptors it reads (the harness, the sample, the filter, its options) besides the
+    result channel, so nothing of sia's reaches the sandbox even through bwrap."""
+    bwrap = require_bwrap()
+    fds: list[int] = []
+    try:
+        fds += [_memfd("harness", source.encode("utf-8")),
+                _memfd("sample", json.dumps(sample).encode("utf-8")),
+                _memfd("seccomp", episode_filter())]
+        environment = scrubbed_environment(EPISODE_DIR, model_socket and MODEL_SOCKET, limits,
+                                           limits.threads)
+        python = interpreter()
+        options = sandbox_options(python, runner=RUNNER, model_socket=model_socket,
+                                  environment=environment, tmpfs_bytes=limits.file_mb * 2**20,
+                                  harness_fd=fds[0], sample_fd=fds[1], seccomp_fd=fds[2])
+        fds.append(_memfd("options", b"".join(a.encode() + b"\0" for a in options)))
+        child = subprocess.Popen([bwrap, "--args", str(fds[3]), *sandbox_command(python, result_fd)],
+                                 env={"PATH": "/usr/bin:/bin"},
+                                 stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                 pass_fds=(result_fd, *fds), start_new_session=True)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    yield child
 
 
 def _supervise(child: subprocess.Popen[bytes], read_end: int,
@@ -146,20 +241,29 @@ def _supervise(child: subprocess.Popen[bytes], read_end: int,
 
     The channel is read while the child runs (a large answer would otherwise fill the
     pipe and hang the child) and never waited on after the child is gone (a grandchild
-    that kept the pipe open cannot stall the caller).
+    that kept the pipe open cannot stall the caller). A pidfd wakes the wait the moment
+    the child exits: under bwrap the channel stays open in bwrap's own processes until
+    then, so waiting for its end alone would add a polling delay to every episode.
     """
     chunks: list[bytes] = []
     kept = 0
     timed_out = False
     os.set_blocking(read_end, False)
-    while True:
-        kept = _drain(read_end, chunks, kept)
-        if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            break
-        if time.perf_counter() >= deadline:
-            timed_out = True
-            break
-        select.select([read_end], [], [], 0.02)
+    exited = os.pidfd_open(child.pid) if hasattr(os, "pidfd_open") else None
+    try:
+        while True:
+            kept = _drain(read_end, chunks, kept)
+            if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                break
+            now = time.perf_counter()
+            if now >= deadline:
+                timed_out = True
+                break
+            watched = [read_end] if exited is None else [read_end, exited]
+            select.select(watched, [], [], min(0.02 if exited is None else 1.0, deadline - now))
+    finally:
+        if exited is not None:
+            os.close(exited)
     _kill_session(child.pid)
     _, status, usage = os.wait4(child.pid, 0)
     _drain(read_end, chunks, kept)
