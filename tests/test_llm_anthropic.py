@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anthropic
-import httpx2
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,9 +26,10 @@ from sia.llm import (
     Usage,
     get_provider,
 )
-from sia.llm.anthropic_provider import AnthropicProvider, build_params
+from sia.llm.anthropic_provider import AnthropicProvider, build_params, tool_instruction
 from sia.llm.errors import NO_STATUS, is_retryable_status, retry_after_seconds
 from sia.testing import AnthropicServer, Fault, Reply, Script
+from sia.testing.anthropic_server import FORCED_TOOL_WITH_THINKING, min_cache_tokens_for
 
 KEY = "sk-ant-test-SECRET-0123456789"
 DECISION = {
@@ -364,10 +365,10 @@ def test_server_refuses_what_the_api_refuses(server: AnthropicServer) -> None:
     with pytest.raises(anthropic.BadRequestError, match="seed: Extra inputs"):
         client.messages.create(**base, extra_body={"seed": 1})
     client.close()
-    raw = httpx2.post(f"{server.base_url}/v1/messages", json=base, headers={"x-api-key": KEY})
+    raw = httpx.post(f"{server.base_url}/v1/messages", json=base, headers={"x-api-key": KEY})
     assert raw.status_code == 400 and "anthropic-version" in raw.json()["error"]["message"]
     assert raw.json()["type"] == "error" and raw.headers["request-id"]
-    older = httpx2.post(f"{server.base_url}/v1/messages", json={**base, "temperature": 0.5},
+    older = httpx.post(f"{server.base_url}/v1/messages", json={**base, "temperature": 0.5},
                         headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"})
     assert older.status_code == 200 and older.json()["type"] == "message"
 
@@ -416,3 +417,52 @@ def test_concurrent_calls_share_one_provider(server: AnthropicServer, provider: 
         texts = list(pool.map(lambda i: provider.complete(ask(f"q{i}")).text, range(32)))
     assert texts == [f"Q{i}" for i in range(32)]
     assert len(server.requests) == 32 and server.errors == []
+
+
+def test_caching_below_the_models_minimum_silently_does_nothing(server: AnthropicServer,
+                                                                provider: AnthropicProvider) -> None:
+    """Anthropic's prompt caching guide: 1024 tokens for Sonnet 4.5, 2048 for Sonnet 4.6, 4096 for
+    Haiku 4.5 / Opus 4.5-4.6; a shorter marked prefix is accepted and not cached."""
+    assert [min_cache_tokens_for(m) for m in ("claude-sonnet-4-5", "claude-sonnet-4-6",
+                                              "claude-haiku-4-5", "claude-opus-4-6")] == [1024, 2048, 4096, 4096]
+    system = "Stable task context. " * 300  # about 1,600 tokens
+    usage = {model: [provider.complete(ask(system=system, cache_prefix=True, model=model)).usage
+                     for _ in range(2)] for model in ("claude-sonnet-4-5", "claude-sonnet-4-6")}
+    assert usage["claude-sonnet-4-5"][1].cache_read_tokens > 1500
+    assert all(u.cache_read_tokens == u.cache_write_tokens == 0 for u in usage["claude-sonnet-4-6"])
+    assert all(body["system"][0]["cache_control"] == {"type": "ephemeral"} for body in server.message_requests)
+
+
+def test_adaptive_only_model_refuses_a_forced_tool(server: AnthropicServer) -> None:
+    """The adaptive-thinking guide: Opus 4.7 always thinks; thinking with a forced tool is a 400."""
+    client = anthropic.Anthropic(api_key=KEY, base_url=server.base_url, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(model="claude-opus-4-7", max_tokens=10,
+                               messages=[{"role": "user", "content": "x"}],
+                               tools=[{"name": "t", "input_schema": {"type": "object"}}],
+                               tool_choice={"type": "tool", "name": "t"})
+    client.close()
+    assert refused.value.body["error"] == {"type": "invalid_request_error",
+                                           "message": FORCED_TOOL_WITH_THINKING}
+
+
+def test_a_forced_tool_refusal_is_answered_with_tool_choice_auto(server: AnthropicServer,
+                                                                 provider: AnthropicProvider) -> None:
+    server.responder = lambda body: {"action": "stop", "rationale": "done"}
+    request = decision_request(model="claude-opus-4-7", system="You decide.")
+    assert provider.complete(request).structured == {"action": "stop", "rationale": "done"}
+    assert provider.complete(request).structured == {"action": "stop", "rationale": "done"}
+    forced, auto, later = server.message_requests
+    assert forced["tool_choice"] == {"type": "tool", "name": "decision"}
+    assert auto["tool_choice"] == later["tool_choice"] == {"type": "auto"}
+    assert auto["system"] == f"You decide.\n\n{tool_instruction('decision')}"
+    assert provider.complete(decision_request()).structured is not None  # other models stay forced
+    assert server.message_requests[-1]["tool_choice"] == {"type": "tool", "name": "decision"}
+
+
+def test_other_400s_are_not_retried_without_the_forced_tool(server: AnthropicServer,
+                                                            provider: AnthropicProvider) -> None:
+    server.fail_next(Fault(400, "messages: roles must alternate"))
+    with pytest.raises(PermanentLLMError, match="roles must alternate"):
+        provider.complete(decision_request())
+    assert len(server.message_requests) == 1

@@ -11,7 +11,7 @@ import pytest
 from sia.events.canonical import canonical_json
 from sia.llm import LLMRequest, Message, MissingCredentials, PermanentLLMError, TransientLLMError, get_provider
 from sia.llm.errors import NO_STATUS
-from sia.llm.openai_provider import OpenAIProvider, parse_json_object
+from sia.llm.openai_provider import OpenAIProvider, parse_json_object, refusal_kind
 from sia.testing import Fault, OpenAIServer, Reply
 
 KEY = "sk-openai-test-SECRET-9876543210"
@@ -99,11 +99,71 @@ def test_structured_output_falls_back_to_the_prompt_once(provider: OpenAIProvide
 
 def test_a_400_for_another_reason_keeps_json_schema_mode(server: OpenAIServer,
                                                          provider: OpenAIProvider) -> None:
-    server.fail_next(Fault(400, "bad temperature"), Fault(400, "bad temperature"))
+    server.fail_next(Fault(400, "bad temperature"))
     with pytest.raises(PermanentLLMError, match="bad temperature"):
         provider.complete(plan_request())
     assert provider.structured_mode == "json_schema"
-    assert len(server.requests) == 2
+    assert len(server.requests) == 1
+
+
+def test_context_length_400_fails_at_once(provider: OpenAIProvider, server: OpenAIServer) -> None:
+    """OpenAI's documented context-length refusal: 400, code context_length_exceeded, param messages."""
+    server.context_window = 50
+    with pytest.raises(PermanentLLMError, match="HTTP 400 invalid_request_error: This model's maximum "
+                                                "context length is 50 tokens"):
+        provider.complete(plan_request(system=LONG_SYSTEM))
+    (sent,) = server.completion_requests
+    assert "response_format" in sent
+    assert provider.structured_mode == "json_schema"
+
+
+def test_max_tokens_refusal_switches_to_max_completion_tokens(server: OpenAIServer) -> None:
+    """o-series / gpt-5.x: 400 `unsupported_parameter` on `max_tokens` (OpenAI API reference, the
+    body openai-python raises as BadRequestError); the field is switched once, not the schema mode."""
+    server.completion_tokens_models = ("gpt-5.2",)
+    server.models = (*server.models, "gpt-5.2")
+    raw = openai.OpenAI(api_key=KEY, base_url=server.api_base, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        raw.chat.completions.create(model="gpt-5.2", max_tokens=5,
+                                    messages=[{"role": "user", "content": "x"}])
+    raw.close()
+    assert refused.value.body == {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                   "'max_completion_tokens' instead.",
+        "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}
+    server.clear()
+    server.responder = lambda body: {"algorithm": "grpo"}
+    provider = get_provider("openai", base_url=server.api_base, default_model="gpt-5.2")
+    assert provider.complete(plan_request(max_tokens=7)).structured == {"algorithm": "grpo"}
+    assert provider.complete(plan_request(max_tokens=8)).structured == {"algorithm": "grpo"}
+    first, switched, later = server.completion_requests
+    assert first["max_tokens"] == 7 and "max_completion_tokens" not in first
+    assert switched["max_completion_tokens"] == 7 and "max_tokens" not in switched
+    assert later["max_completion_tokens"] == 8
+    assert all("response_format" in sent for sent in (first, switched, later))
+    assert (provider.structured_mode, provider.max_tokens_field) == ("json_schema", "max_completion_tokens")
+
+
+def test_an_endpoint_that_ignores_response_format_gets_the_prompt(server: OpenAIServer,
+                                                                  provider: OpenAIProvider) -> None:
+    """Some hosted routers accept `response_format` and drop it: the model answers prose."""
+    server.responder = lambda body: ("Here is my plan: use GRPO." if "response_format" in body
+                                     else '{"algorithm": "grpo"}')
+    assert provider.complete(plan_request()).structured == {"algorithm": "grpo"}
+    assert provider.complete(plan_request()).structured == {"algorithm": "grpo"}
+    first, retried, again, retried_again = server.completion_requests
+    assert "response_format" in first and "response_format" not in retried
+    assert "response_format" in again and "response_format" not in retried_again
+    assert provider.structured_mode == "json_schema"  # one prose reply does not give up the schema
+
+
+def test_prose_in_prompt_mode_is_permanent_after_one_call(server: OpenAIServer) -> None:
+    server.responder = lambda body: "no JSON, ever"
+    provider = get_provider("openai", base_url=server.api_base, default_model=MODEL,
+                            structured_mode="prompt")
+    with pytest.raises(PermanentLLMError, match="is not a JSON object"):
+        provider.complete(plan_request())
+    assert len(server.completion_requests) == 1
 
 
 def test_prompt_mode_from_settings(server: OpenAIServer) -> None:
@@ -119,6 +179,9 @@ def test_unparseable_structured_reply_is_permanent(server: OpenAIServer, provide
     server.responder = lambda body: "I would rather chat."
     with pytest.raises(PermanentLLMError, match="'training_plan' is not a JSON object"):
         provider.complete(plan_request())
+    json_schema_call, prompt_call = server.completion_requests
+    assert "response_format" in json_schema_call and "response_format" not in prompt_call
+    assert provider.structured_mode == "json_schema"
 
 
 def test_parse_json_object() -> None:
@@ -238,3 +301,20 @@ def test_env_points_a_fresh_provider_at_the_server(server: OpenAIServer,
     for name, value in server.env.items():
         monkeypatch.setenv(name, value)
     assert OpenAIProvider(default_model=MODEL).complete(ask()).text == "ok"
+
+
+@pytest.mark.parametrize(("status", "body", "kind"), [
+    (400, {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                      "'max_completion_tokens' instead.", "type": "invalid_request_error",
+           "param": "max_tokens", "code": "unsupported_parameter"}, "max_tokens_field"),
+    (400, {"message": "This model's maximum context length is 10 tokens. However, your messages "
+                      "resulted in 20 tokens. Please reduce the length of the messages.",
+           "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}, "other"),
+    (400, {"error": {"message": "'response_format.type' must be 'json_schema' or 'text'"}}, "response_format"),
+    (422, {"detail": "unsupported"}, "other"),
+    (404, {"message": "The model `x` does not exist", "param": "response_format"}, "other"),
+    (400, "not a JSON body", "other"),
+])
+def test_refusal_kinds(status: int, body: Any, kind: str) -> None:
+    """The SDK hands over the inner `error` object; other servers send the whole body."""
+    assert refusal_kind(status, body) == kind

@@ -10,13 +10,18 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+import json  # noqa: E402
+import shutil  # noqa: E402
+from typing import Any  # noqa: E402
+
 import httpx  # noqa: E402
 
 from sia.harness.backends import SamplingParams, TargetBackend  # noqa: E402
 from sia.harness.gateway import ModelGateway  # noqa: E402
+from sia.harness.runner import UnixConnection  # noqa: E402
 from sia.target.local import LocalBackend  # noqa: E402
-from sia.target.remote import RemoteBackend, publish_adapter, stage_adapter  # noqa: E402
-from sia.testing.vllm_server import VLLMServer  # noqa: E402
+from sia.target.remote import RemoteBackend, publish_adapter, server_version, stage_adapter  # noqa: E402
+from sia.testing.vllm_server import NO_CHAT_TEMPLATE, VLLMServer  # noqa: E402
 from sia.train.tiny import TinyModel, build_tiny_model  # noqa: E402
 
 CORPUS = ["word: apple answer: fruit", "word: cat answer: animal", "word: red answer: color",
@@ -167,7 +172,7 @@ def test_an_unknown_adapter_is_a_clear_error(server: VLLMServer) -> None:
 
 def test_a_server_without_token_ids_is_refused(tiny: TinyModel) -> None:
     with VLLMServer(tiny.path, served_name=BASE, return_token_ids_supported=False) as old:
-        with pytest.raises(RuntimeError, match=r"exact sampled tokens.*vLLM >= 0\.10\.2.*return_token_ids"):
+        with pytest.raises(RuntimeError, match=r"exact sampled tokens.*vLLM >= 0\.12\.0.*return_token_ids"):
             remote(old).generate(["word:"], SamplingParams(max_tokens=2))
 
 
@@ -200,11 +205,21 @@ def test_the_api_key_comes_from_the_environment(tiny: TinyModel, adapter_dir: Pa
                 ["word:"], SamplingParams(max_tokens=1))
 
 
+def post(socket_path: Path, route: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A harness's call: HTTP over the episode's Unix socket."""
+    connection = UnixConnection(str(socket_path), timeout=60)
+    try:
+        connection.request("POST", "/v1" + route, body=json.dumps(body).encode(),
+                           headers={"Content-Type": "application/json"})
+        return dict(json.loads(connection.getresponse().read()))
+    finally:
+        connection.close()
+
+
 def test_the_gateway_records_token_ids_from_a_remote_backend(server: VLLMServer, local: LocalBackend) -> None:
     with ModelGateway(remote(server)) as gateway:
-        url = gateway.open_episode("ep-remote", seed=3)
-        reply = httpx.post(url + "/completions", json={"prompt": PROMPTS[0], "max_tokens": 4,
-                                                       "temperature": 0, "n": 2}).json()
+        path = gateway.open_episode("ep-remote", seed=3)
+        reply = post(path, "/completions", {"prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0, "n": 2})
         calls = gateway.close_episode("ep-remote")
     ids, logprobs, text, reason = greedy(local, PROMPTS[0])
     assert reply["model"] == BASE and [c["text"] for c in reply["choices"]] == [text, text]
@@ -212,3 +227,138 @@ def test_the_gateway_records_token_ids_from_a_remote_backend(server: VLLMServer,
     for generation in calls[0].generations:
         assert generation.prompt_token_ids == local.tokenizer(PROMPTS[0])["input_ids"]
         assert (generation.token_ids, generation.logprobs, generation.finish_reason) == (ids, logprobs, reason)
+
+
+TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}word: {{ m['content'] }}{% endif %}"
+            "{% endfor %}{% if add_generation_prompt %} answer:{% endif %}")
+"""A chat template for the tiny model: one user turn renders as the corpus's prompt format."""
+CHAT = [{"role": "system", "content": "classify"}, {"role": "user", "content": "apple"}]
+
+
+def model_copy(tiny: TinyModel, root: Path, *, chat_template: str | None = None,
+               stop_ids: list[int] | None = None) -> Path:
+    """The tiny model with a chat template and/or more `eos_token_id`s in generation_config.json."""
+    out = root / "model"
+    shutil.copytree(tiny.path, out)
+    if chat_template is not None:
+        (out / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+    if stop_ids is not None:
+        config = json.loads((out / "generation_config.json").read_text(encoding="utf-8"))
+        (out / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": stop_ids}),
+                                                    encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def chat_server(tiny: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    with VLLMServer(model_copy(tiny, tmp_path_factory.mktemp("chat"), chat_template=TEMPLATE),
+                    served_name=BASE) as srv:
+        yield srv
+
+
+def test_chat_goes_through_the_models_chat_template(chat_server: VLLMServer, local: LocalBackend) -> None:
+    """vLLM renders the messages with the model's template and returns the exact token ids."""
+    with ModelGateway(remote(chat_server)) as gateway:
+        path = gateway.open_episode("ep-chat", seed=3)
+        reply = post(path, "/chat/completions", {"messages": CHAT, "max_tokens": 4, "temperature": 0})
+        calls = gateway.close_episode("ep-chat")
+    ids, logprobs, text, reason = greedy(local, PROMPTS[0])  # the template renders PROMPTS[0]
+    assert reply["choices"][0]["message"]["content"] == text
+    (sent,) = chat_server.chat_requests
+    assert sent["messages"] == CHAT and sent["return_token_ids"] is True and sent["logprobs"] is True
+    assert sent["max_completion_tokens"] == 4 and chat_server.completion_requests == []
+    (call,) = calls
+    assert call.prompts == ["system: classify\nuser: apple\nassistant:"] and call.messages == CHAT
+    (generation,) = call.generations
+    assert generation.prompt_token_ids == local.tokenizer(PROMPTS[0])["input_ids"]
+    assert (generation.token_ids, generation.logprobs, generation.text, generation.finish_reason) == (
+        ids, logprobs, text, reason)
+    assert generation.stop_token_id == local.tokenizer.eos_token_id
+
+
+def test_a_model_without_a_chat_template_gets_the_plain_layout(server: VLLMServer) -> None:
+    raw = httpx.post(server.base_url + "/v1/chat/completions", json={"model": BASE, "messages": CHAT})
+    assert raw.status_code == 400 and raw.json()["error"] == {
+        "message": NO_CHAT_TEMPLATE, "type": "BadRequestError", "param": None, "code": 400}
+    backend = remote(server)
+    server.clear()
+    for _ in range(2):
+        prompt = backend.render_chat(CHAT)
+        (generation,) = backend.generate([prompt], SamplingParams(max_tokens=2, temperature=0.0))
+        assert generation.prompt_token_ids and prompt == "system: classify\nuser: apple\nassistant:"
+    assert len(server.chat_requests) == 1  # asked once, then remembered
+    assert [body["prompt"] for body in server.completion_requests] == [[prompt], [prompt]]
+
+
+def test_stop_token_ids_come_from_the_models_config(tiny: TinyModel, local: LocalBackend,
+                                                    tmp_path: Path) -> None:
+    """vLLM stops at every `eos_token_id` of generation_config.json (gpt-oss lists three); the
+    one that ended the sample is recorded, since without a local model the trainer cannot know it."""
+    eos, colon = local.tokenizer.eos_token_id, local.tokenizer.convert_tokens_to_ids(":")
+    assert greedy(local, "word: dog", 5)[0] == [5, colon, 11]
+    with VLLMServer(model_copy(tiny, tmp_path, stop_ids=[eos, colon]), served_name=BASE) as srv:
+        raw = httpx.post(srv.base_url + "/v1/completions", json={
+            "model": BASE, "prompt": "word: dog", "max_tokens": 5, "temperature": 0,
+            "return_token_ids": True}).json()["choices"][0]
+        assert (raw["token_ids"], raw["finish_reason"], raw["stop_reason"]) == ([5, colon], "stop", colon)
+        (stopped,) = remote(srv).generate(["word: dog"], SamplingParams(max_tokens=5, temperature=0.0))
+        (ended,) = remote(srv).generate([PROMPTS[0]], SamplingParams(max_tokens=5, temperature=0.0))
+        (cut,) = remote(srv).generate(["word: dog"], SamplingParams(max_tokens=1, temperature=0.0))
+    assert (stopped.token_ids, stopped.text, stopped.finish_reason, stopped.stop_token_id) == (
+        [5], "answer", "stop", colon)
+    assert (ended.token_ids, ended.stop_token_id) == ([11], eos)
+    assert (cut.token_ids, cut.finish_reason, cut.stop_token_id) == ([5], "length", None)
+
+
+def test_an_adapter_is_published_again_after_a_server_restart(tiny: TinyModel, adapter_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """vLLM keeps runtime-loaded adapters in memory: after a restart the adapter is a 404
+    (`param` "model"), which a backend that knows the adapter's files answers by publishing again."""
+    params = SamplingParams(max_tokens=3, temperature=0.0)
+    shared = tmp_path / "shared"
+    with VLLMServer(tiny.path, served_name=BASE, lora_modules={"boot": adapter_dir}) as srv:
+        name = publish_adapter(srv.base_url, "step-1", adapter_dir, shared_root=shared, api_key_env=NO_KEY)
+        knows_files = RemoteBackend(srv.base_url, BASE, adapter=name, api_key_env=NO_KEY,
+                                    adapter_dir=adapter_dir, shared_root=shared)
+        before = knows_files.generate(PROMPTS, params)
+        srv.restart()
+        assert srv.adapters == {"boot": str(adapter_dir)}  # startup adapters come back, runtime ones do not
+        gone = httpx.post(srv.base_url + "/v1/completions", json={"model": name, "prompt": "x"})
+        assert gone.status_code == 404 and gone.json()["error"] == {
+            "message": f"The model `{name}` does not exist.", "type": "NotFoundError",
+            "param": "model", "code": 404}
+        with pytest.raises(RuntimeError, match=rf"does not serve model '{name}'.*publish_adapter"):
+            remote(srv, adapter=name).generate(PROMPTS, params)
+        assert knows_files.generate(PROMPTS, params) == before
+        assert srv.adapters == {"boot": str(adapter_dir), name: str((shared / name).resolve())}
+        loads = [r.body for r in srv.requests if r.path == "/v1/load_lora_adapter"]
+        assert [body["lora_name"] for body in loads] == [name, name]
+        assert remote(srv, adapter="boot").generate(PROMPTS, params) == before  # same weights
+
+
+def test_a_server_older_than_the_floor_is_refused(tiny: TinyModel, adapter_dir: Path) -> None:
+    assert [server_version(v) for v in ("0.11.1", "0.12.0rc1", "v0.13", "0.10.2+cu128", "dev")] == [
+        (0, 11, 1), (0, 12, 0), (0, 13, 0), (0, 10, 2), None]
+    with VLLMServer(tiny.path, served_name=BASE, version="0.11.1") as old:
+        with pytest.raises(RuntimeError, match=r"runs vLLM 0\.11\.1; sia needs vLLM >= 0\.12\.0"):
+            publish_adapter(old.base_url, "a", adapter_dir, shared_root=None, api_key_env=NO_KEY)
+        assert old.adapters == {}
+    for version in ("0.12.0", None):  # None: a server with no /version is not refused
+        with VLLMServer(tiny.path, served_name=BASE, version=version) as current:
+            assert publish_adapter(current.base_url, "a", adapter_dir, shared_root=None,
+                                   api_key_env=NO_KEY) == "a"
+
+
+def test_the_run_wiring_builds_backends_that_republish(tiny: TinyModel, adapter_dir: Path,
+                                                       tmp_path: Path) -> None:
+    from sia.effects.targets import vllm_backend
+
+    params = SamplingParams(max_tokens=3, temperature=0.0)
+    with VLLMServer(tiny.path, served_name=BASE) as srv:
+        make = vllm_backend(BASE, {"base_url": srv.api_base, "shared_root": str(tmp_path / "shared"),
+                                   "api_key_env": NO_KEY})
+        backend = make("ab" * 32, adapter_dir)
+        before = backend.generate(PROMPTS, params)
+        srv.restart()
+        assert backend.generate(PROMPTS, params) == before
+        assert list(srv.adapters) == [f"sia-{'ab' * 8}"]

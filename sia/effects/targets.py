@@ -46,7 +46,8 @@ def vllm_backend(model: str, settings: dict[str, Any]) -> BackendFactory:
         if adapter_hash and adapter_dir:
             name = publish_adapter(base_url, f"sia-{adapter_hash[:16]}", adapter_dir,
                                    shared_root=shared_root, api_key_env=key_env)
-        return RemoteBackend(base_url, model, adapter=name, api_key_env=key_env)
+        return RemoteBackend(base_url, model, adapter=name, api_key_env=key_env,
+                             adapter_dir=adapter_dir if name else None, shared_root=shared_root)
 
     return make
 

@@ -1,10 +1,18 @@
 """Any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, OpenRouter) through the `openai` SDK.
 
-Structured output asks for `response_format: json_schema`; an endpoint that refuses it
-with a 400/422 is asked once more with the schema written into the system prompt, and
-if that works this provider uses the prompt from then on. Either way the answer text is
-parsed as one JSON object. Usage is normalised to Anthropic's split: `input_tokens`
-excludes the prompt tokens the endpoint reports as served from its cache.
+Structured output asks for `response_format: json_schema`. An endpoint that refuses
+`response_format` (a 400/422 naming it) is asked once more with the schema written into
+the system prompt, and if that works this provider uses the prompt from then on. A reply
+that is prose despite `response_format` (some hosted routers drop the field) is asked
+again the same way, for that call only: one bad reply does not give up the schema for
+good (set `structured_mode="prompt"` for such a router to save the first call). Any other
+400 (e.g. OpenAI's `context_length_exceeded`) fails at once: asking again cannot help.
+Models that take only `max_completion_tokens` (OpenAI's o-series and gpt-5.x) answer
+`max_tokens` with a 400 whose `param` is "max_tokens" and `code` "unsupported_parameter";
+the call is repeated once with `max_completion_tokens`, which this provider then keeps.
+Either way the answer text is parsed as one JSON object. Usage is normalised to
+Anthropic's split: `input_tokens` excludes the prompt tokens the endpoint reports as
+served from its cache.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from sia.llm.errors import (
 from sia.llm.types import LLMRequest, LLMResponse, ResponseSchema, Usage
 
 StructuredMode = Literal["json_schema", "prompt"]
+MaxTokensField = Literal["max_tokens", "max_completion_tokens"]
+Refusal = Literal["max_tokens_field", "response_format", "other"]
 NO_KEY = "sia-no-key"
 """Sent as the bearer token to endpoints configured with `api_key_env=None` (the SDK insists on one)."""
 
@@ -42,14 +52,14 @@ class OpenAIProvider:
     def __init__(self, *, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
                  timeout: float = 600.0, default_model: str | None = None,
                  structured_mode: StructuredMode = "json_schema", strict_schema: bool = False,
-                 max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens") -> None:
+                 max_tokens_field: MaxTokensField = "max_tokens") -> None:
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self.api_key_env = api_key_env
         self.timeout = timeout
         self.default_model = default_model
         self.structured_mode: StructuredMode = structured_mode
         self.strict_schema = strict_schema
-        self.max_tokens_field = max_tokens_field
+        self.max_tokens_field: MaxTokensField = max_tokens_field
         self._clients = ClientPerKey(lambda key: openai.OpenAI(
             api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout))
 
@@ -67,14 +77,32 @@ class OpenAIProvider:
             raise PermanentLLMError("openai: the request names no model and no default_model is set")
         client = self._clients.get(self._key())
         mode = self.structured_mode
-        try:
-            completion = self._create(client, request, model, mode)
-        except PermanentLLMError as exc:
-            if request.response_schema is None or mode != "json_schema" or exc.status not in (400, 422):
-                raise
-            completion = self._create(client, request, model, "prompt")
-            self.structured_mode = "prompt"
-        return to_response(request, completion)
+        field_switched = refused_format = False
+        while True:
+            try:
+                completion = self._create(client, request, model, mode)
+            except _Refused as refused:
+                if refused.kind == "max_tokens_field" and not field_switched:
+                    self.max_tokens_field, field_switched = "max_completion_tokens", True
+                    continue
+                if refused.kind == "response_format" and self._can_fall_back(request, mode):
+                    mode, refused_format = "prompt", True
+                    continue
+                raise refused.error from None
+            try:
+                response = to_response(request, completion)
+            except UnstructuredReply:
+                if not self._can_fall_back(request, mode):
+                    raise
+                mode, refused_format = "prompt", False  # prose despite response_format
+                continue
+            if refused_format:
+                self.structured_mode = mode
+            return response
+
+    @staticmethod
+    def _can_fall_back(request: LLMRequest, mode: StructuredMode) -> bool:
+        return request.response_schema is not None and mode == "json_schema"
 
     def _create(self, client: openai.OpenAI, request: LLMRequest, model: str,
                 mode: StructuredMode) -> Any:
@@ -82,8 +110,11 @@ class OpenAIProvider:
             return client.chat.completions.create(
                 **build_params(request, model, mode, self.strict_schema, self.max_tokens_field))
         except openai.APIStatusError as exc:
-            raise from_http_status(self.name, exc.status_code, exc.response.headers, exc.body,
-                                   fallback=exc.message) from None
+            error = from_http_status(self.name, exc.status_code, exc.response.headers, exc.body,
+                                     fallback=exc.message)
+            if isinstance(error, PermanentLLMError):
+                raise _Refused(refusal_kind(exc.status_code, exc.body), error) from None
+            raise error from None
         except openai.APIConnectionError as exc:
             raise TransientLLMError(f"openai: {type(exc).__name__}: {exc.message}",
                                     status=NO_STATUS) from None
@@ -97,6 +128,40 @@ class OpenAIProvider:
 
     def close(self) -> None:
         self._clients.close()
+
+
+class UnstructuredReply(PermanentLLMError):
+    """A structured request answered with text that holds no JSON object."""
+
+
+class _Refused(Exception):
+    """A permanent HTTP refusal, with what it refused, so `complete` can decide to ask again."""
+
+    def __init__(self, kind: Refusal, error: PermanentLLMError) -> None:
+        super().__init__(str(error))
+        self.kind = kind
+        self.error = error
+
+
+def refusal_kind(status: int, body: Any) -> Refusal:
+    """What a 4xx refused, from OpenAI's `param`/`code` (the SDK passes the inner `error` object).
+
+    `max_tokens_field`: the model takes only `max_completion_tokens`; `response_format`:
+    the endpoint cannot do structured output; `other`: anything else (context length,
+    bad key, unknown model), which no second attempt can fix.
+    """
+    if status not in (400, 422) or not isinstance(body, dict):
+        return "other"
+    inner = body.get("error") if isinstance(body.get("error"), dict) else body
+    param, code = str(inner.get("param") or ""), str(inner.get("code") or "")
+    message = str(inner.get("message") or "")
+    if param == "max_tokens" and code == "unsupported_parameter" or "'max_completion_tokens'" in message:
+        return "max_tokens_field"
+    if code == "context_length_exceeded":
+        return "other"
+    if param.startswith("response_format") or "response_format" in message or "json_schema" in message:
+        return "response_format"
+    return "other"
 
 
 def schema_instruction(schema: ResponseSchema) -> str:
@@ -159,7 +224,7 @@ def to_response(request: LLMRequest, completion: Any) -> LLMResponse:
         try:
             structured = parse_json_object(text)
         except ValueError as exc:
-            raise PermanentLLMError(
+            raise UnstructuredReply(
                 f"openai: the reply for schema {request.response_schema.name!r} is not a JSON object "
                 f"({exc}; finish_reason={choice.finish_reason}): {text[:200]!r}") from None
     usage = completion.usage

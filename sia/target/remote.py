@@ -5,42 +5,72 @@ A weight-training run samples the target on a GPU box, e.g.
     VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve openai/gpt-oss-120b --enable-lora ...
 
 and publishes each trained adapter to it by name (`publish_adapter`), then reaches it
-through `RemoteBackend(base_url, model, adapter=name)`. Training learns from the exact
-tokens sampled, so `generate` asks vLLM for them (`return_token_ids`, vLLM >= 0.10.2,
-returned per choice as `prompt_token_ids` and `token_ids`) and refuses a server that
-does not send them: re-tokenizing the text would train on tokens never sampled.
+through `RemoteBackend(base_url, model, adapter=name)`. The server must be vLLM >=
+`VLLM_MIN_VERSION` (0.12.0): LoRA on gpt-oss (a MoE) needs `GptOssForCausalLM` to
+implement `SupportsLoRA`, which the v0.12.0 API reference shows and v0.10.2's does not
+(FusedMoE LoRA is vllm-project/vllm PR 21229; issue 23610 tracks gpt-oss). Publishing to a
+server that reports an older `/version` is refused. Training learns from the exact tokens
+sampled, so `generate` asks vLLM for them (`return_token_ids`, since vLLM 0.10.2) and
+refuses a server that does not send them: re-tokenizing the text would train on tokens
+never sampled.
+
+Chat goes through the model's own chat template: `render_chat` (the gateway's hook)
+remembers the messages behind the prompt it returns, and `generate` sends those messages
+to `POST /v1/chat/completions`, where vLLM renders them as the model was trained (the
+harmony format for gpt-oss, whose model card says it will not work correctly otherwise)
+and returns `prompt_token_ids` and per-choice `token_ids`; the reply text is the message
+content (for gpt-oss, the final channel). The recorded prompt text is the plain
+"role: content" layout of the messages; the token ids are what the model saw. A model
+without a chat template (vLLM's 400) is prompted with that plain layout through
+`/v1/completions`, like the local backend.
 
 Conventions kept identical to the local backend (`sia.target.local`):
 
 * `Generation.token_ids` excludes the token that ended the sample. vLLM includes it
-  (the EOS, or a `stop_token_ids` token, with `stop_reason` None or that id); it is
-  dropped here with its log-probability, and the trainer appends the EOS again for a
-  "stop" finish. A stop *string* (`stop_reason` a str) keeps every token, as locally.
+  (the EOS with `stop_reason` None, or one of the model's other stop token ids, e.g.
+  gpt-oss's `<|call|>`, with `stop_reason` that id); it is dropped here with its
+  log-probability and recorded as `Generation.stop_token_id`, which the trainer appends
+  for a "stop" finish (with no local model directory there is no config to read the EOS
+  from). A stop *string* (`stop_reason` a str) keeps every token, as locally.
 * Choices are prompt-major: vLLM numbers choice `index` = prompt_i * n + j.
 * Log-probabilities: the local backend reports those of the sampling distribution
   (after temperature); vLLM does so with `--logprobs-mode processed_logprobs` (its
   default, `raw_logprobs`, reports the model's distribution before temperature).
 * Every sampling parameter is sent explicitly, so the model's `generation_config.json`
   defaults, which vLLM applies to fields left out, never change what was asked.
+
+vLLM keeps runtime-loaded adapters in memory only: after a server restart every call to
+one is a 404. A backend built with the adapter's directory publishes it again and
+repeats the call once.
 """
 
 from __future__ import annotations
 
 import filecmp
 import os
+import re
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sia.harness.backends import Generation, SamplingParams
 
+VLLM_MIN_VERSION = (0, 12, 0)
+"""The oldest vLLM sia supports: the first whose gpt-oss serves LoRA adapters (see module doc)."""
+
 TOKEN_IDS_REQUIRED = (
     "the server at {url} returned no token ids for model {model!r}: weight training needs the "
-    "exact sampled tokens. Serve the target with vLLM >= 0.10.2, which returns `prompt_token_ids` "
-    "and `token_ids` per choice when a completion asks for `return_token_ids`."
+    "exact sampled tokens. Serve the target with vLLM >= 0.12.0, which returns `prompt_token_ids` "
+    "and `token_ids` when a request asks for `return_token_ids` (since 0.10.2)."
 )
+CHAT_MEMORY = 1024
+"""Rendered chat prompts remembered for `generate` (the gateway calls it right after `render_chat`)."""
+
+Result = TypeVar("Result")
 
 
 def api_root(base_url: str) -> str:
@@ -53,27 +83,38 @@ def _api_key(api_key_env: str | None) -> str | None:
     return os.environ.get(api_key_env) or None if api_key_env else None
 
 
+class _AdapterGone(Exception):
+    """The server no longer serves this backend's adapter (a 404 for it)."""
+
+
 class RemoteBackend:
-    """A `TargetBackend` over `POST /v1/completions` of a vLLM server.
+    """A `TargetBackend` over vLLM's `/v1/completions` and `/v1/chat/completions`.
 
     `model` is the served base model name (`--served-model-name`, or the model path);
     with `adapter`, calls go to that LoRA adapter, which must have been loaded (at startup
-    with `--lora-modules name=path`, or at runtime with `publish_adapter`). The API key,
-    if the server wants one (`vllm serve --api-key`), is read from `api_key_env`.
+    with `--lora-modules name=path`, or at runtime with `publish_adapter`). Given the
+    adapter's `adapter_dir` (and the `shared_root` it was published through), a 404 for
+    the adapter re-publishes it and repeats the call once. The API key, if the server
+    wants one (`vllm serve --api-key`), is read from `api_key_env`.
     """
 
     def __init__(self, base_url: str, model: str, *, adapter: str | None = None,
-                 api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 600.0) -> None:
+                 api_key_env: str | None = "OPENAI_API_KEY", timeout: float = 600.0,
+                 adapter_dir: Path | None = None, shared_root: Path | None = None) -> None:
         if not model:
             raise ValueError("model must name the served base model")
         self.base_url = api_root(base_url)
         self.model = model
         self.adapter = adapter
+        self.adapter_dir = adapter_dir
+        self.shared_root = shared_root
         self.api_key_env = api_key_env
         self.timeout = timeout
         self.name = adapter or model
         self._client: Any = None
         self._lock = threading.Lock()
+        self._chats: OrderedDict[str, tuple[dict[str, Any], ...]] = OrderedDict()
+        self._has_chat_template: bool | None = None
 
     def _openai(self) -> Any:
         with self._lock:
@@ -85,58 +126,142 @@ class RemoteBackend:
                                              max_retries=2, timeout=self.timeout)
             return self._client
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
-        import openai
+    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """The plain layout of `messages`, remembered so `generate` sends the messages themselves."""
+        from sia.harness.gateway import render_chat
 
+        text = render_chat([dict(m) for m in messages])
+        with self._lock:
+            self._chats[text] = tuple(dict(m) for m in messages)
+            self._chats.move_to_end(text)
+            while len(self._chats) > CHAT_MEMORY:
+                self._chats.popitem(last=False)
+        return text
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
         if not prompts:
             return []
-        served = self.adapter or self.model
-        request: dict[str, Any] = dict(
-            model=served, prompt=prompts, max_tokens=params.max_tokens,
-            temperature=params.temperature, top_p=params.top_p, n=params.n, seed=params.seed,
-            logprobs=1, extra_body={"return_token_ids": True})
-        if params.stop:
-            request["stop"] = list(params.stop)
+        with self._lock:
+            chats = [self._chats.get(prompt) for prompt in prompts]
         try:
-            response = self._openai().completions.create(**request)
+            return self._generate(prompts, chats, params)
+        except _AdapterGone:
+            if self.adapter is None or self.adapter_dir is None:
+                raise RuntimeError(self._not_served_hint()) from None
+            publish_adapter(self.base_url, self.adapter, self.adapter_dir, shared_root=self.shared_root,
+                            api_key_env=self.api_key_env, timeout=self.timeout)
+        try:
+            return self._generate(prompts, chats, params)
+        except _AdapterGone:
+            raise RuntimeError(f"{self._not_served_hint()} (even after publishing it again)") from None
+
+    def _generate(self, prompts: list[str], chats: list[tuple[dict[str, Any], ...] | None],
+                  params: SamplingParams) -> list[Generation]:
+        if not any(chats) or self._has_chat_template is False:
+            return self._complete(prompts, params)
+        generations: list[Generation] = []
+        for prompt, messages in zip(prompts, chats, strict=True):
+            answered = self._chat(messages, params) if messages else None
+            generations += answered if answered is not None else self._complete([prompt], params)
+        return generations
+
+    def _served(self) -> str:
+        return self.adapter or self.model
+
+    def _not_served_hint(self) -> str:
+        hint = (f"publish it first (sia.target.remote.publish_adapter) or start vLLM with "
+                f"--lora-modules {self.adapter}=PATH" if self.adapter else
+                "check the server's --served-model-name")
+        return f"{self.base_url} does not serve model {self._served()!r}; {hint}"
+
+    def _call(self, create: Callable[[Any], Result]) -> Result:
+        """One SDK call, its failures turned into clear errors (a missing adapter into `_AdapterGone`)."""
+        import openai
+
+        try:
+            return create(self._openai())
         except openai.NotFoundError as exc:
-            hint = (f"publish it first (sia.target.remote.publish_adapter) or start vLLM with "
-                    f"--lora-modules {served}=PATH" if self.adapter else
-                    "check the server's --served-model-name")
-            raise RuntimeError(f"{self.base_url} does not serve model {served!r} "
-                               f"({_message(exc)}); {hint}") from exc
+            if self.adapter is not None:
+                raise _AdapterGone from exc
+            raise RuntimeError(f"{self._not_served_hint()} ({_message(exc)})") from exc
         except openai.AuthenticationError as exc:
             raise RuntimeError(f"{self.base_url} refused the API key "
                                f"(from ${self.api_key_env}): {_message(exc)}") from exc
         except openai.APIConnectionError as exc:
             raise RuntimeError(f"cannot reach the target server at {self.base_url}: {exc}") from exc
-        choices = sorted(response.choices, key=lambda choice: choice.index)
-        expected = len(prompts) * params.n
-        if len(choices) != expected or [c.index for c in choices] != list(range(expected)):
-            raise RuntimeError(f"{self.base_url} returned choices {[c.index for c in choices]} "
-                               f"for {len(prompts)} prompt(s) x n={params.n}")
-        return [self._generation(choice, served) for choice in choices]
 
-    def _generation(self, choice: Any, served: str) -> Generation:
-        extra = dict(choice.model_extra or {})
-        prompt_ids, ids = extra.get("prompt_token_ids"), extra.get("token_ids")
+    def _complete(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        request: dict[str, Any] = dict(
+            model=self._served(), prompt=prompts, max_tokens=params.max_tokens,
+            temperature=params.temperature, top_p=params.top_p, n=params.n, seed=params.seed,
+            logprobs=1, extra_body={"return_token_ids": True})
+        if params.stop:
+            request["stop"] = list(params.stop)
+        response = self._call(lambda client: client.completions.create(**request))
+        generations: list[Generation] = []
+        for choice in self._ordered(response.choices, len(prompts), params.n):
+            extra = dict(choice.model_extra or {})
+            logprobs = None
+            if choice.logprobs is not None and choice.logprobs.token_logprobs is not None:
+                logprobs = [float(p) if p is not None else 0.0 for p in choice.logprobs.token_logprobs]
+            generations.append(self._generation(choice.text or "", extra.get("prompt_token_ids"),
+                                                extra.get("token_ids"), logprobs,
+                                                choice.finish_reason, extra.get("stop_reason")))
+        return generations
+
+    def _chat(self, messages: tuple[dict[str, Any], ...], params: SamplingParams) -> list[Generation] | None:
+        """The chat endpoint's generations, or None when the model has no chat template."""
+        import openai
+
+        request: dict[str, Any] = dict(
+            model=self._served(), messages=list(messages), max_completion_tokens=params.max_tokens,
+            temperature=params.temperature, top_p=params.top_p, n=params.n, seed=params.seed,
+            logprobs=True, extra_body={"return_token_ids": True})
+        if params.stop:
+            request["stop"] = list(params.stop)
+        try:
+            response = self._call(lambda client: client.chat.completions.create(**request))
+        except openai.BadRequestError as exc:
+            if "chat template" not in _message(exc):
+                raise RuntimeError(f"{self.base_url} refused the chat request: {_message(exc)}") from exc
+            self._has_chat_template = False
+            return None
+        self._has_chat_template = True
+        prompt_ids = dict(response.model_extra or {}).get("prompt_token_ids")
+        generations: list[Generation] = []
+        for choice in self._ordered(response.choices, 1, params.n):
+            extra = dict(choice.model_extra or {})
+            logprobs = None
+            if choice.logprobs is not None and choice.logprobs.content is not None:
+                logprobs = [float(item.logprob) for item in choice.logprobs.content]
+            generations.append(self._generation(choice.message.content or "", prompt_ids,
+                                                extra.get("token_ids"), logprobs,
+                                                choice.finish_reason, extra.get("stop_reason")))
+        return generations
+
+    def _ordered(self, choices: list[Any], n_prompts: int, n: int) -> list[Any]:
+        ordered = sorted(choices, key=lambda choice: choice.index)
+        expected = n_prompts * n
+        if len(ordered) != expected or [c.index for c in ordered] != list(range(expected)):
+            raise RuntimeError(f"{self.base_url} returned choices {[c.index for c in ordered]} "
+                               f"for {n_prompts} prompt(s) x n={n}")
+        return ordered
+
+    def _generation(self, text: str, prompt_ids: Any, ids: Any, logprobs: list[float] | None,
+                    reason: Any, stop_reason: Any) -> Generation:
         if prompt_ids is None or ids is None:
-            raise RuntimeError(TOKEN_IDS_REQUIRED.format(url=self.base_url, model=served))
+            raise RuntimeError(TOKEN_IDS_REQUIRED.format(url=self.base_url, model=self._served()))
         ids = [int(token) for token in ids]
-        logprobs = None
-        if choice.logprobs is not None and choice.logprobs.token_logprobs is not None:
-            logprobs = [float(p) if p is not None else 0.0 for p in choice.logprobs.token_logprobs]
-            if len(logprobs) != len(ids):
-                raise RuntimeError(f"{self.base_url} returned {len(logprobs)} logprobs for "
-                                   f"{len(ids)} tokens")
-        reason = choice.finish_reason
+        if logprobs is not None and len(logprobs) != len(ids):
+            raise RuntimeError(f"{self.base_url} returned {len(logprobs)} logprobs for {len(ids)} tokens")
         if reason not in ("stop", "length"):
             raise RuntimeError(f"{self.base_url} ended a completion with finish_reason {reason!r}")
-        if reason == "stop" and not isinstance(extra.get("stop_reason"), str) and ids:
-            ids = ids[:-1]  # the EOS / stop token: sia's token_ids exclude it (see module doc)
+        stop_token_id = None
+        if reason == "stop" and not isinstance(stop_reason, str) and ids:
+            stop_token_id = ids.pop()  # the EOS / stop token: sia's token_ids exclude it (module doc)
             logprobs = None if logprobs is None else logprobs[:-1]
-        return Generation(text=choice.text or "", prompt_token_ids=[int(t) for t in prompt_ids],
-                          token_ids=ids, logprobs=logprobs, finish_reason=reason)
+        return Generation(text=text, prompt_token_ids=[int(t) for t in prompt_ids], token_ids=ids,
+                          logprobs=logprobs, finish_reason=reason, stop_token_id=stop_token_id)
 
 
 def _message(exc: Any) -> str:
@@ -224,6 +349,7 @@ def publish_adapter(base_url: str, name: str, adapter_dir: Path, *, shared_root:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     try:
         with httpx.Client(base_url=root, headers=headers, timeout=timeout) as client:
+            _check_version(client, root)
             response = client.post("/v1/load_lora_adapter",
                                    json={"lora_name": name, "lora_path": lora_path})
             if response.status_code == 200:
@@ -252,6 +378,29 @@ def publish_adapter(base_url: str, name: str, adapter_dir: Path, *, shared_root:
                        f"the server (pass shared_root= a directory it mounts at the same path).")
 
 
+def server_version(text: str) -> tuple[int, int, int] | None:
+    """`(0, 11, 1)` from "0.11.1", "0.11.1rc2" or "0.12.0+cu128"; None when it names no version."""
+    match = re.match(r"\s*v?(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if match is None:
+        return None
+    major, minor, patch = match.groups()
+    return int(major), int(minor), int(patch or 0)
+
+
+def _check_version(client: Any, root: str) -> None:
+    """Refuse a vLLM older than `VLLM_MIN_VERSION` (by its `GET /version`; servers without one pass)."""
+    try:
+        response = client.get("/version")
+        reported = response.json().get("version") if response.status_code == 200 else None
+    except (ValueError, AttributeError):
+        return
+    version = server_version(str(reported)) if reported else None
+    if version is not None and version < VLLM_MIN_VERSION:
+        floor = ".".join(map(str, VLLM_MIN_VERSION))
+        raise RuntimeError(f"{root} runs vLLM {reported}; sia needs vLLM >= {floor} to serve LoRA "
+                           f"adapters of gpt-oss (MoE LoRA). Upgrade the server.")
+
+
 def _served_path(client: Any, name: str) -> str | None:
     """The `root` (adapter path) `/v1/models` lists for `name`, if the server says."""
     try:
@@ -265,4 +414,5 @@ def _served_path(client: Any, name: str) -> str | None:
     return None
 
 
-__all__ = ["RemoteBackend", "api_root", "publish_adapter", "stage_adapter"]
+__all__ = ["VLLM_MIN_VERSION", "RemoteBackend", "api_root", "publish_adapter", "server_version",
+           "stage_adapter"]

@@ -4,8 +4,12 @@ It checks what the real API checks that matters to sia (credentials, `anthropic-
 the body's shape, tool and `tool_choice` consistency, `cache_control` blocks, the
 sampling parameters that version 2026-10-21 refuses, unknown fields) and answers with
 real message objects. It simulates prompt caching: a prefix marked with `cache_control`
-of at least `min_cache_tokens` is written to the cache the first time and read from it
-after, so usage carries realistic `cache_creation_input_tokens` / `cache_read_input_tokens`.
+of at least the model's minimum cacheable length (`min_cache_tokens_for`, or the
+`min_cache_tokens` the server was built with) is written to the cache the first time and
+read from it after, so usage carries realistic `cache_creation_input_tokens` /
+`cache_read_input_tokens`; a shorter prefix is silently not cached, as the API does.
+Models that only allow adaptive thinking (`ADAPTIVE_ONLY_MODELS`) refuse a `tool_choice`
+that forces a tool, and `thinking` of type "enabled" or "disabled", with a 400.
 
 The answer comes from `responder(request_json)`, returning:
   * `str` — one text block, `stop_reason` "end_turn";
@@ -50,6 +54,29 @@ _FIELDS = frozenset({
     "mcp_servers", "context_management", "temperature", "top_p", "top_k",
 })
 _SAMPLING = ("temperature", "top_p", "top_k")
+
+MIN_CACHE_TOKENS: tuple[tuple[str, int], ...] = (
+    ("claude-opus-4-6", 4096), ("claude-opus-4-5", 4096), ("claude-haiku-4-5", 4096),
+    ("claude-sonnet-4-6", 2048), ("claude-3-5-haiku", 2048), ("claude-3-haiku", 2048),
+    ("claude-sonnet-4-5", 1024), ("claude-opus-4-1", 1024), ("claude-opus-4", 1024),
+    ("claude-sonnet-4", 1024), ("claude-3-7-sonnet", 1024),
+)
+"""Minimum cacheable prompt length by model-name prefix, first match wins (Anthropic's prompt
+caching guide, "Cache limitations"; Sonnet 4.6 at 2048 as the guide's later table and the
+behaviour reported in anthropic-sdk-python issue 1194 agree). Other models: 1024."""
+
+ADAPTIVE_ONLY_MODELS: tuple[str, ...] = (
+    "claude-opus-4-7", "claude-mythos-preview", "claude-mythos-5", "claude-fable-5")
+"""Models whose thinking is always adaptive (the adaptive-thinking guide: manual and disabled
+thinking return a 400 on them); forced tool use is incompatible with thinking."""
+
+FORCED_TOOL_WITH_THINKING = "Thinking may not be enabled when tool_choice forces tool use."
+"""The API's 400 message for `tool_choice` "any"/"tool" while thinking is on."""
+
+
+def min_cache_tokens_for(model: str) -> int:
+    """The shortest prefix `model` caches; below it `cache_control` silently does nothing."""
+    return next((tokens for prefix, tokens in MIN_CACHE_TOKENS if model.startswith(prefix)), 1024)
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 
 
@@ -67,7 +94,7 @@ class AnthropicServer(LoopbackServer):
     """
 
     def __init__(self, responder: Responder = default_responder, *, api_key: str | None = "test-key",
-                 min_cache_tokens: int = 1024) -> None:
+                 min_cache_tokens: int | None = None) -> None:
         super().__init__()
         self.responder = responder
         self.api_key = api_key
@@ -143,7 +170,8 @@ class AnthropicServer(LoopbackServer):
         prefix, rest = _split_at_breakpoint(body)
         prefix_tokens = estimate_tokens(prefix)
         written = read = 0
-        if prefix and prefix_tokens >= self.min_cache_tokens:
+        minimum = self.min_cache_tokens or min_cache_tokens_for(body["model"])
+        if prefix and prefix_tokens >= minimum:
             key = hashlib.sha256(f"{body['model']}\0{prefix}".encode()).hexdigest()
             with self._count_lock:
                 if key in self._cached_prefixes:
@@ -236,6 +264,19 @@ def _check_cache_control(where: str, block: Any) -> None:
         raise ProtocolError(400, f"{where}.cache_control.ttl: Input should be '5m' or '1h'")
 
 
+def _check_thinking(body: JSON) -> None:
+    thinking = body.get("thinking")
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    adaptive_only = str(body["model"]).startswith(ADAPTIVE_ONLY_MODELS)
+    if adaptive_only and kind in ("enabled", "disabled"):
+        raise ProtocolError(400, f"thinking.type: '{kind}' is not supported for this model. "
+                                 f"Use 'adaptive' instead.")
+    thinks = adaptive_only or kind in ("enabled", "adaptive")
+    forced = (body.get("tool_choice") or {}).get("type") in ("any", "tool")
+    if thinks and forced:
+        raise ProtocolError(400, FORCED_TOOL_WITH_THINKING)
+
+
 def _check_body(body: JSON, version: str) -> None:
     """Refuse what the real API refuses, with its wording where it matters."""
     for name in body:
@@ -292,10 +333,12 @@ def _check_body(body: JSON, version: str) -> None:
             raise ProtocolError(400, f"tool_choice.name: no tool named {choice.get('name')!r} in tools")
         if kind in ("any", "tool") and not names:
             raise ProtocolError(400, "tool_choice: tools must be provided when tool_choice is 'any' or 'tool'")
+    _check_thinking(body)
     if version < NEW_API_VERSION and "temperature" in body:
         temperature = body["temperature"]
         if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 1:
             raise ProtocolError(400, "temperature: Input should be between 0 and 1")
 
 
-__all__ = ["AnthropicServer", "Fault", "Reply", "default_responder"]
+__all__ = ["ADAPTIVE_ONLY_MODELS", "FORCED_TOOL_WITH_THINKING", "MIN_CACHE_TOKENS", "AnthropicServer",
+           "Fault", "Reply", "default_responder", "min_cache_tokens_for"]

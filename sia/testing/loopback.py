@@ -121,13 +121,20 @@ def estimate_tokens(text: str) -> int:
 
 
 class ProtocolError(Exception):
-    """A request the stand-in refuses; becomes an error response in the protocol's shape."""
+    """A request the stand-in refuses; becomes an error response in the protocol's shape.
 
-    def __init__(self, status: int, message: str, error_type: str | None = None) -> None:
+    `param` and `code`, when given, replace those fields of an `{"error": {...}}` body
+    (OpenAI and vLLM name the refused parameter and a machine-readable code there).
+    """
+
+    def __init__(self, status: int, message: str, error_type: str | None = None, *,
+                 param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.error_type = error_type
+        self.param = param
+        self.code = code
 
 
 class LoopbackServer(ABC):
@@ -237,6 +244,9 @@ class LoopbackServer(ABC):
             return route(recorded)
         except ProtocolError as exc:
             headers, body = self.error_body(exc.status, exc.message, exc.error_type)
+            inner = body.get("error")
+            if isinstance(inner, dict):
+                inner.update({k: v for k, v in (("param", exc.param), ("code", exc.code)) if v is not None})
             return exc.status, headers, body
         except Exception as exc:  # a responder's bug must reach the test, not hang the client
             message = f"responder failed: {type(exc).__name__}: {exc}"

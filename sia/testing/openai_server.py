@@ -4,7 +4,12 @@ Point the SDK at `srv.base_url + "/v1"` (`srv.api_base`). It checks the bearer k
 (unless built with `api_key=None`, like a local vLLM or Ollama), the body's shape and
 `response_format`, and refuses unknown arguments the way OpenAI does. With
 `supports_json_schema=False` it refuses `response_format: json_schema` with a 400, as
-older local servers do, so tests can drive a provider's fallback. It simulates automatic
+older local servers do, so tests can drive a provider's fallback. Models named in
+`completion_tokens_models` (OpenAI's o-series and gpt-5.x) refuse `max_tokens`, and a
+prompt over `context_window` tokens is refused, each with OpenAI's documented 400 body
+(`{"error": {"message", "type": "invalid_request_error", "param", "code"}}` with codes
+`unsupported_parameter` and `context_length_exceeded`, as the OpenAI API reference and
+openai-python's `BadRequestError` carry them). It simulates automatic
 prefix caching: a system prompt seen before, of at least `min_cache_tokens`, is reported
 in `usage.prompt_tokens_details.cached_tokens`.
 
@@ -50,6 +55,17 @@ _FIELDS = frozenset({
 })
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 
+MAX_TOKENS_UNSUPPORTED = ("Unsupported parameter: 'max_tokens' is not supported with this model. "
+                          "Use 'max_completion_tokens' instead.")
+"""OpenAI's answer to `max_tokens` on a model that takes only `max_completion_tokens`."""
+
+
+class InvalidRequest(ProtocolError):
+    """A 400 with OpenAI's `param` and `code`, which clients read to tell refusals apart."""
+
+    def __init__(self, message: str, param: str | None, code: str | None) -> None:
+        super().__init__(400, message, "invalid_request_error", param=param, code=code)
+
 
 def default_responder(request: JSON) -> str | dict[str, Any]:
     """Answers a json_schema request with `{}` and anything else with a short fixed text."""
@@ -62,12 +78,15 @@ class OpenAIServer(LoopbackServer):
 
     def __init__(self, responder: Responder = default_responder, *, api_key: str | None = "test-key",
                  models: tuple[str, ...] = ("loopback-model",), supports_json_schema: bool = True,
-                 min_cache_tokens: int = 1024) -> None:
+                 min_cache_tokens: int = 1024, completion_tokens_models: tuple[str, ...] = (),
+                 context_window: int | None = None) -> None:
         super().__init__()
         self.responder = responder
         self.api_key = api_key
         self.models = models
         self.supports_json_schema = supports_json_schema
+        self.completion_tokens_models = completion_tokens_models
+        self.context_window = context_window
         self.min_cache_tokens = min_cache_tokens
         self._seen_prefixes: set[str] = set()
         self._count = 0
@@ -174,10 +193,24 @@ class OpenAIServer(LoopbackServer):
             value = body.get(name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ProtocolError(400, f"Invalid '{name}': expected a positive integer")
+        if "max_tokens" in body and model in self.completion_tokens_models:
+            raise InvalidRequest(MAX_TOKENS_UNSUPPORTED, "max_tokens", "unsupported_parameter")
         temperature = body.get("temperature")
         if temperature is not None and (not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2):
             raise ProtocolError(400, "Invalid 'temperature': expected a number between 0 and 2")
         self._check_response_format(body.get("response_format"))
+        self._check_context(body)
+
+    def _check_context(self, body: JSON) -> None:
+        if self.context_window is None:
+            return
+        asked = sum(estimate_tokens(m["content"] if isinstance(m["content"], str) else json.dumps(m["content"]))
+                    for m in body["messages"])
+        if asked > self.context_window:
+            raise InvalidRequest(
+                f"This model's maximum context length is {self.context_window} tokens. However, your "
+                f"messages resulted in {asked} tokens. Please reduce the length of the messages.",
+                "messages", "context_length_exceeded")
 
     def _check_response_format(self, response_format: Any) -> None:
         if response_format is None:
@@ -188,7 +221,8 @@ class OpenAIServer(LoopbackServer):
         if kind != "json_schema":
             return
         if not self.supports_json_schema:
-            raise ProtocolError(400, "response_format of type 'json_schema' is not supported by this server")
+            raise InvalidRequest("response_format of type 'json_schema' is not supported by this server",
+                                 "response_format", None)
         spec = response_format.get("json_schema")
         if not isinstance(spec, dict) or not spec.get("name") or not isinstance(spec.get("schema"), dict):
             raise ProtocolError(400, "Missing required parameter: 'response_format.json_schema.name' "
@@ -212,4 +246,4 @@ class OpenAIServer(LoopbackServer):
         return prompt, prefix_tokens if seen else 0
 
 
-__all__ = ["Fault", "OpenAIServer", "Reply", "default_responder"]
+__all__ = ["MAX_TOKENS_UNSUPPORTED", "Fault", "InvalidRequest", "OpenAIServer", "Reply", "default_responder"]

@@ -7,30 +7,51 @@ and `api_server.py`):
 * `POST /v1/completions` — `prompt` a string or a list of strings; `n`, `max_tokens`
   (default 16), `temperature`, `top_p`, `seed`, `stop`, `logprobs`, `return_token_ids`;
   other fields are accepted and ignored. Choices are numbered prompt-major
-  (`index` = prompt_i * n + j) and carry `text`, `finish_reason`, `stop_reason` (None for
-  EOS, the stop string otherwise), `logprobs` {`tokens`, `token_logprobs`, `top_logprobs`,
-  `text_offset`} and, with `return_token_ids`, `prompt_token_ids` and `token_ids`. Like
-  vLLM, a sample that ended on EOS has the EOS id (and its log-probability) as its last
-  token while the text leaves it out. An unknown model is a 404 `NotFoundError`.
+  (`index` = prompt_i * n + j) and carry `text`, `finish_reason`, `stop_reason` (None
+  for EOS, the stop token id or stop string otherwise), `logprobs` {`tokens`,
+  `token_logprobs`, `top_logprobs`, `text_offset`} and, with `return_token_ids`,
+  `prompt_token_ids` and `token_ids`. Like vLLM, a sample that ended on EOS has the EOS
+  id (and its log-probability) as its last token while the text leaves it out. An
+  unknown model is a 404 `NotFoundError`.
+* `POST /v1/chat/completions` — `messages` rendered with the model's own chat template
+  (`tokenizer.apply_chat_template`, generation prompt added, no extra special tokens, as
+  vLLM's chat endpoint does), then sampled as above; `max_completion_tokens` or
+  `max_tokens`, `logprobs` (bool), `return_token_ids`. A choice carries
+  `message.content`, `logprobs.content[].logprob`, `finish_reason`, `stop_reason` and
+  `token_ids`; the response carries `prompt_token_ids`
+  (`ChatCompletionResponse` in `vllm/entrypoints/openai/chat_completion/protocol.py`). A
+  model without a chat template is a 400 with vLLM's (transformers') wording.
+* End of sequence, as vLLM takes it from the model: the tokenizer's EOS ends a sample with
+  `stop_reason` None; the other `eos_token_id`s of `generation_config.json` (and
+  `config.json`) are stop token ids, and end a sample with `stop_reason` set to the id.
 * `GET /v1/models` — the base model, then each loaded adapter with `root` (its path) and
   `parent` (the base).
+* `GET /version` — `{"version": ...}` (`version=` at construction; None: no such route,
+  as on OpenAI-compatible servers that are not vLLM).
 * `POST /v1/load_lora_adapter {lora_name, lora_path, load_inplace?}` — 200 with a plain
   success string (sent here as a JSON string); 400 "has already been loaded" for a known
   name unless `load_inplace`; 404 when the path holds no adapter.
 * `POST /v1/unload_lora_adapter {lora_name}` — 404 "cannot be found" for an unknown name.
 
-Errors have vLLM's current shape `{"error": {"message", "type", "param", "code"}}`; a
+Errors have vLLM's current shape `{"error": {"message", "type", "param", "code"}}` (an
+unknown model or adapter: 404 "The model `x` does not exist.", `param` "model", as
+`_check_model` in `vllm/entrypoints/openai/engine/serving.py` answers); a
 route the server does not have (e.g. LoRA loading without `VLLM_ALLOW_RUNTIME_LORA_UPDATING`,
 here `runtime_lora_updating=False`) is FastAPI's 404 `{"detail": "Not Found"}`.
 
+`restart()` does what restarting the vLLM process does to its state: adapters loaded at
+runtime are gone (vLLM keeps them in memory only), those given at startup
+(`lora_modules`, like `--lora-modules name=path`) are loaded again.
+
 The base model is `sia.target.local.LocalBackend(model_dir)` behind `SamplerBackend`; each
-loaded adapter is `LocalBackend(model_dir, lora_path)`. `top_p` is accepted but, as in
-the local backend, not applied. With `return_token_ids_supported=False` the server acts
-like vLLM < 0.10.2: it ignores `return_token_ids` and sends no token ids.
+loaded adapter is `LocalBackend(model_dir, lora_path)`, which applies temperature and
+`top_p` as it does locally. With `return_token_ids_supported=False` the server acts like
+vLLM < 0.10.2: it ignores `return_token_ids` and sends no token ids.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -42,13 +63,29 @@ from sia.testing.loopback import JSON, Fault, LoopbackServer, ProtocolError, Rec
 
 _NOT_FOUND = "NotFoundError"
 _BAD = "BadRequestError"
+MAX_MODEL_LEN = 128
+NO_CHAT_TEMPLATE = ("As of transformers v4.44, default chat template is no longer allowed, so you must "
+                    "provide a chat template if the tokenizer does not define one.")
+"""vLLM's 400 for a chat request to a model whose tokenizer has no chat template."""
+
+
+def config_stop_ids(model_dir: Path) -> set[int]:
+    """Every `eos_token_id` of the model's `config.json` and `generation_config.json`."""
+    ids: set[int] = set()
+    for name in ("config.json", "generation_config.json"):
+        path = Path(model_dir) / name
+        if path.is_file():
+            value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+            ids.update([value] if isinstance(value, int) else [int(v) for v in value or []])
+    return ids
 
 
 class VLLMServer(LoopbackServer):
     """`with VLLMServer(model_dir, served_name="base") as srv:` then `RemoteBackend(srv.base_url, "base")`."""
 
     def __init__(self, model_dir: Path, *, served_name: str, api_key: str | None = None,
-                 return_token_ids_supported: bool = True, runtime_lora_updating: bool = True) -> None:
+                 return_token_ids_supported: bool = True, runtime_lora_updating: bool = True,
+                 lora_modules: dict[str, Path] | None = None, version: str | None = "0.12.0") -> None:
         super().__init__()
         from sia.target.local import LocalBackend
 
@@ -58,10 +95,23 @@ class VLLMServer(LoopbackServer):
         self.return_token_ids_supported = return_token_ids_supported
         self.runtime_lora_updating = runtime_lora_updating
         self.responder = lambda request: None  # unused: answers come from the model
+        self.lora_modules = {name: str(path) for name, path in (lora_modules or {}).items()}
+        self.version = version
         self._base = LocalBackend(self.model_dir)
+        self._eos = self._base.tokenizer.eos_token_id
+        self._stop_ids = config_stop_ids(self.model_dir) - {self._eos}
         self._adapters: dict[str, tuple[str, LocalBackend]] = {}
         self._adapters_lock = threading.Lock()
         self._count = 0
+        self.restart()
+
+    def restart(self) -> None:
+        """Lose every runtime-loaded adapter and load the startup ones again, as a restarted vLLM."""
+        from sia.target.local import LocalBackend
+
+        with self._adapters_lock:
+            self._adapters = {name: (path, LocalBackend(self.model_dir, Path(path)))
+                              for name, path in self.lora_modules.items()}
 
     def __enter__(self) -> VLLMServer:
         self.start()
@@ -81,11 +131,18 @@ class VLLMServer(LoopbackServer):
     def completion_requests(self) -> list[JSON]:
         return [r.body for r in self.requests if r.path.startswith("/v1/completions") and r.body]
 
+    @property
+    def chat_requests(self) -> list[JSON]:
+        return [r.body for r in self.requests if r.path.startswith("/v1/chat/completions") and r.body]
+
     def routes(self) -> dict[tuple[str, str], Route]:
         routes: dict[tuple[str, str], Route] = {
             ("POST", "/v1/completions"): self._completions,
+            ("POST", "/v1/chat/completions"): self._chat,
             ("GET", "/v1/models"): self._models,
         }
+        if self.version is not None:
+            routes[("GET", "/version")] = lambda request: (200, {}, {"version": self.version})
         if self.runtime_lora_updating:
             routes[("POST", "/v1/load_lora_adapter")] = self._load
             routes[("POST", "/v1/unload_lora_adapter")] = self._unload
@@ -108,7 +165,7 @@ class VLLMServer(LoopbackServer):
         self._check_auth(request)
         created = int(time.time())
         data = [{"id": self.served_name, "object": "model", "created": created, "owned_by": "vllm",
-                 "root": str(self.model_dir), "parent": None, "max_model_len": 128}]
+                 "root": str(self.model_dir), "parent": None, "max_model_len": MAX_MODEL_LEN}]
         data += [{"id": name, "object": "model", "created": created, "owned_by": "vllm",
                   "root": path, "parent": self.served_name}
                  for name, path in self.adapters.items()]
@@ -152,7 +209,7 @@ class VLLMServer(LoopbackServer):
         with self._adapters_lock:
             loaded = self._adapters.get(model)
         if loaded is None:
-            raise ProtocolError(404, f"The model `{model}` does not exist.", _NOT_FOUND)
+            raise ProtocolError(404, f"The model `{model}` does not exist.", _NOT_FOUND, param="model")
         return loaded[1]
 
     def _completions(self, request: RecordedRequest) -> tuple[int, dict[str, str], JSON]:
@@ -177,11 +234,11 @@ class VLLMServer(LoopbackServer):
         for index, generation in enumerate(generations):
             if index % params.n == 0:
                 prompt_tokens += len(generation.prompt_token_ids)
-            ids, lps, stop_reason = self._as_vllm(backend, generation, params)
+            ids, lps, text, reason, stop_reason = self._as_vllm(backend, generation, params)
             completion_tokens += len(ids)
-            choice: JSON = {"index": index, "text": generation.text,
+            choice: JSON = {"index": index, "text": text,
                             "logprobs": None if logprobs is None else self._logprobs(backend, ids, lps),
-                            "finish_reason": generation.finish_reason, "stop_reason": stop_reason,
+                            "finish_reason": reason, "stop_reason": stop_reason,
                             "prompt_logprobs": None}
             if with_ids:
                 choice["prompt_token_ids"] = list(generation.prompt_token_ids)
@@ -196,6 +253,59 @@ class VLLMServer(LoopbackServer):
                       "completion_tokens": completion_tokens, "prompt_tokens_details": None},
             "kv_transfer_params": None,
         }
+
+    def _chat(self, request: RecordedRequest) -> tuple[int, dict[str, str], JSON]:
+        self._check_auth(request)
+        body = request.body
+        if not isinstance(body, dict):
+            raise ProtocolError(400, "the request body must be a JSON object")
+        if body.get("stream"):
+            raise ProtocolError(400, "this stand-in answers non-streaming requests only")
+        backend = self._backend(body.get("model"))
+        messages = body.get("messages")
+        if not (isinstance(messages, list) and messages
+                and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
+            raise ProtocolError(400, "messages must be a non-empty list of {role, content: str} objects "
+                                     "(this stand-in takes text content only)")
+        tokenizer = backend.tokenizer
+        if not tokenizer.chat_template:
+            raise ProtocolError(400, NO_CHAT_TEMPLATE)
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        rest = MAX_MODEL_LEN - len(prompt_ids)
+        params = self._params({**body, "max_tokens": rest if limit is None else limit, "logprobs": None})
+        with_ids = bool(body.get("return_token_ids")) and self.return_token_ids_supported
+        choices: list[JSON] = []
+        completion_tokens = 0
+        for index, generation in enumerate(SamplerBackend(backend).generate([prompt], params)):
+            if list(generation.prompt_token_ids) != prompt_ids:
+                raise ProtocolError(500, "the stand-in's model tokenized the chat prompt differently")
+            ids, lps, text, reason, stop_reason = self._as_vllm(backend, generation, params)
+            completion_tokens += len(ids)
+            tokens = tokenizer.convert_ids_to_tokens(ids)
+            choice: JSON = {
+                "index": index, "message": {"role": "assistant", "content": text, "refusal": None,
+                                            "annotations": None, "audio": None, "function_call": None,
+                                            "reasoning": None},
+                "logprobs": {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()),
+                                          "top_logprobs": []} for t, lp in zip(tokens, lps, strict=True)]}
+                if body.get("logprobs") else None,
+                "finish_reason": reason, "stop_reason": stop_reason}
+            if with_ids:
+                choice["token_ids"] = ids
+            choices.append(choice)
+        self._count += 1
+        response: JSON = {
+            "id": f"chatcmpl-loopback-{self._count:06d}", "object": "chat.completion",
+            "created": int(time.time()), "model": body.get("model") or self.served_name,
+            "choices": choices, "service_tier": None, "system_fingerprint": None,
+            "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
+                      "total_tokens": len(prompt_ids) + completion_tokens, "prompt_tokens_details": None},
+            "prompt_logprobs": None, "kv_transfer_params": None}
+        if with_ids:
+            response["prompt_token_ids"] = prompt_ids
+        return 200, {}, response
 
     @staticmethod
     def _params(body: JSON) -> SamplingParams:
@@ -226,21 +336,28 @@ class VLLMServer(LoopbackServer):
                               stop=tuple(stop),
                               seed=random.randrange(2**31) if seed is None else seed)
 
-    @staticmethod
-    def _as_vllm(backend: Any, generation: Generation,
-                 params: SamplingParams) -> tuple[list[int], list[float], str | None]:
-        """vLLM's view of a local sample: an EOS ending is kept as the last token."""
+    def _as_vllm(self, backend: Any, generation: Generation,
+                 params: SamplingParams) -> tuple[list[int], list[float], str, str, int | str | None]:
+        """vLLM's view of a local sample: `(token_ids, logprobs, text, finish_reason, stop_reason)`.
+
+        An EOS ending is kept as the last token; a stop token id from the model's config
+        (which the local backend does not know) ends the sample there, kept likewise.
+        """
         ids = list(generation.token_ids)
         lps = list(generation.logprobs or [0.0] * len(ids))
-        if generation.finish_reason != "stop":
-            return ids, lps, None
         tokenizer = backend.tokenizer
+        cut = next((k for k, token in enumerate(ids) if token in self._stop_ids), None)
+        if cut is not None:
+            return (ids[: cut + 1], lps[: cut + 1], tokenizer.decode(ids[:cut], skip_special_tokens=True),
+                    "stop", ids[cut])
+        if generation.finish_reason != "stop":
+            return ids, lps, generation.text, generation.finish_reason, None
         full = tokenizer.decode(ids, skip_special_tokens=True)
         if generation.text != full:  # cut by a stop string
-            cut = [m for m in params.stop if m and full.find(m) == len(generation.text)]
-            return ids, lps, cut[0] if cut else params.stop[0]
-        eos = tokenizer.eos_token_id
-        return [*ids, eos], [*lps, _eos_logprob(backend, generation, params.temperature)], None
+            marks = [m for m in params.stop if m and full.find(m) == len(generation.text)]
+            return ids, lps, generation.text, "stop", marks[0] if marks else params.stop[0]
+        eos_lp = _eos_logprob(backend, generation, params.temperature)
+        return [*ids, self._eos], [*lps, eos_lp], generation.text, "stop", None
 
     @staticmethod
     def _logprobs(backend: Any, ids: list[int], lps: list[float]) -> JSON:
