@@ -1,11 +1,17 @@
-"""Each training algorithm on the default task: dev score before and after one weight update.
+"""Each training algorithm: dev score before and after one weight update, on two tasks.
 
-One `sia run` on wordcat reaches the point where the built-in Feedback Agent decides
+One `sia run` per task reaches the point where the built-in Feedback Agent decides
 after generation 1 (the harness already edited); then one fork per algorithm forces
 `update_weights:ALGORITHM` there and runs one more generation. The forks share the
 parent's prefix, so all six start from the same recorded trajectories.
 
-    python bench/algorithms.py [--home DIR]
+Tasks: wordcat (binary reward, the default task) and `bench/tasks/wordcat_graded`
+(wordcat with a continuous reward, the character similarity of the answer to the
+category name; built for this bench). An update with no learning signal is reported as
+such (its row says why) and its dev change is not the algorithm's: the Feedback Agent
+was asked again and did something else.
+
+    python bench/algorithms.py [--home DIR] [--task wordcat --task bench/tasks/wordcat_graded]
 """
 
 from __future__ import annotations
@@ -32,12 +38,8 @@ def log(home: Path, run: str, kind: str) -> list[dict]:
     return [json.loads(line) for line in sia(home, "log", run, "--type", kind, "--json").splitlines()]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", type=Path, default=None)
-    args = parser.parse_args()
-    home = args.home or Path(tempfile.mkdtemp(prefix="sia-bench-algorithms-"))
-    parent = sia(home, "run", "--task", "wordcat", "--max-gen", "2", "--quiet").split()[-1]
+def bench_task(home: Path, task: str) -> dict:
+    parent = sia(home, "run", "--task", task, "--max-gen", "2", "--quiet").split()[-1]
     completed = log(home, parent, "GenerationCompleted")
     at, before = completed[-1]["seq"], completed[-1]["payload"]["dev_score"]
     rows = []
@@ -47,17 +49,37 @@ def main() -> None:
                    f"feedback.force=update_weights:{algorithm}", "--set", "max_gen=3").split()[-1]
         sia(home, "resume", fork, "--quiet")
         after = log(home, fork, "GenerationCompleted")[-1]["payload"]["dev_score"]
-        metrics = log(home, fork, "AdapterCheckpointed")[-1]["payload"]["metrics"]
+        adapters = log(home, fork, "AdapterCheckpointed")
+        no_signal = [e["payload"] for e in log(home, fork, "TrainingNoSignal")]
+        metrics = adapters[-1]["payload"]["metrics"] if adapters else (no_signal[0].get("metrics") or {})
         rows.append({"algorithm": algorithm, "before": before, "after": after,
+                     "updated": bool(adapters), "no_signal": no_signal[0]["reason"] if no_signal else None,
                      "rollout_reward": metrics.get("rollout_reward"),
+                     "policy_unchanged": metrics.get("policy_unchanged"),
                      "seconds": round(time.perf_counter() - started, 1), "fork": fork})
-    print(f"{'algorithm':<14}{'dev before':>11}{'dev after':>11}{'Δ':>8}{'fork s':>8}")
-    for row in rows:
-        print(f"{row['algorithm']:<14}{row['before']:>11.3f}{row['after']:>11.3f}"
-              f"{row['after'] - row['before']:>+8.3f}{row['seconds']:>8.1f}")
+    return {"task": task, "parent": parent, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument("--task", action="append", default=None)
+    args = parser.parse_args()
+    home = args.home or Path(tempfile.mkdtemp(prefix="sia-bench-algorithms-"))
+    tasks = args.task or ["wordcat", str(Path(__file__).parent / "tasks" / "wordcat_graded")]
+    results = []
+    for task in tasks:
+        result = bench_task(home, task)
+        results.append(result)
+        print(f"\n{Path(task).name}")
+        print(f"{'algorithm':<14}{'dev before':>11}{'dev after':>11}{'Δ':>8}{'fork s':>8}  outcome")
+        for row in result["rows"]:
+            outcome = "updated" if row["updated"] else f"no signal: {row['no_signal']}"
+            print(f"{row['algorithm']:<14}{row['before']:>11.3f}{row['after']:>11.3f}"
+                  f"{row['after'] - row['before']:>+8.3f}{row['seconds']:>8.1f}  {outcome}", flush=True)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "algorithms.json").write_text(json.dumps({"parent": parent, "rows": rows}, indent=2))
+    (out / "algorithms.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ The loop, per generation g:
     → FeedbackDecided → [RolledBack] → HarnessEdited | train effect → AdapterCheckpointed
     → GenerationStarted(g+1)
 
+A train effect with no learning signal ends in TrainingNoSignal instead of an adapter:
+the generation has not moved, so the Feedback Agent is asked again (its request lists
+the updates that had no signal), at most MAX_NO_SIGNAL times per generation; a decision
+that repeats a plan already found to have no signal is recorded as such without training.
+
 before which the meta effect proposes the first harness (re-asked until valid).
 """
 
@@ -35,13 +40,16 @@ from sia.events.types import (
     RolledBack,
     RunCompleted,
     RunFailed,
+    TrainingNoSignal,
 )
 from sia.reducers.loop import apply_event
 from sia.reducers.state import Generation, LoopState
-from sia.reward_shape import classify_rewards
+from sia.reward_shape import classify_episode_scores
 
 MAX_PURE_STEPS = 32
 """Pure transitions per batch; a loop needs at most a handful before it needs an effect."""
+MAX_NO_SIGNAL = 3
+"""Weight updates without a learning signal a generation may record before it moves on."""
 
 
 def decide(state: LoopState) -> list[BaseEvent]:
@@ -100,6 +108,15 @@ def step(state: LoopState) -> list[BaseEvent]:
             return [RunFailed(error=f"feedback for generation {current.index} failed: {failure}")]
         return [request_feedback(state, current)]
 
+    if current.no_signal and current.no_signal[-1].decision_seq == decision.seq:
+        if len(current.no_signal) < MAX_NO_SIGNAL:
+            failure = failed_effect(state, "feedback", current.index)
+            if failure:
+                return [RunFailed(error=f"feedback for generation {current.index} failed: {failure}")]
+            return [request_feedback(state, current)]
+        return [GenerationStarted(generation=current.index + 1, harness_hash=state.harness_hash,
+                                  adapter_hash=state.adapter_hash)]
+
     if decision.action == "stop":
         return [completed(state, f"the Feedback Agent decided to stop: {decision.rationale}")]
 
@@ -118,6 +135,12 @@ def step(state: LoopState) -> list[BaseEvent]:
     if (decision.action == "update_weights" and config.mode == "WH" and decision.plan
             and current.adapter_hash_after is None
             and failed_effect(state, "train", current.index) is None):
+        earlier = next((n for n in current.no_signal if n.algorithm == decision.plan.algorithm
+                        and n.params == decision.plan.params), None)
+        if earlier is not None:
+            return [TrainingNoSignal(generation=current.index, algorithm=decision.plan.algorithm,
+                                     reason=f"this plan already had no learning signal in generation "
+                                            f"{current.index}: {earlier.reason}")]
         return [request_training(state, current)]
 
     return [GenerationStarted(generation=current.index + 1, harness_hash=state.harness_hash,
@@ -260,17 +283,32 @@ def request_evaluation(state: LoopState, generation: Generation) -> EffectReques
 def request_feedback(state: LoopState, generation: Generation) -> EffectRequested:
     config = state.config
     assert config is not None and state.task is not None
-    shape = classify_rewards(generation.rewards[: len(state.task.dev_ids)])
+    # The dev scores' shape, as recorded runs were asked; a Feedback handler that can score
+    # completions replaces it with the shape of the rewards a weight update would see
+    # (sia.agents.reward_view), from the trajectories this request names.
+    shape = classify_episode_scores(generation.rewards[: len(state.task.dev_ids)])
     history = [
         {"generation": g.index, "score": g.score, "harness_hash": g.harness_hash,
          "adapter_hash": g.adapter_hash_after or g.adapter_hash,
          "action": g.decision.action if g.decision else None,
-         "algorithm": g.decision.algorithm if g.decision else None}
+         "algorithm": g.decision.algorithm if g.decision else None,
+         **({"no_signal": no_signal_records(g)} if g.no_signal else {})}
         for g in state.generations
     ]
     rewards = episode_rewards(state, generation)
     dev = set(state.task.dev_ids)
+    rollouts = set(rollout_ids(state, generation.index))
+    # Keys added since runs were first recorded appear only when they have content, so
+    # a recorded run without rollouts or no-signal updates replays to the same request.
+    extra: dict[str, Any] = {}
+    if rollouts:
+        extra["rollouts"] = [{"episode_id": e.episode_id, "sample_id": e.sample_id,
+                              "trajectory_hash": e.trajectory_hash}
+                             for e in generation.episodes if e.sample_id in rollouts]
+    if generation.no_signal:
+        extra["no_signal"] = no_signal_records(generation)
     return request_effect(state, "feedback", {
+        **extra,
         **_task_fields(state),
         "generation": generation.index,
         "provider": config.feedback,
@@ -314,6 +352,12 @@ def request_training(state: LoopState, generation: Generation) -> EffectRequeste
             for e in pool if not chosen or e.episode_id in chosen
         ],
     })
+
+
+def no_signal_records(generation: Generation) -> list[dict[str, Any]]:
+    """The weight updates of `generation` that had no learning signal, for the Feedback Agent."""
+    return [{"algorithm": n.algorithm, "params": dict(n.params), "reason": n.reason}
+            for n in generation.no_signal]
 
 
 def episode_rewards(state: LoopState, generation: Generation) -> dict[str, float]:

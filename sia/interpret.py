@@ -20,6 +20,7 @@ from sia.events.types import (
     FeedbackDecided,
     Frozen,
     HarnessProposed,
+    TrainingNoSignal,
     TrainingPlan,
 )
 
@@ -57,14 +58,19 @@ class FeedbackResult(Frozen):
     rollback_to: int | None = None
     provider: str = "builtin"
     forced: bool = False
+    reward_shape: dict[str, Any] | None = None
+    """The shape of the rewards the trainer would see, as the handler classified them."""
 
 
 class TrainResult(Frozen):
-    job_id: str
-    adapter_hash: str
-    config_hash: str
+    """An adapter (job_id, adapter_hash, config_hash), or `no_signal`: why there is none."""
+
     algorithm: str
+    job_id: str | None = None
+    adapter_hash: str | None = None
+    config_hash: str | None = None
     metrics: dict[str, float] = {}
+    no_signal: str | None = None
 
 
 class ResultInvalid(ValueError):
@@ -119,7 +125,7 @@ def _feedback(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -
     return [FeedbackDecided(
         generation=request["generation"], action=r.action, rationale=r.rationale,  # type: ignore[arg-type]
         evidence=r.evidence, digest_hash=r.digest_hash, digest_summary=r.digest_summary,
-        recommended_algorithm=(request.get("reward_shape") or {}).get("recommended"),
+        recommended_algorithm=(r.reward_shape or request.get("reward_shape") or {}).get("recommended"),
         harness_hash=r.harness_hash, plan=r.plan, rollback_to=r.rollback_to,
         provider=r.provider, forced=r.forced,
     )]
@@ -127,6 +133,12 @@ def _feedback(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -
 
 def _train(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
     r = TrainResult.model_validate(result)
+    if r.no_signal is not None:
+        return [TrainingNoSignal(generation=request["generation"], algorithm=r.algorithm,  # type: ignore[arg-type]
+                                 reason=r.no_signal, job_id=r.job_id, metrics=r.metrics)]
+    if r.job_id is None or r.adapter_hash is None or r.config_hash is None:
+        raise ResultInvalid("a train result names an adapter (job_id, adapter_hash, config_hash) "
+                            "or says why there is none (no_signal)")
     return [AdapterCheckpointed(generation=request["generation"], job_id=r.job_id,
                                 adapter_hash=r.adapter_hash, config_hash=r.config_hash,
                                 algorithm=r.algorithm, metrics=r.metrics)]  # type: ignore[arg-type]

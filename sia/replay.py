@@ -25,6 +25,7 @@ from sia.events.types import (
     RunCompleted,
     RunFailed,
     RunForked,
+    TrainingNoSignal,
 )
 from sia.interpret import ResultInvalid, interpret, interpret_failure
 from sia.reducers.loop import evolve
@@ -32,7 +33,7 @@ from sia.reducers.state import LoopState
 from sia.store.base import EventStore
 
 DECIDED = (GenerationStarted, EffectRequested, HarnessEdited, RolledBack, GenerationCompleted,
-           RunCompleted, RunFailed)
+           RunCompleted, RunFailed, TrainingNoSignal)
 
 
 @dataclass(frozen=True)

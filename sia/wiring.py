@@ -47,6 +47,7 @@ def handlers_for(config: RunConfig, task: TaskSnapshot | None = None, *,
                 "trainer 'modal' needs Modal credentials: set MODAL_TOKEN_ID and "
                 "MODAL_TOKEN_SECRET (or run `modal token new`), then deploy the trainer once "
                 "with `modal deploy -m sia.train.modal_app`")
+    require_sandbox(config)
     home = home or sia_home()
     settings = settings or Settings()
     served = open_task(task, home)
@@ -59,15 +60,34 @@ def handlers_for(config: RunConfig, task: TaskSnapshot | None = None, *,
 
     model, backend = _target(config.target, served, home, settings)
     targets = TargetPool(backend, home / "adapters")
-    check = SmokeCheck(served, targets, FileBlobStore(blobs_path(home)))
+    check = SmokeCheck(served, targets, FileBlobStore(blobs_path(home)), isolation=config.sandbox)
     registry = HandlerRegistry(name=f"{config.meta}/{config.feedback}/{config.target}/{config.trainer}")
     registry.register(_meta(config.meta, served, check, settings))
     registry.register(_feedback(config.feedback, served, check, settings))
-    registry.register(EpisodeHandler(served, targets))
+    registry.register(EpisodeHandler(served, targets, isolation=config.sandbox))
     registry.register(EvaluateHandler(served))
     registry.register(TrainHandler(served, model, home, backend=config.trainer))
     registry.close_with(targets.close)
     return registry
+
+
+def require_sandbox(config: RunConfig) -> None:
+    """Refuse, before anything runs, a run whose harness isolation this machine cannot give.
+
+    There is no silent downgrade: the weaker process sandbox runs only when the run's
+    config names it, and that choice is recorded with the config.
+    """
+    from sia.tasks.code_answers import use_isolation
+
+    use_isolation(config.sandbox)  # code answers (trimul, denoise) run behind the same choice
+    if config.sandbox != "bwrap":
+        return
+    from sia.harness.bwrap import SandboxUnavailable, require_bwrap
+
+    try:
+        require_bwrap()
+    except SandboxUnavailable as exc:
+        raise BackendUnavailable(str(exc)) from None
 
 
 def open_task(snapshot: TaskSnapshot, home: Path) -> Task:
@@ -151,16 +171,22 @@ def _meta(role: str, task: Task, check: Any, settings: Settings) -> Any:
 
 
 def _feedback(role: str, task: Task, check: Any, settings: Settings) -> Any:
+    from sia.effects.train import reward_shape_of
+
+    def shape_of(episodes: list[dict[str, Any]], blobs: Any) -> dict[str, Any]:
+        return reward_shape_of(episodes, blobs, task)
+
     name, model = provider_of(role)
     if name == "builtin":
         from sia.agents.builtin import BuiltinFeedback
 
         return BuiltinFeedback(lambda request: {e["sample_id"]: task.options_of(e["sample_id"])
-                                                for e in request["episodes"]})
+                                                for e in request["episodes"]}, shape_of)
     from sia.agents.llm import LLMFeedback
 
     chosen = _model(name, model)
-    return LLMFeedback(_provider(name, settings), model=chosen, task=task, validate=check)
+    return LLMFeedback(_provider(name, settings), model=chosen, task=task, validate=check,
+                       reward_shape_of=shape_of)
 
 
 def _provider(name: str, settings: Settings) -> Any:

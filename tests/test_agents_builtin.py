@@ -127,3 +127,73 @@ def test_builtin_handlers_store_harnesses_as_blobs() -> None:
     assert decision["action"] == "edit_harness" and decision["provider"] == "builtin"
     assert read_knobs(blobs.get_text(decision["harness_hash"])).extract == "option"
     assert decision["evidence"] and "9 unparseable" in decision["digest_summary"]
+
+
+def test_an_update_without_signal_is_not_chosen_again() -> None:
+    knobs = Knobs(extract="option", samples=5, fallback="first_option")
+    asked = request([0.05, 0.3], ["edit_harness", None])
+    asked["no_signal"] = [{"algorithm": "grpo", "params": {},
+                           "reason": "every one of the 4 groups has a constant reward"}]
+    decision = decide_feedback(asked, knobs, Diagnosis(32, 0, 0, 10), never)
+    assert decision["action"] == "edit_harness" and read_knobs(decision["harness"]).samples == 9
+    assert "grpo already had no learning signal" in decision["rationale"]
+    # a fork forcing that update is not re-forced into the same no-op
+    asked["force"] = "update_weights:grpo"
+    decision = decide_feedback(asked, knobs, Diagnosis(32, 0, 0, 10), never)
+    assert decision["action"] == "edit_harness" and not decision["forced"]
+
+
+def test_a_reward_shape_without_signal_leads_to_a_harness_edit_not_an_update() -> None:
+    knobs = Knobs(extract="option", samples=5, fallback="first_option")
+    asked = request([0.05, 0.3], ["edit_harness", None])
+    asked["reward_shape"] = {"kind": "no_signal", "recommended": None,
+                             "reason": "no learning signal: none of the 4 prompts has two completions "
+                                       "with different rewards and every reward is equal (all 0)"}
+    decision = decide_feedback(asked, knobs, Diagnosis(32, 0, 0, 10), never)
+    assert decision["action"] == "edit_harness"
+    assert "no weight update: no learning signal" in decision["rationale"]
+
+
+def test_builtin_feedback_recommends_from_the_rollouts_the_trainer_would_learn_from() -> None:
+    from pathlib import Path
+
+    from sia.agents.builtin import BuiltinFeedback
+    from sia.effects.base import EffectContext
+    from sia.effects.train import reward_shape_of
+    from sia.events.canonical import canonical_json
+    from sia.store.blobs import MemoryBlobStore
+
+    blobs = MemoryBlobStore()
+    ctx = EffectContext(run_id="r", effect_id="e", kind="feedback", seed=1, attempt=1, blobs=blobs,
+                        home=Path("/nonexistent"))
+
+    class Graded:
+        """Rewards a completion by its text: two prompts, each with completions of two rewards."""
+
+        def reward(self, sample_id: str, text: str | None) -> float:
+            return 1.0 if text == "fruit" else 0.0
+
+    def rollout(index: int, texts: list[str]) -> dict:
+        call = {"index": 0, "endpoint": "completions", "status": 200, "prompts": [f"q{index}"],
+                "params": {"temperature": 1.0, "top_p": 1.0, "n": len(texts)},
+                "generations": [{"text": t, "prompt_token_ids": [1], "token_ids": [2 + k],
+                                 "finish_reason": "stop"} for k, t in enumerate(texts)]}
+        return {"episode_id": f"r{index}", "sample_id": f"t{index}",
+                "trajectory_hash": blobs.put_text(canonical_json({"calls": [call]}))}
+
+    harness = blobs.put_text(render(Knobs(extract="option", samples=5, fallback="first_option")))
+    req = request([0.05, 0.3], ["edit_harness", None])
+    req["harness_hash"] = harness
+    req["history"][0]["harness_hash"] = req["history"][1]["harness_hash"] = harness
+    req["episodes"] = episodes([("ok", "tool", 0.0)] * 9 + [("ok", "fruit", 1.0)])
+    req["rollouts"] = [rollout(0, ["fruit", "tool", "tool", "tool", "tool"]),
+                       rollout(1, ["tool", "fruit", "fruit", "color", "tool"])]
+    feedback = BuiltinFeedback(lambda request: {e["sample_id"]: OPTIONS for e in request["episodes"]},
+                               lambda episodes, store: reward_shape_of(episodes, store, Graded()))
+    decision = feedback.run(req, ctx).result
+    assert decision["reward_shape"]["completions"] == 10 and decision["reward_shape"]["groups_with_spread"] == 2
+    assert decision["action"] == "update_weights"
+    assert decision["plan"]["algorithm"] == decision["reward_shape"]["recommended"] == "grpo"
+    req["rollouts"] = [rollout(0, ["tool"] * 5), rollout(1, ["color"] * 5)]
+    decision = feedback.run(req, ctx).result
+    assert decision["reward_shape"]["kind"] == "no_signal" and decision["action"] == "edit_harness"

@@ -462,3 +462,43 @@ def test_decision_checks_and_helpers() -> None:
     assert strip_fences("```\nx = 1\n```") == "x = 1\n"
     picked = public_samples(ToyTask(), 3, seed=1)
     assert len(picked) == 3 and picked == public_samples(ToyTask(), 3, seed=1)
+
+
+class Unrewarded:
+    """A task under which no completion earns anything (the trainer would see all zeros)."""
+
+    def reward(self, sample_id: str, text: str | None) -> float:
+        return 0.0
+
+
+def test_feedback_sees_the_trainers_rewards_and_refuses_an_update_that_had_no_signal(
+        anthropic_server: AnthropicServer) -> None:
+    from sia.effects.train import reward_shape_of
+
+    responder = Scripted(answer("update_weights", plan={"algorithm": "grpo"}),
+                         answer("edit_harness", harness=BETTER + "\n# v2\n"))
+    anthropic_server.responder = responder
+    blobs = MemoryBlobStore()
+    request = {**feedback_request(blobs),
+               "no_signal": [{"algorithm": "grpo", "params": {},
+                              "reason": "every one of the 8 groups has a constant reward"}]}
+    handler = feedback(anthropic(anthropic_server),
+                       reward_shape_of=lambda episodes, store: reward_shape_of(episodes, store, Unrewarded()))
+    result = handler.run(request, context(blobs, "feedback")).result
+    assert result["action"] == "edit_harness"
+    assert result["reward_shape"]["kind"] == "no_signal" and result["reward_shape"]["recommended"] is None
+    prompt = responder.seen[0]["messages"][0]["content"]
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt)
+    assert "recommended algorithm: None (no learning signal" in text
+    assert "with no learning signal" in text and "every one of the 8 groups" in text
+    assert "already had no learning signal in this generation" in result["rationale"]
+    (event,) = interpret("feedback", "f1", request, result)
+    assert event.recommended_algorithm is None
+
+
+def test_the_history_table_shows_updates_without_signal() -> None:
+    history = [{"generation": 0, "score": 0.1, "action": "update_weights", "algorithm": "grpo",
+                "no_signal": [{"algorithm": "grpo", "params": {}, "reason": "all groups constant"}]},
+               {"generation": 1, "score": 0.1, "action": None, "algorithm": None}]
+    assert "a grpo update had no learning signal and changed nothing: all groups constant" in \
+        prompts.history_table(history)

@@ -50,7 +50,7 @@ def test_canonical_json_round_trips_exactly(value: object) -> None:
 
 
 def test_every_event_type_is_registered_once_with_a_version() -> None:
-    assert len(EVENT_CLASSES) == 20
+    assert len(EVENT_CLASSES) == 21
     assert all(cls.schema_version >= 1 for cls in EVENT_CLASSES.values())
 
 

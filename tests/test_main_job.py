@@ -87,7 +87,9 @@ def test_a_held_out_label_reaches_no_event_blob_prompt_or_log(tmp_path: Path) ->
 def test_kill_9_during_training_then_resume_reattaches_to_the_one_job(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {**os.environ, **NO_KEYS, "SIA_HOME": str(home), "SIA_TRAIN_STEP_DELAY": "0.3"}
-    process = subprocess.Popen([*SIA, "run", "--task", "wordcat", "--max-gen", "2", "--quiet",
+    # generation 0's rewards are all 0: the forced update there has no learning signal (recorded
+    # as such, no job); the built-in Feedback edits the harness and generation 1 trains
+    process = subprocess.Popen([*SIA, "run", "--task", "wordcat", "--max-gen", "3", "--quiet",
                                 "--run-id", "trained", "--set", "feedback.force=update_weights:grpo"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300

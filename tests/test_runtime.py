@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import sia.replay
-from sia.decide import decide
+from sia.decide import MAX_NO_SIGNAL, decide
 from sia.effects.base import EffectContext, EffectResult, HandlerRegistry, TransientEffectError
 from sia.effects.deterministic import deterministic_registry, toy_task
 from sia.events.mapper import MAPPER
@@ -378,3 +378,41 @@ def test_loading_from_a_snapshot_equals_folding_from_scratch(monkeypatch: pytest
     store.put_snapshot(Snapshot("run", store.last_seq("run"), sia.runtime.REDUCER_VERSION,
                                 "f" * 64, snapshot.body))
     assert load_state(store, "run") == scratch
+
+
+class NoSignalTrain:
+    """A trainer whose every update finds constant groups, as the real train effect reports it."""
+
+    kind = "train"
+
+    def run(self, request: dict, ctx: EffectContext) -> EffectResult:
+        return EffectResult({"algorithm": request["algorithm"], "metrics": {"rollouts": 16.0},
+                             "no_signal": "every one of the 8 groups has a constant reward: "
+                                          "group-relative advantages are all 0"})
+
+
+def test_an_update_without_signal_is_recorded_as_such_and_never_counted_as_one() -> None:
+    handlers = {**deterministic_registry().handlers, "train": NoSignalTrain()}
+    runtime = make_runtime(registry=HandlerRegistry(handlers, name="no-signal"))
+    state = runtime.drive(run_toy(runtime, max_generations=4) and "run")
+    events = [MAPPER.decode(r).event for r in runtime.store.read("run")]
+    assert not [e for e in events if e.type == "AdapterCheckpointed"]
+    no_signal = [e for e in events if e.type == "TrainingNoSignal" and e.generation == 1]
+    # the effect's own report, then the deterministic Feedback repeating the same plan twice:
+    # recorded as no-signal by decide without training again, up to MAX_NO_SIGNAL
+    assert len(no_signal) == MAX_NO_SIGNAL
+    assert "constant reward" in no_signal[0].reason and "already had no learning signal" in no_signal[1].reason
+    trains = [e for e in events if e.type == "EffectRequested" and e.kind == "train"]
+    assert len(trains) == 1
+    asks = [e.request for e in events if e.type == "EffectRequested" and e.kind == "feedback"
+            and e.request["generation"] == 1]
+    assert [len(a.get("no_signal", [])) for a in asks] == [0, 1, 2]
+    later = next(e.request for e in events if e.type == "EffectRequested" and e.kind == "feedback"
+                 and e.request["generation"] == 2)
+    assert len(later["history"][1]["no_signal"]) == MAX_NO_SIGNAL
+    assert state.generations[1].no_signal and state.generations[2].adapter_hash is None
+    assert state.adapter_hash is None and state.status == "completed"
+    assert check_run(runtime.store, "run").ok
+    from sia.reducers.snapshot import decode_state, encode_state
+
+    assert decode_state(encode_state(state)) == state

@@ -26,10 +26,10 @@ def test_reinforce_leave_one_out() -> None:
 
 
 def test_entropic_fixed_beta() -> None:
-    # beta = ln 3, r = [1, 0, 0]: e = [3, 1, 1]
-    # w0 = 3 / mean(1, 1) = 3 -> A0 = 2; w1 = 1 / mean(3, 1) = 0.5 -> A1 = -0.5; A2 = -0.5
+    # beta = ln 3, r = [1, 0, 0]: e = [3, 1, 1], mean 5/3
+    # w0 = 3 / (5/3) = 1.8 -> A0 = 0.8; w1 = w2 = 1 / (5/3) = 0.6 -> A = -0.4
     advantages, betas = entropic([[1.0, 0.0, 0.0]], beta=math.log(3.0))
-    assert advantages[0] == pytest.approx([2.0, -0.5, -0.5])
+    assert advantages[0] == pytest.approx([0.8, -0.4, -0.4])
     assert betas == [pytest.approx(math.log(3.0))]
 
 
@@ -47,9 +47,9 @@ def test_entropic_adaptive_beta_hits_ln2() -> None:
     assert _kl_uniform(rewards, beta) == pytest.approx(LN2, abs=1e-6)
     p = math.exp(beta) / (math.exp(beta) + 3)
     assert -p * math.log(p) - (1 - p) * math.log((1 - p) / 3) == pytest.approx(LN2, abs=1e-6)
-    # A0 = e^b / mean(1, 1, 1) - 1 = e^b - 1; A1 = 1 / ((e^b + 2) / 3) - 1 = 3 / (e^b + 2) - 1
+    # mean e = (e^b + 3) / 4: A0 = 4 e^b / (e^b + 3) - 1; A1 = 4 / (e^b + 3) - 1
     eb = math.exp(beta)
-    assert advantages[0] == pytest.approx([eb - 1] + [3 / (eb + 2) - 1] * 3, rel=1e-9)
+    assert advantages[0] == pytest.approx([4 * eb / (eb + 3) - 1] + [4 / (eb + 3) - 1] * 3, rel=1e-9)
 
 
 def test_entropic_adaptive_beta_clamps() -> None:
@@ -77,3 +77,17 @@ def test_gae_three_steps() -> None:
 def test_gae_rejects_mismatched_lengths() -> None:
     with pytest.raises(ValueError):
         gae([1.0], [0.1, 0.2], gamma=1.0, lam=1.0)
+
+
+@pytest.mark.parametrize("size", [2, 16])
+def test_entropic_at_the_beta_cap_is_finite_bounded_and_centred(size: int) -> None:
+    # a group of two with different rewards: adaptive beta hits its cap (64 / spread),
+    # where a leave-one-out normaliser was 1 + e^-64 - 1 = 0.0 (ZeroDivisionError)
+    rewards = [1.0] + [0.0] * (size - 1)
+    advantages, (beta,) = entropic([rewards])
+    assert beta == 64.0 or size > 2
+    assert all(math.isfinite(a) and -1.0 <= a <= size - 1 + 1e-9 for a in advantages[0])
+    assert sum(advantages[0]) == pytest.approx(0.0, abs=1e-9)
+    assert advantages[0][0] > 0 > advantages[0][1]
+    huge, _ = entropic([[5.0, -5.0]], beta=1000.0)
+    assert huge == [[pytest.approx(1.0), pytest.approx(-1.0)]]

@@ -10,7 +10,8 @@ episodes and applies rules, in order:
    options and cues the answer, option extraction, a majority vote over several
    samples, a fallback answer;
 4. in mode WH, once answers parse, update the weights with the algorithm the reward
-   shape recommends, and keep doing so while it helps;
+   shape recommends, and keep doing so while it helps — unless the shape says there is
+   no learning signal, or that update already had none in this generation;
 5. otherwise turn the next harness knob (more votes, lower temperature);
 6. nothing left to try, or a near-perfect score → stop.
 """
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sia.agents.reward_view import RewardShapeOf, with_trainer_view
 from sia.agents.template import Knobs, read_knobs, render
 from sia.effects.base import EffectContext, EffectResult
 
@@ -91,8 +93,12 @@ def decide_feedback(request: dict[str, Any], current: Knobs | None, diagnosis: D
     else:
         note = ""
 
-    if request.get("force"):
-        action, _, algorithm = request["force"].partition(":")
+    tried = {t["algorithm"] for t in request.get("no_signal") or []}
+    forced_action, _, forced_algorithm = (request.get("force") or "").partition(":")
+    if forced_action == "update_weights" and (forced_algorithm or recommended) in tried | {None}:
+        note += f"the forced update ({forced_algorithm or recommended or 'any algorithm'}) has no learning signal; "
+    elif forced_action:
+        action, algorithm = forced_action, forced_algorithm
         decision["forced"] = True
         if action == "update_weights":
             return {**decision, "action": action, "rationale": note + "forced by the run's settings",
@@ -119,13 +125,17 @@ def decide_feedback(request: dict[str, Any], current: Knobs | None, diagnosis: D
     last = history[-2] if len(history) >= 2 else None
     improved = last is not None and score > (last["score"] or 0.0)
     trained_last = last is not None and last["action"] == "update_weights"
-    if request["mode"] == "WH" and (not trained_last or improved):
+    learnable = recommended is not None and recommended not in tried
+    if request["mode"] == "WH" and (not trained_last or improved) and learnable:
         return {**decision, "action": "update_weights",
                 "rationale": note + f"answers parse ({diagnosis.summary}); the remaining errors are "
                                     f"wrong answers, so learn from rewards: "
                                     f"{request['reward_shape']['reason']} → {recommended}",
                 "plan": {"algorithm": recommended, "params": {}}}
 
+    if request["mode"] == "WH" and not learnable:
+        note += (f"no weight update: {request['reward_shape']['reason']}; " if recommended is None else
+                 f"no weight update: {recommended} already had no learning signal in this generation; ")
     knobs = _next_knobs(current, diagnosis)
     if knobs is not None:
         return {**decision, "action": "edit_harness", "harness": render(knobs),
@@ -167,10 +177,13 @@ class BuiltinMeta:
 class BuiltinFeedback:
     kind = "feedback"
 
-    def __init__(self, options_of: Callable[[dict[str, Any]], dict[str, list[str]]]) -> None:
+    def __init__(self, options_of: Callable[[dict[str, Any]], dict[str, list[str]]],
+                 reward_shape_of: RewardShapeOf | None = None) -> None:
         self.options_of = options_of
+        self.reward_shape_of = reward_shape_of
 
     def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        request, shape = with_trainer_view(request, self.reward_shape_of, ctx.blobs)
         def knobs_at(generation: int) -> Knobs | None:
             return read_knobs(ctx.blobs.get_text(request["history"][generation]["harness_hash"]))
 
@@ -181,4 +194,6 @@ class BuiltinFeedback:
         if harness is not None:
             decision["harness_hash"] = ctx.blobs.put_text(harness)
         decision["evidence"] = [e["episode_id"] for e in request["episodes"][:5]]
+        if shape is not None:
+            decision["reward_shape"] = shape
         return EffectResult(decision)

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sia.agents import prompts
 from sia.agents.digest import Digest, build_digest, summarize_trajectory
+from sia.agents.reward_view import RewardShapeOf, with_trainer_view
 from sia.config import dollars
 from sia.effects.base import EffectContext, EffectError, EffectResult
 from sia.events.types import ALGORITHMS, AnswerRefused, Usage
@@ -326,9 +327,10 @@ class LLMFeedback:
     def __init__(self, provider: Provider, model: str | None, task: PublicTask, validate: Validate,
                  trajectory_summary: TrajectorySummary = default_trajectory_summary, *,
                  max_attempts: int = 3, digest_chars: int = 12_000, per_group: int = 4,
-                 max_tokens: int = 16_000) -> None:
+                 max_tokens: int = 16_000, reward_shape_of: RewardShapeOf | None = None) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        self.reward_shape_of = reward_shape_of
         self.provider, self.model, self.task, self.validate = provider, model, task, validate
         self.trajectory_summary = trajectory_summary
         self.max_attempts, self.digest_chars, self.per_group = max_attempts, digest_chars, per_group
@@ -345,11 +347,14 @@ class LLMFeedback:
                             per_group=self.per_group)
 
     def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+        request, shape = with_trainer_view(request, self.reward_shape_of, ctx.blobs)
         digest = self.digest(request, ctx.blobs, ctx.seed)
         digest_hash = ctx.blobs.put_text(digest.text)
         label = f"{self.provider.name}:{self.model or 'default'}"
         base: dict[str, Any] = {"digest_hash": digest_hash, "digest_summary": digest.summary,
                                 "rollback_to": None, "forced": False, "provider": label}
+        if shape is not None:
+            base["reward_shape"] = shape
         recommended = (request.get("reward_shape") or {}).get("recommended")
         force = request.get("force")
         forced_action = str(force).partition(":")[0] if force else None
@@ -448,6 +453,12 @@ def check_decision(answer: DecisionAnswer, request: Mapping[str, Any], shown: Se
             elif answer.plan.algorithm != recommended and not (answer.algorithm_override_reason or "").strip():
                 problems.append(f"the plan uses {answer.plan.algorithm} instead of the recommended "
                                 f"{recommended}: say why in algorithm_override_reason")
+            repeated = next((t for t in request.get("no_signal") or []
+                             if t.get("algorithm") == answer.plan.algorithm
+                             and (t.get("params") or {}) == answer.plan.params), None)
+            if repeated is not None:
+                problems.append(f"this update ({answer.plan.algorithm} with these params) already had no "
+                                f"learning signal in this generation: {repeated.get('reason')}")
             known = {str(e["episode_id"]) for e in request.get("episodes") or []}
             unknown = [e for e in answer.plan.episodes if e not in known]
             if unknown:

@@ -154,7 +154,22 @@ def history_table(history: Sequence[Mapping[str, Any]]) -> str:
             str(h.get("action") or ("(deciding now)" if nxt is None else "-")),
             str(h.get("algorithm") or "-"), outcome,
         ]))
+        for failed in h.get("no_signal") or []:
+            lines.append(f"    (gen {h.get('generation', i)}: a {failed.get('algorithm')} update had no "
+                         f"learning signal and changed nothing: {failed.get('reason')})")
     return "\n".join(lines)
+
+
+def no_signal_section(request: Mapping[str, Any]) -> list[str]:
+    """The weight updates already tried in this generation that had no learning signal."""
+    tried = request.get("no_signal") or []
+    if not tried:
+        return []
+    lines = ["", "# Weight updates already tried in this generation, with no learning signal "
+                 "(nothing changed; do not repeat them)"]
+    lines += [f"- {t.get('algorithm')} params {json.dumps(t.get('params') or {}, sort_keys=True)}: "
+              f"{t.get('reason')}" for t in tried]
+    return lines
 
 
 def reward_stats(rewards: Sequence[float]) -> str:
@@ -199,6 +214,7 @@ def feedback_user(request: Mapping[str, Any], *, harness_source: str | None, dig
         reward_stats(rewards),
         f"reward shape: {shape.get('kind')}; recommended algorithm: {shape.get('recommended')} "
         f"({shape.get('reason')})",
+        *no_signal_section(request),
         "",
         "# Current harness",
         clip(harness_source, HARNESS_CHARS) if harness_source is not None else "(unavailable)",

@@ -1,9 +1,13 @@
 """Weight updates: recorded trajectories → rollouts → a training job → a stored adapter.
 
-Rollouts are built from what the gateway recorded (exact token ids and sampling
-logprobs), one per sampled completion, grouped by the prompt they answer. Each
-completion is scored by the task's evaluator as if it were the answer, so group-relative
-algorithms see the spread within a group; labels stay inside the evaluator.
+Rollouts are built from what the gateway recorded (exact token ids, sampling logprobs,
+temperature and top-p), one per sampled completion, grouped by the prompt they answer.
+Each completion is scored by the task's evaluator as if it were the answer, so
+group-relative algorithms see the spread within a group; labels stay inside the evaluator.
+
+An update that cannot change anything is not trained, and one that changed nothing is
+not an update: both come back as `no_signal` with the reason (every group constant, the
+adapter bit-identical), never as a new adapter.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sia.effects.base import EffectContext, EffectError, EffectResult
 from sia.effects.targets import adapter_dir
@@ -25,11 +30,17 @@ if TYPE_CHECKING:
     from sia.wiring import RemoteModelSource, TinyModelSource
 
 
-def build_rollouts(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task,
-                   eos_id: int | None) -> list[Rollout]:
-    from sia.train.rollouts import Rollout
+class Sampled(NamedTuple):
+    """One recorded completion, with the group of its prompt and its call's sampling params."""
 
-    rollouts: list[Rollout] = []
+    sample_id: str
+    group: str
+    generation: dict[str, Any]
+    params: dict[str, Any]
+
+
+def sampled_completions(episodes: list[dict[str, Any]], blobs: BlobStore) -> Iterator[Sampled]:
+    """Every completion the gateway recorded in `episodes`' trajectories, in order."""
     for episode in episodes:
         if not episode.get("trajectory_hash"):
             continue
@@ -39,19 +50,54 @@ def build_rollouts(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task,
                 continue
             n = len(call["generations"]) // max(1, len(call["prompts"]))
             for index, generation in enumerate(call["generations"]):
-                completion = list(generation["token_ids"])
-                logprobs = generation.get("logprobs")
-                if generation["finish_reason"] == "stop" and eos_id is not None:
-                    completion.append(eos_id)
-                    logprobs = None if logprobs is None else [*logprobs, 0.0]
-                if not generation["prompt_token_ids"] or not completion:
-                    continue
-                rollouts.append(Rollout(
-                    prompt_ids=generation["prompt_token_ids"], completion_ids=completion,
-                    reward=task.reward(episode["sample_id"], generation["text"]),
-                    group=f"{episode['episode_id']}/{call['index']}/{index // max(1, n)}",
-                    logprobs=logprobs))
+                yield Sampled(episode["sample_id"], f"{episode['episode_id']}/{call['index']}/{index // max(1, n)}",
+                              generation, call.get("params") or {})
+
+
+def build_rollouts(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task,
+                   eos_id: int | None) -> list[Rollout]:
+    from sia.train.rollouts import Rollout
+
+    rollouts: list[Rollout] = []
+    for sampled in sampled_completions(episodes, blobs):
+        generation = sampled.generation
+        completion = list(generation["token_ids"])
+        logprobs: list[float | None] | None = generation.get("logprobs")
+        stop_id = generation.get("stop_token_id")
+        stop_id = eos_id if stop_id is None else stop_id
+        if generation.get("finish_reason") == "stop" and stop_id is not None:
+            completion.append(stop_id)
+            # samplers drop the stop token with its logprob: the trainer scores it
+            logprobs = None if logprobs is None else [*logprobs, None]
+        if not generation["prompt_token_ids"] or not completion:
+            continue
+        rollouts.append(Rollout(
+            prompt_ids=generation["prompt_token_ids"], completion_ids=completion,
+            reward=task.reward(sampled.sample_id, generation["text"]), group=sampled.group,
+            logprobs=logprobs, temperature=sampled.params.get("temperature", 1.0),
+            top_p=sampled.params.get("top_p", 1.0)))
     return rollouts
+
+
+def reward_groups(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task) -> list[list[float]]:
+    """The rewards a weight update on `episodes` would learn from: one per sampled
+    completion, one list per prompt (what `classify_rewards` reads). A completion that
+    stopped at once counts, as the trainer learns from its stop token."""
+    groups: dict[str, list[float]] = {}
+    for sampled in sampled_completions(episodes, blobs):
+        generation = sampled.generation
+        if generation["prompt_token_ids"] and (generation["token_ids"] or generation.get("finish_reason") == "stop"):
+            groups.setdefault(sampled.group, []).append(task.reward(sampled.sample_id, generation["text"]))
+    return list(groups.values())
+
+
+def reward_shape_of(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task) -> dict[str, Any]:
+    """`classify_rewards` of `reward_groups`, as a Feedback result records it."""
+    from sia.reward_shape import classify_rewards
+
+    shape = classify_rewards(reward_groups(episodes, blobs, task))
+    return {"kind": shape.kind, "recommended": shape.recommended_algorithm, "reason": shape.reason,
+            "completions": shape.n, "groups": shape.groups, "groups_with_spread": shape.groups_with_spread}
 
 
 def eos_of(model_dir: Path) -> int | None:
@@ -68,7 +114,7 @@ class TrainHandler:
         self.task, self.model, self.home, self.backend = task, model, home, backend
 
     def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
-        from sia.train.algorithms import resolve_params
+        from sia.train.algorithms import model_scale, no_signal_reason, resolve_params
         from sia.train.job import store_adapter
         from sia.train.rollouts import write_rollouts
         from sia.train.spec import TrainingSpec, data_hash
@@ -92,9 +138,16 @@ class TrainHandler:
         data = data_dir / f"{rollouts_hash}.jsonl"
         os.replace(staging, data)
         try:
-            params = resolve_params(request["algorithm"], request["params"])
+            params = resolve_params(request["algorithm"], request["params"], model_scale(
+                json.loads((model_dir / "config.json").read_text(encoding="utf-8")) if model_dir else None))
         except ValueError as exc:
             raise EffectError(f"training plan refused: {exc}") from None
+        summary = {"rollouts": float(len(rollouts)),
+                   "rollout_reward": sum(r.reward for r in rollouts) / len(rollouts)}
+        reason = no_signal_reason(request["algorithm"], rollouts, params)
+        if reason is not None:
+            return EffectResult({"algorithm": request["algorithm"], "no_signal": reason, "metrics": summary},
+                                Usage(wall_s=time.perf_counter() - started))
         # Resolved defaults are part of the job's identity: new defaults are a new job.
         spec = TrainingSpec(algorithm=request["algorithm"], params=params,
                             base_model_id=built.model_id, base_model_hash=built.model_hash,
@@ -103,10 +156,13 @@ class TrainHandler:
                             precision="bf16" if self.backend == "modal" else "fp32")
         train = self._train_on_modal if self.backend == "modal" else self._train
         manifest, trained = train(spec, model_dir, request, data, ctx)
+        metrics = {**{k: v for k, v in manifest.metrics.items() if v is not None}, **summary}
+        if metrics.get("policy_unchanged") == 1.0:
+            return EffectResult({"algorithm": spec.algorithm, "job_id": spec.job_id, "metrics": metrics,
+                                 "no_signal": f"training job {spec.job_id[:12]} left every adapter weight "
+                                              "bit-identical to where it started"},
+                                Usage(wall_s=time.perf_counter() - started))
         adapter_hash = store_adapter(ctx.blobs, trained)
-        metrics = {k: v for k, v in manifest.metrics.items() if v is not None}
-        metrics["rollouts"] = float(len(rollouts))
-        metrics["rollout_reward"] = sum(r.reward for r in rollouts) / len(rollouts)
         return EffectResult({"job_id": spec.job_id, "adapter_hash": adapter_hash,
                              "config_hash": manifest.config_hash, "algorithm": spec.algorithm,
                              "metrics": metrics},

@@ -63,6 +63,9 @@ class RunConfig(Frozen):
     feedback_force: str | None = None
     max_meta_attempts: int = Field(default=3, ge=1)
     max_effect_attempts: int = Field(default=3, ge=1)
+    sandbox: Literal["bwrap", "process"] = "bwrap"
+    """Where harness code runs: the bubblewrap OS sandbox, or the weaker process sandbox
+    a user chose explicitly (`--set sandbox=process`) where bwrap is unusable."""
 
 
 class TaskSnapshot(Frozen):
@@ -285,6 +288,19 @@ class AdapterCheckpointed(BaseEvent):
     metrics: dict[str, float] = {}
 
 
+class TrainingNoSignal(BaseEvent):
+    """A weight update that could not change, or did not change, the adapter: every group's
+    rewards constant, nothing to clone, or a trained adapter bit-identical to where it
+    started. The adapter stays; it is never counted as an update (design invariant 8)."""
+
+    type: Literal["TrainingNoSignal"] = "TrainingNoSignal"
+    generation: int
+    algorithm: Algorithm
+    reason: str
+    job_id: str | None = None
+    metrics: dict[str, float] = {}
+
+
 class GenerationCompleted(BaseEvent):
     type: Literal["GenerationCompleted"] = "GenerationCompleted"
     generation: int
@@ -313,6 +329,7 @@ Event = Annotated[
         TrainingJobSubmitted,
         AnswerRefused,
         AdapterCheckpointed,
+        TrainingNoSignal,
         GenerationCompleted,
     ],
     Field(discriminator="type"),

@@ -35,6 +35,7 @@ from sia.events.types import (
     RunPaused,
     RunResumed,
     TrainingJobSubmitted,
+    TrainingNoSignal,
     Usage,
 )
 from sia.reducers.state import (
@@ -44,6 +45,7 @@ from sia.reducers.state import (
     FailedEffect,
     Generation,
     LoopState,
+    NoSignal,
     PendingEffect,
 )
 
@@ -291,6 +293,15 @@ def _adapter_checkpointed(state: LoopState, e: AdapterCheckpointed, seq: int, ru
             "adapter_hash": e.adapter_hash}
 
 
+def _training_no_signal(state: LoopState, e: TrainingNoSignal, seq: int, run_id: str | None) -> Changes:
+    current = _require_generation(state, e.generation, seq, "no-signal update")
+    decision = current.decision
+    if decision is None or decision.plan is None:
+        raise FoldError(seq, f"a no-signal update in generation {e.generation}, which decided no update")
+    record = NoSignal(e.algorithm, dict(decision.plan.params), e.reason, decision.seq)
+    return _current(state, seq, no_signal=current.no_signal + (record,))
+
+
 Changes = dict[str, Any]
 _Reducer = Callable[[LoopState, Any, int, "str | None"], Changes]
 _REDUCERS: dict[type[BaseEvent], _Reducer] = {
@@ -314,4 +325,5 @@ _REDUCERS: dict[type[BaseEvent], _Reducer] = {
     RolledBack: _rolled_back,
     HarnessEdited: _harness_edited,
     AdapterCheckpointed: _adapter_checkpointed,
+    TrainingNoSignal: _training_no_signal,
 }

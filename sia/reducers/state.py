@@ -116,6 +116,15 @@ class Decision(NamedTuple):
     forced: bool
 
 
+class NoSignal(NamedTuple):
+    """A weight update of a generation that had no learning signal, and the decision it served."""
+
+    algorithm: str
+    params: dict[str, Any]
+    reason: str
+    decision_seq: int
+
+
 class Generation(NamedTuple):
     index: int
     harness_hash: str
@@ -131,6 +140,7 @@ class Generation(NamedTuple):
     harness_edited: bool = False
     adapter_hash_after: str | None = None
     spend: Spend = ZERO
+    no_signal: tuple[NoSignal, ...] = ()
 
 
 

@@ -1,7 +1,10 @@
 """The local target backend: a transformers causal LM plus an optional peft adapter.
 
-Generation returns exact token ids and per-token logprobs (of the sampling
-distribution), which the gateway records into trajectories for training. Calls are
+Generation returns exact token ids and per-token logprobs of the sampling distribution
+(after temperature and top-p, `sia.target.sampling`, the function the trainer scores
+tokens with), which the gateway records into trajectories for training. A sample that
+ended at the end-of-sequence token excludes it, with its logprob (as vLLM's backend
+does); the trainer appends the EOS again and scores it itself. Calls are
 serialised by a lock: the tiny default model is fastest on one thread, and the global
 torch RNG is seeded per call so a call's samples depend only on its seed.
 """
@@ -45,8 +48,12 @@ class LocalBackend:
         self._lock = threading.Lock()
 
     def sample(self, prompt: str, *, max_tokens: int, temperature: float, n: int, seed: int,
-               stop: list[str] | None = None) -> list[Sample]:
-        """`n` completions of `prompt`; temperature 0 is greedy."""
+               stop: list[str] | None = None, top_p: float = 1.0) -> list[Sample]:
+        """`n` completions of `prompt`; temperature 0 is greedy (scored at temperature 1)."""
+        from sia.target.sampling import sampling_logprobs, scoring_temperature
+
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         torch = self.torch
         encoded = self.tokenizer(prompt, return_tensors="pt")
         prompt_ids = encoded["input_ids"][0].tolist()
@@ -65,11 +72,10 @@ class LocalBackend:
                                  use_cache=True)
                 past = out.past_key_values
                 logits = out.logits[:, -1, :].float()
+                dist = sampling_logprobs(logits, scoring_temperature(temperature), top_p)
                 if temperature <= 0:
-                    dist = torch.log_softmax(logits, dim=-1)
                     token = dist.argmax(dim=-1)
                 else:
-                    dist = torch.log_softmax(logits / temperature, dim=-1)
                     token = torch.multinomial(dist.exp(), 1).squeeze(-1)
                 chosen = dist.gather(-1, token[:, None]).squeeze(-1)
                 if eos is not None:

@@ -74,10 +74,15 @@ def adaptive_beta(rewards: Sequence[float], target: float = LN2, max_scaled: flo
 
 def entropic(rewards_by_group: Sequence[Sequence[float]],
              beta: float | None = None) -> tuple[list[list[float]], list[float]]:
-    """Entropic weights w_i = e_i / mean_{j != i} e_j with e_i = exp(beta r_i); A_i = w_i - 1.
+    """Entropic weights w_i = e_i / mean_j e_j with e_i = exp(beta r_i); A_i = w_i - 1.
 
     Up-weights rare high-reward rollouts exponentially. With `beta=None` each group gets
     the beta at which its softmax sits ln 2 away from uniform (`adaptive_beta`).
+    Computed in log space, so no beta under the cap can overflow or divide by zero, and
+    bounded: w_i = n softmax_i(beta r), so A_i lies in [-1, n - 1] and the advantages of
+    a group sum to 0 (the mean is the baseline). A leave-one-out mean (j != i) is neither:
+    at the beta cap the other term of a group of two is ~e^-64 of the best, and its weight
+    ~e^64.
     Returns the advantages and the beta used per group.
     """
     advantages: list[list[float]] = []
@@ -89,11 +94,15 @@ def entropic(rewards_by_group: Sequence[Sequence[float]],
         if n < 2:
             advantages.append([0.0] * n)
             continue
-        top = max(rewards)
-        e = [math.exp(b * (r - top)) for r in rewards]
-        total = sum(e)
-        advantages.append([e_i / ((total - e_i) / (n - 1)) - 1.0 for e_i in e])
+        scaled = [b * r for r in rewards]
+        log_mean = _log_sum_exp(scaled) - math.log(n)
+        advantages.append([math.exp(s - log_mean) - 1.0 for s in scaled])
     return advantages, betas
+
+
+def _log_sum_exp(values: Sequence[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def gae(rewards: Sequence[float], values: Sequence[float], gamma: float,

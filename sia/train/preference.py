@@ -22,7 +22,7 @@ def preference_pairs(rollouts: list[Rollout], max_pairs_per_group: int) -> list[
     """(chosen, rejected) pairs within each group, widest reward gap first."""
     pairs: list[tuple[Rollout, Rollout]] = []
     for group in group_indices(rollouts):
-        candidates = [(rollouts[j].reward - rollouts[i].reward, i, j)
+        candidates = [(rollouts[i].reward - rollouts[j].reward, i, j)
                       for i in group for j in group
                       if rollouts[i].reward > rollouts[j].reward
                       and rollouts[i].completion_ids != rollouts[j].completion_ids]

@@ -16,7 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 class Rollout(BaseModel):
     """One completion. `completion_ids` should end with the eos id when sampling stopped at it,
-    so training also teaches where to stop. Rollouts of the same prompt share `group`."""
+    so training also teaches where to stop. Rollouts of the same prompt share `group`.
+
+    `logprobs` are the sampler's, one per completion token; an entry is None where the
+    sampler did not report one (the appended eos), and the trainer scores that token
+    itself. `temperature` and `top_p` are those the completion was sampled with: the
+    trainer scores tokens under the same distribution, so its ratio starts at 1.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -24,7 +30,9 @@ class Rollout(BaseModel):
     completion_ids: list[int]
     reward: float
     group: str
-    logprobs: list[float] | None = None
+    logprobs: list[float | None] | None = None
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _logprobs_match(self) -> "Rollout":
