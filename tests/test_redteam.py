@@ -500,6 +500,9 @@ def test_a_hostile_harness_in_real_runs_gains_nothing(tmp_path: Path, loopback_l
         if episodes[s]["status"] != "ok"}
 
     assert files_holding(home, canary.encode()) == []
+    # The store redacts secrets as a second line of defence; that the sandbox alone held is
+    # shown by nothing having been redacted at all.
+    assert files_holding(home, b"[redacted:") == []
     written = [p for root in (Path("/tmp"), Path("/dev/shm"), Path("/var/tmp"), Path.home(), home,
                               tmp_path)
                for p in root.glob(f"*{marker}*")]

@@ -10,14 +10,18 @@ from sia.tasks.trimul import (
     GPU_TEST_CASES,
     TIMED_SEED_STEP,
     ShapeSpec,
+    TrimulInputs,
     correctness_cases,
     evaluate,
+    evaluate_calls,
+    in_process,
     make_inputs,
     mismatch,
     module_from_weights,
     timed_seed,
     trimul_reference,
 )
+from sia.tasks.trimul.reference import reference_kernel_source
 
 SMALL = (ShapeSpec(batch=1, seq_len=12, dim=16, hidden_dim=16),)
 """A size at which even the Python-loop candidate is checked in well under a second."""
@@ -228,3 +232,32 @@ def test_a_stale_answer_on_a_timed_call_is_caught() -> None:
     assert not result.correct and result.reward == 0.0
     assert result.reason is not None and "timed call 0 (seed 9384)" in result.reason
     assert "outside rtol=0.02" in result.reason
+
+
+def test_the_reference_kernel_source_computes_the_reference() -> None:
+    namespace: dict[str, object] = {}
+    exec(compile(reference_kernel_source(), "<reference>", "exec"), namespace)  # noqa: S102
+    inputs = make_inputs(SMALL[0], 7, "normal", True)
+    kernel = namespace["custom_kernel"]
+    assert callable(kernel)
+    with torch.no_grad():
+        assert torch.equal(kernel(inputs.x, inputs.mask, inputs.weights),
+                           trimul_reference(inputs.x, inputs.mask, inputs.weights))
+
+
+def test_the_given_reference_gets_every_call_the_candidate_gets_and_sets_its_time() -> None:
+    seen: dict[str, list[float]] = {"candidate": [], "reference": []}
+
+    def recorded(name: str, spent_us: float):
+        timed = in_process(trimul_reference, on_cuda=False)
+
+        def call(inputs: TrimulInputs) -> tuple[object, float]:
+            seen[name].append(float(inputs.x.sum()))
+            return timed(inputs)[0], spent_us
+        return call
+
+    result = evaluate_calls(recorded("candidate", 300.0), specs=SMALL, seeds=(3,), repeats=3, warmup=1,
+                            reference=recorded("reference", 600.0))
+    assert result.correct and seen["candidate"] == seen["reference"], result
+    assert len(seen["candidate"]) == result.checked_cases + result.checked_calls
+    assert result.timings[0].reference_runtime_us == 600.0 and abs(result.reward - 2.0) < 1e-9

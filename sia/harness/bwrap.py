@@ -115,6 +115,36 @@ def sandbox_options(python: Interpreter, *, runner: Path, model_socket: Path | N
     return [*arguments, "--seccomp", str(seccomp_fd)]
 
 
+def code_sandbox_options(python: Interpreter, *, read_only: tuple[str, ...], runner: Path,
+                         runner_path: str, environment: dict[str, str], tmpfs_bytes: int,
+                         seccomp_fd: int) -> list[str]:
+    """bwrap's options for running untrusted answer code (`sia.tasks.answer_sandbox`).
+
+    The same namespaces, identity and read-only interpreter view as an episode, plus the
+    host directories `read_only` (the venv's site-packages, for torch and numpy) at their
+    own paths, and no gateway socket; the answer's inputs arrive on a pipe, not as files.
+    """
+    arguments = ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                 "--unshare-net", "--unshare-cgroup-try", "--uid", str(SANDBOX_UID),
+                 "--gid", str(SANDBOX_UID), "--hostname", "sandbox", "--die-with-parent",
+                 "--as-pid-1", "--new-session", "--cap-drop", "ALL", *_libraries(),
+                 "--ro-bind", python.executable, python.executable,
+                 "--ro-bind", python.stdlib, python.stdlib]
+    if python.shared_library and not python.shared_library.startswith(LIBRARY_DIRS):
+        arguments += ["--ro-bind", python.shared_library, python.shared_library]
+    for hidden in python.site_packages:
+        arguments += ["--tmpfs", hidden, "--remount-ro", hidden]
+    for directory in read_only:
+        arguments += ["--ro-bind", directory, directory]
+    arguments += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
+                  "--ro-bind", str(runner), runner_path,
+                  "--size", str(tmpfs_bytes), "--tmpfs", EPISODE_DIR,
+                  "--chdir", EPISODE_DIR, "--remount-ro", "/", "--clearenv"]
+    for name, value in environment.items():
+        arguments += ["--setenv", name, value]
+    return [*arguments, "--seccomp", str(seccomp_fd)]
+
+
 def bwrap_path() -> str | None:
     return shutil.which("bwrap", path="/usr/local/bin:/usr/bin:/bin")
 

@@ -211,6 +211,21 @@ def scored_summary(loaded: Task, pairs: list[tuple[str, str | None]], result: di
     }
 
 
+def _choose_answer_sandbox(loaded: Task, sandbox: str) -> None:
+    """Run this command's code answers in `sandbox`, refusing up front when bwrap is unusable."""
+    from sia.harness.bwrap import SandboxUnavailable, require_bwrap
+    from sia.tasks.code_answers import FUNCTION_OF, ISOLATIONS, use_isolation
+
+    if sandbox not in ISOLATIONS:
+        _fail(f"--sandbox {sandbox!r} is not a sandbox; use one of {', '.join(ISOLATIONS)}")
+    if sandbox == "bwrap" and loaded.name in FUNCTION_OF:
+        try:
+            require_bwrap()
+        except SandboxUnavailable as error:
+            _fail(str(error))
+    use_isolation(sandbox)  # type: ignore[arg-type]
+
+
 @app.command("score")
 def score(task: Annotated[str, typer.Argument(help="A task name (sia tasks list) or a task folder.")],
           data: DataOption = None,
@@ -222,6 +237,9 @@ def score(task: Annotated[str, typer.Argument(help="A task name (sia tasks list)
                                "scored on every sample of --split.")] = None,
           split: Annotated[Optional[str], typer.Option(
               "--split", help="With --answer: train, dev, test or all (default all).")] = None,
+          sandbox: Annotated[str, typer.Option(
+              "--sandbox", help="Where code answers (trimul, denoise) run: bwrap (default, the OS "
+                                "sandbox) or process (weaker; an answer can forge its score).")] = "bwrap",
           as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False) -> None:
     """Score predictions made elsewhere with the task's own evaluator (the loop's scoring path)."""
     if task == TOY:
@@ -238,6 +256,7 @@ def score(task: Annotated[str, typer.Argument(help="A task name (sia tasks list)
         loaded = load_task(task, data=data)
     except TaskError as error:
         _fail(_one_line(error))
+    _choose_answer_sandbox(loaded, sandbox)
     pairs = (_answer_predictions(loaded, answer, split or "all") if answer is not None
              else _file_predictions(loaded, predictions))  # type: ignore[arg-type]
     try:

@@ -29,6 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from sia.tasks.answer_sandbox import CandidateRaised, SandboxLost, UnusableOutput
 from sia.tasks.denoise.baselines import identity
 from sia.tasks.denoise.bound import bound_mse
 from sia.tasks.denoise.mcv import TRAIN_FRACTION, split_counts
@@ -99,6 +100,12 @@ def evaluate(
 
     try:
         output = candidate_fn(train.copy())
+    except SandboxLost:  # the sandbox's ending (timeout, limit), not the candidate's answer
+        raise
+    except UnusableOutput as error:
+        return failure(str(error))
+    except CandidateRaised as error:
+        return failure(f"candidate raised {error}")
     except Exception as error:  # a crashing candidate is a recorded failure, not a crash
         return failure(f"candidate raised {type(error).__name__}: {error}")
     denoised, problem = _output_problem(output, train.shape)

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from sia.tasks.answer_sandbox import CandidateRaised, SandboxLost
 from sia.tasks.trimul.reference import (
     Distribution,
     ShapeSpec,
@@ -189,6 +190,8 @@ def _clone(inputs: TrimulInputs) -> TrimulInputs:
 
 
 def _describe(error: BaseException) -> str:
+    if isinstance(error, CandidateRaised):
+        return str(error)
     return f"{type(error).__name__}: {error}"
 
 
@@ -208,12 +211,26 @@ def _timed(kernel: Kernel, inputs: TrimulInputs, on_cuda: bool) -> tuple[Any, fl
     return output, (time.perf_counter_ns() - start) / 1000.0
 
 
+CandidateCall = Callable[[TrimulInputs], tuple[Any, float]]
+"""Runs the candidate on inputs it may modify: (output, µs the call took). In this process
+(`in_process`) or in a sandbox (`sia.tasks.code_answers`), whose raising candidate surfaces
+as `CandidateRaised`."""
+
+
+def in_process(candidate: Kernel, on_cuda: bool) -> CandidateCall:
+    """Calls `candidate` here, without autograd, timed around the call."""
+    def call(inputs: TrimulInputs) -> tuple[Any, float]:
+        with torch.no_grad():
+            return _timed(candidate, inputs, on_cuda)
+    return call
+
+
 class _TimingFailure(Exception):
     """The candidate raised or returned a wrong output on a timed call."""
 
 
-def _time_case(candidate: Kernel, case: TrimulCase, repeats: int, warmup: int, rtol: float,
-               atol: float, device: str, on_cuda: bool) -> CaseTiming:
+def _time_case(candidate: CandidateCall, reference: CandidateCall, case: TrimulCase, repeats: int,
+               warmup: int, rtol: float, atol: float, device: str) -> CaseTiming:
     """Median candidate and reference times over `repeats` timed calls after `warmup`, every
     call on fresh inputs whose candidate output is checked against the reference's."""
     candidate_us: list[float] = []
@@ -224,11 +241,12 @@ def _time_case(candidate: Kernel, case: TrimulCase, repeats: int, warmup: int, r
         given = _clone(inputs)
         where = f"{case.label()}: timed call {call} (seed {seed})"
         try:
-            with torch.no_grad():
-                received, spent = _timed(candidate, given, on_cuda)
+            received, spent = candidate(given)
+        except SandboxLost:
+            raise
         except Exception as error:
             raise _TimingFailure(f"{where}: candidate raised {_describe(error)}") from error
-        expected, reference_spent = _timed(trimul_reference, inputs, on_cuda)
+        expected, reference_spent = reference(inputs)
         problem = mismatch(received, expected, rtol, atol)
         if problem is not None:
             raise _TimingFailure(f"{where}: {problem}")
@@ -260,23 +278,49 @@ def evaluate(
     `cpu_threads` sets torch's intra-op threads for the evaluation on CPU (restored
     after); None leaves them as they are.
     """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return evaluate_calls(in_process(candidate, device.startswith("cuda")), specs, seeds, repeats,
+                          warmup, rtol, atol, device, cpu_threads)
+
+
+def evaluate_calls(
+    candidate: CandidateCall,
+    specs: Sequence[ShapeSpec] | None = None,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    repeats: int = 30,
+    warmup: int = 5,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    device: str = "cpu",
+    cpu_threads: int | None = 1,
+    reference: CandidateCall | None = None,
+) -> TrimulResult:
+    """`evaluate` for a candidate reached through `CandidateCall` (e.g. in a sandbox).
+
+    `reference` gives the reference's output and time for every call the candidate gets,
+    the same calls in the same order; by default it runs here, timed as `in_process` times
+    the candidate (the sandboxed scorer passes the reference run in a sandbox of its own, so
+    both are warmed and timed the same way). `SandboxLost` from a call propagates: it is the
+    sandbox's ending, not the candidate's answer.
+    """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     if not seeds:
         raise ValueError("need at least one seed")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_cuda = device.startswith("cuda")
     threads_before = torch.get_num_threads()
     if cpu_threads is not None and not on_cuda:
         torch.set_num_threads(cpu_threads)
     try:
-        return _evaluate(candidate, specs, seeds, repeats, warmup, rtol, atol, device, on_cuda)
+        return _evaluate(candidate, reference or in_process(trimul_reference, on_cuda), specs, seeds,
+                         repeats, warmup, rtol, atol, device, on_cuda)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _evaluate(
-    candidate: Kernel,
+    candidate: CandidateCall,
+    reference: CandidateCall,
     specs: Sequence[ShapeSpec] | None,
     seeds: Sequence[int],
     repeats: int,
@@ -298,11 +342,12 @@ def _evaluate(
     checked = 0
     for case in [*to_check, *to_time]:
         inputs = make_inputs(case.shape, case.seed, case.distribution, case.masked, device=device)
-        expected = trimul_reference(inputs.x, inputs.mask, inputs.weights)
+        expected, _ = reference(inputs)
         given = _clone(inputs)
         try:
-            with torch.no_grad():
-                received = candidate(given.x, given.mask, given.weights)
+            received, _ = candidate(given)
+        except SandboxLost:
+            raise
         except Exception as error:  # a crashing candidate is a recorded failure, not a crash
             return failure(f"{case.label()}: candidate raised {_describe(error)}", checked)
         problem = mismatch(received, expected, rtol, atol)
@@ -311,7 +356,7 @@ def _evaluate(
         checked += 1
 
     try:
-        timings = [_time_case(candidate, case, repeats, warmup, rtol, atol, device, on_cuda)
+        timings = [_time_case(candidate, reference, case, repeats, warmup, rtol, atol, device)
                    for case in to_time]
     except _TimingFailure as error:
         return failure(str(error), checked)

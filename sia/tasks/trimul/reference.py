@@ -16,6 +16,7 @@ candidate written for the GPU MODE benchmark reads them unchanged.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -107,6 +108,16 @@ def _outgoing(x: torch.Tensor, mask: torch.Tensor, w: dict[str, torch.Tensor]) -
     out = torch.einsum("... i k d, ... j k d -> ... i j d", left, right)
     out = F.layer_norm(out, (hidden_dim,), w["to_out_norm.weight"], w["to_out_norm.bias"])
     return F.linear(out * torch.sigmoid(F.linear(x, w["out_gate.weight"])), w["to_out.weight"])
+
+
+def reference_kernel_source() -> str:
+    """The reference's CPU computation as an answer module defining `custom_kernel`.
+
+    The scorer times the reference by running this in an answer sandbox of its own, so the
+    reference and the answer are measured the same way, channel and all.
+    """
+    return ("import torch\nfrom torch.nn import functional as F\n\n\n"
+            f"{inspect.getsource(_outgoing)}\n\ncustom_kernel = _outgoing\n")
 
 
 @torch.no_grad()
