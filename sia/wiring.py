@@ -128,7 +128,8 @@ class RemoteModelSource:
         from sia.events.canonical import content_hash
 
         self.model_id = model
-        self.model_hash = content_hash({"model": model, "revision": settings.get("revision")})
+        self.revision: str | None = settings.get("revision")
+        self.model_hash = content_hash({"model": model, "revision": self.revision})
         self.path = settings.get("model_dir")
 
     def model(self) -> RemoteModelSource:

@@ -365,7 +365,7 @@ class LLMFeedback:
         conversation = _Conversation(self.provider, self.model, prompts.feedback_system(self.task.description),
                                      FEEDBACK_SCHEMA, self.max_tokens, ctx.seed)
         conversation.messages.append(Message(role="user", content=prompts.feedback_user(
-            request, harness_source=current, digest_text=digest.text,
+            request, harness_source=current, digest_text=ctx.blobs.get_text(digest_hash),
             last_diff=last_edit_diff(request.get("history") or [], ctx.blobs))))
         refused: list[str] = []
         for attempt in range(1, self.max_attempts + 1):

@@ -187,17 +187,22 @@ class TrainHandler:
                         ctx: EffectContext) -> tuple[Any, Path]:
         """Spawn on the deployed Modal app; the FunctionCall id is recorded at once, so a
         resumed run re-attaches to it. The base model goes to the Volume once, by hash."""
-        from sia.train.modal_app import ModalTrainer, adapter_inputs, upload_model
+        from sia.train.modal_app import ModalTrainer, adapter_inputs, hub_model_config, upload_model
 
         trainer = ModalTrainer()
         init_dir = adapter_dir(ctx.blobs, request["initial_adapter_hash"], self.home / "adapters")
         inputs: dict[str, Any] = {"rollouts_jsonl": data.read_text(encoding="utf-8")}
-        if model_dir is not None:
-            inputs["model_dir"] = upload_model(model_dir, spec.base_model_hash)
         if init_dir is not None:
             inputs["init_adapter_files"] = adapter_inputs(init_dir)
         try:
-            manifest = trainer.run_effect(spec, inputs, ctx)
+            if model_dir is not None:
+                inputs["model_dir"] = upload_model(model_dir, spec.base_model_hash)
+                model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+            else:
+                revision = getattr(self.model, "revision", None)
+                inputs["model_revision"] = revision
+                model_config = hub_model_config(spec.base_model_id, revision) if revision else None
+            manifest = trainer.run_effect(spec, inputs, ctx, model_config=model_config)
             fetched = trainer.fetch_adapter(manifest, self.home / "train" / "modal" / spec.job_id)
         except Exception as exc:  # Modal's errors name what went wrong; record them as the effect's
             raise EffectError(f"Modal training job {spec.job_id[:12]} failed: {exc}") from None

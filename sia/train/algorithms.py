@@ -184,12 +184,10 @@ def no_signal_reason(algorithm: str, rollouts: list[Rollout], params: dict[str, 
 def _load_model(model_dir: Path, init_adapter_dir: Path | None, lora: LoraSpec, seed: int):  # type: ignore[no-untyped-def]
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    cuda = torch.cuda.is_available()
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if cuda else torch.float32)
-    if cuda:
-        base = base.to("cuda")
+    from sia.train.loading import load_base_model
+
+    base = load_base_model(model_dir, cuda=torch.cuda.is_available())
     if init_adapter_dir is not None:
         return PeftModel.from_pretrained(base, init_adapter_dir, is_trainable=True)
     targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)

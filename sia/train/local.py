@@ -229,7 +229,11 @@ class LocalTrainer:
         }, sort_keys=True))
 
     def _spawn(self, job_dir: Path, lock_fd: int) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **self.env}
+        from sia.store.redact import secret_names
+
+        # The trainer needs no key: keys stay out of the child and so out of its stderr.log.
+        env = {name: value for name, value in os.environ.items()
+               if name not in secret_names(os.environ)} | self.env
         source_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, env.get("PYTHONPATH")]))
         log = open(job_dir / "stderr.log", "ab")

@@ -10,6 +10,7 @@ and byte-identical when repeated.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -147,7 +148,8 @@ def _pretrain(model, documents: list[list[int]], pad: int, steps: int,  # type: 
     size = min(config.batch_size, len(documents), max(1, config.tokens_per_step // longest))
     order: list[int] = []
     model.train()
-    for _ in range(steps):
+    progress = logging.getLogger("sia.progress")  # the CLI renders these records; no import of it
+    for step in range(steps):
         if len(order) < size:
             order += torch.randperm(len(documents), generator=generator).tolist()
         picks, order = order[:size], order[size:]
@@ -160,4 +162,6 @@ def _pretrain(model, documents: list[list[int]], pad: int, steps: int,  # type: 
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        progress.info("build", extra={"phase": "build tiny model", "step": step + 1,
+                                      "total": steps, "loss": float(loss)})
     model.eval()
