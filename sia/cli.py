@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sia.config import ConfigError, apply_overrides, parse_assignments
+from sia.decide import UnknownDeciderVersion
 from sia.events.mapper import EventDecodeError
 from sia.events.types import RunConfig, TaskSnapshot
 from sia.reducers.loop import FoldError
@@ -576,7 +577,8 @@ def entrypoint() -> None:
         code = app(standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (CliError, StoreError, ConfigError, FoldError, EventDecodeError, BlobMissing) as exc:
+    except (CliError, StoreError, ConfigError, FoldError, EventDecodeError, BlobMissing,
+            UnknownDeciderVersion) as exc:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -46,6 +46,24 @@ from sia.reducers.loop import apply_event
 from sia.reducers.state import Generation, LoopState
 from sia.reward_shape import classify_episode_scores
 
+DECIDER_VERSION = 2
+"""The version of the transitions below that a new run records in RunCreated.
+
+A recorded run is always decided by the version it was created with (as Temporal's
+`patched` keeps old workflow histories on their old path), so its log keeps replaying
+under `replay --check` after `decide` changes; a run recorded by a newer sia is refused.
+
+1. milestone 1: the Feedback request carries the dev scores' shape only.
+2. the Feedback request also names the generation's train rollouts (whose per-completion
+   rewards are what a weight update sees), and updates without a learning signal are
+   recorded as TrainingNoSignal and asked about again.
+"""
+
+
+class UnknownDeciderVersion(Exception):
+    """The run was recorded by a newer `decide` than this one; deciding it would diverge."""
+
+
 MAX_PURE_STEPS = 32
 """Pure transitions per batch; a loop needs at most a handful before it needs an effect."""
 MAX_NO_SIGNAL = 3
@@ -54,6 +72,10 @@ MAX_NO_SIGNAL = 3
 
 def decide(state: LoopState) -> list[BaseEvent]:
     """All events up to and including the next effect requests (or the run's end)."""
+    if state.decider_version > DECIDER_VERSION:
+        raise UnknownDeciderVersion(
+            f"run {state.run_id} was recorded by decider version {state.decider_version}; this "
+            f"sia decides with version {DECIDER_VERSION}: upgrade sia to resume or replay it")
     batch: list[BaseEvent] = []
     for _ in range(MAX_PURE_STEPS):
         events = step(state)
@@ -297,9 +319,8 @@ def request_feedback(state: LoopState, generation: Generation) -> EffectRequeste
     ]
     rewards = episode_rewards(state, generation)
     dev = set(state.task.dev_ids)
-    rollouts = set(rollout_ids(state, generation.index))
-    # Keys added since runs were first recorded appear only when they have content, so
-    # a recorded run without rollouts or no-signal updates replays to the same request.
+    rollouts = set(rollout_ids(state, generation.index)) if state.decider_version >= 2 else set()
+    # Keys added since version 1 appear only when they have content.
     extra: dict[str, Any] = {}
     if rollouts:
         extra["rollouts"] = [{"episode_id": e.episode_id, "sample_id": e.sample_id,

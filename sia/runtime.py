@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from sia.decide import decide
+from sia.decide import DECIDER_VERSION, decide
 from sia.effects.base import (
     EffectContext,
     EffectError,
@@ -120,7 +120,8 @@ class Runtime:
 
     def create(self, config: RunConfig, task: TaskSnapshot, run_id: str | None = None) -> str:
         run_id = run_id or new_run_id(config.task)
-        self.store.create_run(run_id, [MAPPER.encode(RunCreated(config=config, task=task))])
+        self.store.create_run(run_id, [MAPPER.encode(RunCreated(config=config, task=task,
+                                                                decider_version=DECIDER_VERSION))])
         return run_id
 
     def fork(self, parent_run_id: str, at: int, config: RunConfig,

@@ -110,6 +110,9 @@ class RunCreated(BaseEvent):
     type: Literal["RunCreated"] = "RunCreated"
     config: RunConfig
     task: TaskSnapshot
+    decider_version: int = Field(default=1, ge=1)
+    """The version of `sia.decide` that drives this run (logs from before versioning are 1).
+    A run keeps its version for life, forks included, so its log always replays."""
 
 
 class RunForked(BaseEvent):

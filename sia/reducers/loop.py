@@ -128,7 +128,8 @@ def _own(state: LoopState, seq: int) -> bool:
 def _run_created(state: LoopState, e: RunCreated, seq: int, run_id: str | None) -> Changes:
     if state.status != "new":
         raise FoldError(seq, "RunCreated in a run that already exists")
-    return {"run_id": run_id, "status": "running", "config": e.config, "task": e.task}
+    return {"run_id": run_id, "status": "running", "config": e.config, "task": e.task,
+            "decider_version": e.decider_version}
 
 
 def _run_forked(state: LoopState, e: RunForked, seq: int, run_id: str | None) -> Changes:

@@ -147,6 +147,7 @@ class Generation(NamedTuple):
 class LoopState(NamedTuple):
     run_id: str | None = None
     seq: int = 0
+    decider_version: int = 1
     last_hash: str = GENESIS_HASH
     status: RunStatus = "new"
     config: RunConfig | None = None
