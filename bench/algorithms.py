@@ -5,13 +5,14 @@ after generation 1 (the harness already edited); then one fork per algorithm for
 `update_weights:ALGORITHM` there and runs one more generation. The forks share the
 parent's prefix, so all six start from the same recorded trajectories.
 
-Tasks: wordcat (binary reward, the default task) and `bench/tasks/wordcat_graded`
-(wordcat with a continuous reward, the character similarity of the answer to the
-category name; built for this bench). An update with no learning signal is reported as
+Tasks: wordcat (binary reward, the default task) and wordcat_graded (wordcat with a
+continuous reward, the character similarity of the answer to the category name; built for
+this bench by laying `bench/tasks/wordcat_graded`'s evaluator and task.toml over a copy of
+wordcat). An update with no learning signal is reported as
 such (its row says why) and its dev change is not the algorithm's: the Feedback Agent
 was asked again and did something else.
 
-    python bench/algorithms.py [--home DIR] [--task wordcat --task bench/tasks/wordcat_graded]
+    python bench/algorithms.py [--home DIR] [--task wordcat --task PATH]
 """
 
 from __future__ import annotations
@@ -60,13 +61,28 @@ def bench_task(home: Path, task: str) -> dict:
     return {"task": task, "parent": parent, "rows": rows}
 
 
+def graded_wordcat(root: Path) -> Path:
+    """wordcat with a continuous reward: the bundled task folder, with the evaluator and
+    task.toml of `bench/tasks/wordcat_graded` laid over it (so no data is copied in git)."""
+    import shutil
+
+    from sia.tasks.loader import BUNDLED_ROOT
+
+    folder = root / "wordcat_graded"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(BUNDLED_ROOT / "wordcat", folder)
+    for overlay in (Path(__file__).parent / "tasks" / "wordcat_graded").iterdir():
+        shutil.copy(overlay, folder / overlay.name)
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--task", action="append", default=None)
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="sia-bench-algorithms-"))
-    tasks = args.task or ["wordcat", str(Path(__file__).parent / "tasks" / "wordcat_graded")]
+    tasks = args.task or ["wordcat", str(graded_wordcat(home / "tasks"))]
     results = []
     for task in tasks:
         result = bench_task(home, task)

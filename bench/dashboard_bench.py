@@ -38,25 +38,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 def build(home: Path, count: int) -> int:
-    from workload import events
+    from workload import events, record_run
 
     from sia.events.mapper import MAPPER
-    from sia.reducers.loop import evolve
-    from sia.reducers.state import LoopState
-    from sia.runtime import SNAPSHOT_EVERY, save_snapshot
     from sia.store.sqlite import SqliteEventStore
 
     store = SqliteEventStore.open_home(home)
-    encoded = [MAPPER.encode(e) for e in events(count)]
-    stored = store.create_run("bench", encoded[:1])
-    state = LoopState()
-    for start in range(1, len(encoded), 1000):
-        batch = store.append("bench", encoded[start:start + 1000], expected_last_seq=start)
-        for event in [*stored, *batch]:
-            state = evolve(state, MAPPER.decode(event))
-            if state.seq % SNAPSHOT_EVERY == 0:
-                save_snapshot(store, "bench", state)
-        stored = []
+    state = record_run(store, [MAPPER.encode(e) for e in events(count)])
     store.close()
     return state.seq
 

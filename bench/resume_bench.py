@@ -49,12 +49,9 @@ print(Clocked.first - start)
 
 
 def main() -> None:
-    from workload import events
+    from workload import events, record_run
 
     from sia.events.mapper import MAPPER
-    from sia.reducers.loop import evolve
-    from sia.reducers.state import LoopState
-    from sia.runtime import SNAPSHOT_EVERY, save_snapshot
     from sia.store.sqlite import SqliteEventStore
 
     parser = argparse.ArgumentParser()
@@ -65,15 +62,7 @@ def main() -> None:
     encoded = [MAPPER.encode(e) for e in events(args.events)]
     while encoded[-1].type != "EpisodeRecorded":
         encoded.pop()
-    stored = store.create_run("bench", encoded[:1])
-    state = LoopState()
-    for start in range(1, len(encoded), 1000):
-        batch = store.append("bench", encoded[start:start + 1000], expected_last_seq=start)
-        for event in [*stored, *batch]:
-            state = evolve(state, MAPPER.decode(event))
-            if state.seq % SNAPSHOT_EVERY == 0:
-                save_snapshot(store, "bench", state)
-        stored = []
+    state = record_run(store, encoded)
     store.close()
     print(f"run of {state.seq} events, generation {state.generation}, "
           f"{len(state.current.episodes)} episodes recorded in it")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from typing import Any
 
 from sia.decide import effect_id_for
 from sia.events.canonical import content_hash
@@ -98,3 +99,23 @@ def _generation(rng: random.Random, g: int, dev_ids: tuple[str, ...], harness: s
     yield FeedbackDecided(generation=g, action="edit_harness", rationale=text(rng, 400),
                           harness_hash=content_hash(f"harness-{g + 1}"))
     yield HarnessEdited(generation=g, from_hash=harness, to_hash=content_hash(f"harness-{g + 1}"))
+
+
+def record_run(store: Any, encoded: list[Any], run_id: str = "bench") -> Any:
+    """Append encoded workload events as one run, 1000 per commit, saving folded-state
+    snapshots as the runtime does; returns the final state."""
+    from sia.events.mapper import MAPPER
+    from sia.reducers.loop import evolve
+    from sia.reducers.state import LoopState
+    from sia.runtime import SNAPSHOT_EVERY, save_snapshot
+
+    stored = store.create_run(run_id, encoded[:1])
+    state = LoopState()
+    for start in range(1, len(encoded), 1000):
+        batch = store.append(run_id, encoded[start:start + 1000], expected_last_seq=start)
+        for event in [*stored, *batch]:
+            state = evolve(state, MAPPER.decode(event))
+            if state.seq % SNAPSHOT_EVERY == 0:
+                save_snapshot(store, run_id, state)
+        stored = []
+    return state

@@ -88,10 +88,8 @@ def sandbox_command(python: Interpreter, result_fd: int) -> list[str]:
             f"{EPISODE_DIR}/sample.json", str(result_fd)]
 
 
-def sandbox_options(python: Interpreter, *, runner: Path, model_socket: Path | None,
-                    environment: dict[str, str], tmpfs_bytes: int, harness_fd: int,
-                    sample_fd: int, seccomp_fd: int) -> list[str]:
-    """bwrap's options for one episode: the namespaces and the view (the command follows)."""
+def _isolated_interpreter(python: Interpreter) -> list[str]:
+    """The namespaces, identity and read-only interpreter view every sandbox here shares."""
     arguments = ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                  "--unshare-net", "--unshare-cgroup-try", "--uid", str(SANDBOX_UID),
                  "--gid", str(SANDBOX_UID), "--hostname", "sandbox", "--die-with-parent",
@@ -102,17 +100,30 @@ def sandbox_options(python: Interpreter, *, runner: Path, model_socket: Path | N
         arguments += ["--ro-bind", python.shared_library, python.shared_library]
     for hidden in python.site_packages:
         arguments += ["--tmpfs", hidden, "--remount-ro", hidden]
-    arguments += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
-                  "--ro-bind", str(runner), RUNNER_PATH]
+    return arguments
+
+
+def _environment_and_filter(environment: dict[str, str], seccomp_fd: int) -> list[str]:
+    arguments = ["--clearenv"]
+    for name, value in environment.items():
+        arguments += ["--setenv", name, value]
+    return [*arguments, "--seccomp", str(seccomp_fd)]
+
+
+def sandbox_options(python: Interpreter, *, runner: Path, model_socket: Path | None,
+                    environment: dict[str, str], tmpfs_bytes: int, harness_fd: int,
+                    sample_fd: int, seccomp_fd: int) -> list[str]:
+    """bwrap's options for one episode: the namespaces and the view (the command follows)."""
+    arguments = [*_isolated_interpreter(python),
+                 "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
+                 "--ro-bind", str(runner), RUNNER_PATH]
     if model_socket is not None:
         arguments += ["--ro-bind", str(model_socket), MODEL_SOCKET]
     arguments += ["--size", str(tmpfs_bytes), "--tmpfs", EPISODE_DIR,
                   "--file", str(harness_fd), f"{EPISODE_DIR}/harness.py",
                   "--file", str(sample_fd), f"{EPISODE_DIR}/sample.json",
-                  "--chdir", EPISODE_DIR, "--remount-ro", "/", "--clearenv"]
-    for name, value in environment.items():
-        arguments += ["--setenv", name, value]
-    return [*arguments, "--seccomp", str(seccomp_fd)]
+                  "--chdir", EPISODE_DIR, "--remount-ro", "/"]
+    return [*arguments, *_environment_and_filter(environment, seccomp_fd)]
 
 
 def code_sandbox_options(python: Interpreter, *, read_only: tuple[str, ...], runner: Path,
@@ -124,25 +135,14 @@ def code_sandbox_options(python: Interpreter, *, read_only: tuple[str, ...], run
     host directories `read_only` (the venv's site-packages, for torch and numpy) at their
     own paths, and no gateway socket; the answer's inputs arrive on a pipe, not as files.
     """
-    arguments = ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-                 "--unshare-net", "--unshare-cgroup-try", "--uid", str(SANDBOX_UID),
-                 "--gid", str(SANDBOX_UID), "--hostname", "sandbox", "--die-with-parent",
-                 "--as-pid-1", "--new-session", "--cap-drop", "ALL", *_libraries(),
-                 "--ro-bind", python.executable, python.executable,
-                 "--ro-bind", python.stdlib, python.stdlib]
-    if python.shared_library and not python.shared_library.startswith(LIBRARY_DIRS):
-        arguments += ["--ro-bind", python.shared_library, python.shared_library]
-    for hidden in python.site_packages:
-        arguments += ["--tmpfs", hidden, "--remount-ro", hidden]
+    arguments = _isolated_interpreter(python)
     for directory in read_only:
         arguments += ["--ro-bind", directory, directory]
     arguments += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
                   "--ro-bind", str(runner), runner_path,
                   "--size", str(tmpfs_bytes), "--tmpfs", EPISODE_DIR,
-                  "--chdir", EPISODE_DIR, "--remount-ro", "/", "--clearenv"]
-    for name, value in environment.items():
-        arguments += ["--setenv", name, value]
-    return [*arguments, "--seccomp", str(seccomp_fd)]
+                  "--chdir", EPISODE_DIR, "--remount-ro", "/"]
+    return [*arguments, *_environment_and_filter(environment, seccomp_fd)]
 
 
 def bwrap_path() -> str | None:

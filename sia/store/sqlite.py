@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sia.events.canonical import GENESIS_HASH
 from sia.events.envelope import EncodedEvent, StoredEvent, hash_is_valid, seal_batch
@@ -288,16 +289,19 @@ class SqliteEventStore(EventStore):
         )
         return [RunRecord(*row) for row in rows]
 
-    def _read_segment(self, segment: Segment, after: int, upto: int | None) -> Iterator[StoredEvent]:
+    def _segment_rows(self, segment: Segment, after: int, upto: int | None,
+                      columns: str) -> Iterator[tuple[Any, ...]]:
         lo, hi = segment_bounds(segment, after, upto)
         cursor = self._conn.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE run_id = ? AND seq > ? AND seq <= ? "
-            "ORDER BY seq",
+            f"SELECT {columns} FROM events WHERE run_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
             (segment.run_id, lo, hi if hi is not None else 2**62),
         )
         while rows := cursor.fetchmany(4096):
-            for row in rows:
-                yield StoredEvent(*row)
+            yield from rows
+
+    def _read_segment(self, segment: Segment, after: int, upto: int | None) -> Iterator[StoredEvent]:
+        for row in self._segment_rows(segment, after, upto, _EVENT_COLUMNS):
+            yield StoredEvent(*row)
 
     def _last_own(self, run_id: str) -> StoredEvent | None:
         self.get_run(run_id)
@@ -314,15 +318,8 @@ class SqliteEventStore(EventStore):
         return StoredEvent(*row) if row else None
 
     def _read_segment_macs(self, segment: Segment) -> Iterator[tuple[StoredEvent, str | None]]:
-        lo, hi = segment_bounds(segment, 0, None)
-        cursor = self._conn.execute(
-            f"SELECT {_EVENT_COLUMNS}, mac FROM events WHERE run_id = ? AND seq > ? AND seq <= ? "
-            "ORDER BY seq",
-            (segment.run_id, lo, hi if hi is not None else 2**62),
-        )
-        while rows := cursor.fetchmany(4096):
-            for row in rows:
-                yield StoredEvent(*row[:-1]), row[-1]
+        for row in self._segment_rows(segment, 0, None, f"{_EVENT_COLUMNS}, mac"):
+            yield StoredEvent(*row[:-1]), row[-1]
 
     def _head(self, run_id: str) -> Head | None:
         row = self._conn.execute("SELECT run_id, seq, hash, mac FROM heads WHERE run_id = ?",

@@ -212,14 +212,18 @@ class VLLMServer(LoopbackServer):
             raise ProtocolError(404, f"The model `{model}` does not exist.", _NOT_FOUND, param="model")
         return loaded[1]
 
-    def _completions(self, request: RecordedRequest) -> tuple[int, dict[str, str], JSON]:
+    def _generation_request(self, request: RecordedRequest) -> tuple[dict[str, Any], Any]:
+        """The checked body of a completions or chat request, and the backend it names."""
         self._check_auth(request)
         body = request.body
         if not isinstance(body, dict):
             raise ProtocolError(400, "the request body must be a JSON object")
         if body.get("stream"):
             raise ProtocolError(400, "this stand-in answers non-streaming requests only")
-        backend = self._backend(body.get("model"))
+        return body, self._backend(body.get("model"))
+
+    def _completions(self, request: RecordedRequest) -> tuple[int, dict[str, str], JSON]:
+        body, backend = self._generation_request(request)
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not (isinstance(prompts, list) and prompts and all(isinstance(p, str) and p for p in prompts)):
@@ -255,13 +259,7 @@ class VLLMServer(LoopbackServer):
         }
 
     def _chat(self, request: RecordedRequest) -> tuple[int, dict[str, str], JSON]:
-        self._check_auth(request)
-        body = request.body
-        if not isinstance(body, dict):
-            raise ProtocolError(400, "the request body must be a JSON object")
-        if body.get("stream"):
-            raise ProtocolError(400, "this stand-in answers non-streaming requests only")
-        backend = self._backend(body.get("model"))
+        body, backend = self._generation_request(request)
         messages = body.get("messages")
         if not (isinstance(messages, list) and messages
                 and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
