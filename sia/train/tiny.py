@@ -163,5 +163,5 @@ def _pretrain(model, documents: list[list[int]], pad: int, steps: int,  # type: 
         loss.backward()
         optimizer.step()
         progress.info("build", extra={"phase": "build tiny model", "step": step + 1,
-                                      "total": steps, "loss": float(loss)})
+                                      "total": steps, "loss": loss.item()})
     model.eval()
