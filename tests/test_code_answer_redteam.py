@@ -106,13 +106,26 @@ def test_the_process_sandbox_is_forgeable_which_is_why_it_is_an_opt_in() -> None
 # ---------------------------------------------------------------- (2) reading the reference
 
 SNOOP = f'''
-import os
+import os, sys
+def _visible(top):
+    """What is under `top` besides the read-only site-packages bound in (wherever the
+    virtualenv lives, e.g. under /tmp on CI) and the folders leading to it."""
+    bound = [os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)]
+    seen = []
+    for root, dirs, files in os.walk(top):
+        dirs[:] = [d for d in dirs if os.path.join(root, d) not in bound]
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            if not any(b == path or b.startswith(path + os.sep) for b in bound):
+                seen.append(path)
+    return seen
 def _leaks():
     found = [f"process {{p}}" for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
     if os.getppid() != 0:
         found.append(f"parent {{os.getppid()}}")
-    found += [path for path in ("{BUNDLED}", "{BUNDLED.parents[2]}", "/home", "/etc", "/tmp")
+    found += [path for path in ("{BUNDLED}", "{BUNDLED.parents[2]}", "/home", "/etc")
               if os.path.exists(path)]
+    found += _visible("/tmp")
     try:
         import sia  # noqa: F401
         found.append("the sia package")
