@@ -46,7 +46,7 @@ from sia.reducers.loop import apply_event
 from sia.reducers.state import Generation, LoopState
 from sia.reward_shape import classify_episode_scores
 
-DECIDER_VERSION = 2
+DECIDER_VERSION = 3
 """The version of the transitions below that a new run records in RunCreated.
 
 A recorded run is always decided by the version it was created with (as Temporal's
@@ -57,6 +57,8 @@ under `replay --check` after `decide` changes; a run recorded by a newer sia is 
 2. the Feedback request also names the generation's train rollouts (whose per-completion
    rewards are what a weight update sees), and updates without a learning signal are
    recorded as TrainingNoSignal and asked about again.
+3. a rollback restores the adapter the target generation ran with, as it restores that
+   generation's harness (versions 1 and 2 restored the adapter trained after it).
 """
 
 
@@ -147,7 +149,7 @@ def step(state: LoopState) -> list[BaseEvent]:
         if target is not None:
             return [RolledBack(generation=current.index, to_generation=target.index,
                                harness_hash=target.harness_hash,
-                               adapter_hash=target.adapter_hash_after or target.adapter_hash)]
+                               adapter_hash=rollback_adapter(state, target))]
 
     if (decision.action == "edit_harness" and decision.harness_hash
             and not current.harness_edited and decision.harness_hash != state.harness_hash):
@@ -373,6 +375,13 @@ def request_training(state: LoopState, generation: Generation) -> EffectRequeste
             for e in pool if not chosen or e.episode_id in chosen
         ],
     })
+
+
+def rollback_adapter(state: LoopState, target: Generation) -> str | None:
+    """The adapter a rollback to `target` restores: the one `target` was scored with."""
+    if state.decider_version >= 3:
+        return target.adapter_hash
+    return target.adapter_hash_after or target.adapter_hash
 
 
 def no_signal_records(generation: Generation) -> list[dict[str, Any]]:

@@ -26,9 +26,11 @@ RUN = ["run", "--task", "toy", "--max-gen", "4", "--quiet", "--run-id", "crashy"
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The uncrashed run's final state, and how many effects it executes."""
     home = tmp_path_factory.mktemp("reference")
-    sia(home, *RUN)
-    return sia_json(home, "show", "crashy")
+    counter = home / "counter"
+    sia(home, *RUN, env={"SIA_EFFECT_COUNTER": str(counter)})
+    return {**sia_json(home, "show", "crashy"), "executions": executions(counter).total()}
 
 
 def executions(counter: Path) -> Counter[str]:
@@ -37,27 +39,59 @@ def executions(counter: Path) -> Counter[str]:
     return Counter(line.split()[0] for line in counter.read_text().splitlines())
 
 
-def committed_completions(home: Path) -> set[str]:
-    log = sia(home, "log", "crashy", "--json").stdout.splitlines()
-    return {json.loads(line)["payload"]["effect_id"] for line in log
-            if json.loads(line)["type"] == "EffectCompleted"}
+def recorded(home: Path) -> list[dict]:
+    return [json.loads(line) for line in sia(home, "log", "crashy", "--json").stdout.splitlines()]
 
 
-def exists(home: Path) -> bool:
-    return any(run["run_id"] == "crashy" for run in sia_json(home, "runs"))
+def settled(log: list[dict]) -> list[str]:
+    """Effect ids whose outcome is committed, in commit order."""
+    return [e["payload"]["effect_id"] for e in log if e["type"] == "EffectCompleted"
+            or (e["type"] == "EffectFailed" and not e["payload"]["will_retry"])]
+
+
+def pending(log: list[dict]) -> set[str]:
+    requested = {e["payload"]["effect_id"] for e in log if e["type"] == "EffectRequested"}
+    return requested - set(settled(log))
+
+
+def request_batches(log: list[dict]) -> int:
+    """Committed `decide` batches that requested effects: each ends in one unbroken block of
+    EffectRequested, and no effect outcome is ever an EffectRequested."""
+    types = [e["type"] for e in log]
+    return sum(1 for i, t in enumerate(types)
+               if t == "EffectRequested" and (i == 0 or types[i - 1] != "EffectRequested"))
+
+
+def assert_killed_at(point: str, nth: int, log: list[dict], counter: Path) -> None:
+    """The log (and the effect counter) as they can only be after a kill at `point`'s nth reach."""
+    last = log[-1]["type"]
+    assert last not in ("RunCompleted", "RunFailed"), f"the run ended ({last}): no kill landed"
+    if point == "before_request_commit":
+        assert request_batches(log) == nth - 1 and not pending(log)
+    elif point == "after_request_commit":
+        assert request_batches(log) == nth and last == "EffectRequested" and pending(log)
+    elif point == "after_execution":
+        ran = executions(counter)
+        assert len(settled(log)) <= nth - 1 < ran.total()
+        assert set(ran) - set(settled(log)), "every executed effect was committed"
+    elif point == "mid_batch":
+        assert pending(log) and last != "EffectRequested"
+        assert len(settled(log)) - (request_batches(log) - 1) == nth
+    else:
+        raise AssertionError(f"no check for crash point {point}")
 
 
 def resume_and_compare(home: Path, counter: Path, reference: dict) -> None:
-    before = committed_completions(home) if exists(home) else set()
+    """Resume after a kill: the resume must do the rest of the work, and none of it twice."""
+    log = recorded(home)
+    before = set(settled(log))
     ran_before = executions(counter)
-    if not exists(home):
-        sia(home, *RUN, env={"SIA_EFFECT_COUNTER": str(counter)})
-    else:
-        sia(home, "resume", "crashy", "--quiet", env={"SIA_EFFECT_COUNTER": str(counter)})
+    sia(home, "resume", "crashy", "--quiet", env={"SIA_EFFECT_COUNTER": str(counter)})
     final = sia_json(home, "show", "crashy")
     assert final["state_hash"] == reference["state_hash"]
-    assert final["seq"] == reference["seq"]
+    assert final["seq"] == reference["seq"] > len(log)
     ran_after = executions(counter) - ran_before
+    assert ran_after.total() > 0, "the resume executed no effect"
     rerun = {effect for effect in before if ran_after[effect]}
     assert not rerun, f"completed effects ran again after resume: {rerun}"
     assert sia(home, "verify", "crashy").returncode == 0
@@ -72,7 +106,25 @@ def test_kill_at_every_effect_boundary_then_resume(point: str, nth: int, tmp_pat
     env = {"SIA_CRASH_AT": f"{point}:{nth}", "SIA_EFFECT_COUNTER": str(counter)}
     crashed = sia(home, *RUN, env=env, check=False)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert_killed_at(point, nth, recorded(home), counter)
     resume_and_compare(home, counter, reference)
+
+
+LEFT_FOR_RESUME = 12
+"""Effects the second kill leaves undone at least (a generation's episodes and more), so it
+lands while the run still has work: a kill after the last commit would test no resume."""
+
+
+def kill_after(process: subprocess.Popen[bytes], counter: Path, target: int, jitter: float) -> None:
+    """SIGKILL `process` `jitter` seconds after the `target`-th effect execution, and prove
+    it was still running: a kill that lands after the run ended would test nothing."""
+    while executions(counter).total() < target:
+        assert process.poll() is None, f"the run ended before {target} effects ran"
+        time.sleep(0.005)
+    time.sleep(jitter)
+    assert process.poll() is None, f"the run ended within {jitter:.3f}s of effect {target}"
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -80,19 +132,22 @@ def test_random_time_kills_then_resume(seed: int, tmp_path: Path, reference: dic
     home, counter = tmp_path / "home", tmp_path / "counter"
     rng = random.Random(seed)
     env = {**os.environ, "SIA_HOME": str(home), "SIA_EFFECT_COUNTER": str(counter)}
-    for _ in range(2):
-        args = ["resume", "crashy", "--quiet"] if exists(home) else RUN
+    last = reference["executions"] - LEFT_FOR_RESUME
+    for args, latest in ((RUN, last // 2), (["resume", "crashy", "--quiet"], last)):
+        ran = executions(counter).total()
+        target = rng.randint(ran + 1, max(ran + 1, latest))
         process = subprocess.Popen([*SIA, *args], env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.0))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        kill_after(process, counter, target, rng.uniform(0.0, 0.01))
     resume_and_compare(home, counter, reference)
 
 
 def test_two_resumes_at_once_one_proceeds_the_other_is_refused(tmp_path: Path, reference: dict) -> None:
     home = tmp_path / "home"
-    sia(home, *RUN, env={"SIA_CRASH_AT": "after_request_commit:2"}, check=False)
+    crashed = sia(home, *RUN, env={"SIA_CRASH_AT": "after_request_commit:2"}, check=False)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    log = recorded(home)
+    assert request_batches(log) == 2 and pending(log)
     env = {**os.environ, "SIA_HOME": str(home)}
     slow = ("import time, sia.effects.deterministic as d\n"
             "real = d.DeterministicEpisode.run\n"
