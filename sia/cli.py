@@ -343,8 +343,9 @@ def show(
 
         elapsed = generation_elapsed(store.read(run_id, upto=at))
     out.print(summary_table(state, elapsed, out.width))
-    for key in ("seq", "state_hash", "status", "parent_run_id", "fork_seq", "best_generation",
-                "best_score", "harness_hash", "adapter_hash", "sandbox", "stop_reason", "error"):
+    for key in ("seq", "state_hash", "outcome_hash", "status", "parent_run_id", "fork_seq",
+                "best_generation", "best_score", "harness_hash", "adapter_hash", "sandbox",
+                "stop_reason", "error"):
         if view[key] is not None:
             out.print(f"{key:>16}: {view[key]}")
     if view["pending_effects"]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from sia.events.envelope import StoredEvent
 from sia.events.types import AnswerRefused, BaseEvent, EffectRequested
-from sia.reducers.state import Generation, LoopState, Spend, state_hash, to_jsonable
+from sia.reducers.state import Generation, LoopState, Spend, outcome_hash, state_hash, to_jsonable
 
 
 def short(sha: str | None, n: int = 10) -> str:
@@ -27,6 +27,7 @@ def show(state: LoopState) -> dict[str, Any]:
         "run_id": state.run_id,
         "seq": state.seq,
         "state_hash": state_hash(state),
+        "outcome_hash": outcome_hash(state),
         "status": state.status,
         "task": config.task if config else None,
         "mode": config.mode if config else None,

@@ -122,3 +122,8 @@ def test_the_same_settings_in_a_fresh_home_repeat_the_main_run(
     assert first["dev_scores"] == second["dev_scores"]
     assert first["adapter_hash"] == second["adapter_hash"] is not None
     assert first["harness_hash"] == second["harness_hash"]
+    # the same outcome, measured at a different speed (the effects' wall seconds differ)
+    assert first["outcome_hash"] == second["outcome_hash"]
+    assert first["ledger"]["total"]["wall_s"] != second["ledger"]["total"]["wall_s"]
+    assert first["state_hash"] != second["state_hash"]
+    assert f"outcome_hash: {second['outcome_hash']}" in sia(tmp_path / "home", "show", again).stdout

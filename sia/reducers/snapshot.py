@@ -1,10 +1,11 @@
 """Snapshots of folded state: a cache that lets a long run load without refolding.
 
-A snapshot is the canonical JSON of a LoopState at some seq, keyed by `REDUCER_VERSION`
-(a hash of the code that defines what events mean), so a change to the reducers or the
-event schemas silently retires old snapshots. It is plain JSON decoded into typed records,
-never pickle, so a tampered store cannot run code; and it is only ever a shortcut —
-`verify` and `replay --check` always fold from the first event.
+A snapshot is the canonical JSON of a LoopState at some seq, keyed by `REDUCER_VERSION`:
+a hash of what the fold means (`FOLD_VERSION`, bumped by hand) and of LoopState's shape
+(every field's name and type, recursively), so a change of either silently retires old
+snapshots, while an edit of a comment or docstring keeps them. It is plain JSON decoded
+into typed records, never pickle, so a tampered store cannot run code; and it is only
+ever a shortcut — `verify` and `replay --check` always fold from the first event.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import functools
 import json
 import types
 import typing
-from pathlib import Path
 from typing import Any, Union
 
 from pydantic import BaseModel
@@ -21,10 +21,38 @@ from pydantic import BaseModel
 from sia.events.canonical import canonical_json, sha256_hex
 from sia.reducers.state import LoopState, to_jsonable
 
-_SOURCES = ("reducers/state.py", "reducers/loop.py", "reducers/snapshot.py", "events/types.py")
-REDUCER_VERSION = sha256_hex("".join(
-    (Path(__file__).resolve().parent.parent / name).read_text(encoding="utf-8") for name in _SOURCES
-))[:16]
+FOLD_VERSION = 1
+"""Bump when the same events would fold to a different state (a reducer's meaning changed);
+a change of LoopState's shape retires snapshots by itself, bumped or not."""
+
+
+@functools.cache
+def _hints(kind: type) -> dict[str, Any]:
+    return typing.get_type_hints(kind)
+
+
+def schema_of(kind: Any) -> Any:
+    """The shape of an annotated type as plain JSON: records and models by their fields'
+    names and types, generics by origin and arguments; never docstrings or defaults."""
+    if isinstance(kind, type) and issubclass(kind, tuple) and hasattr(kind, "_fields"):
+        hints = _hints(kind)
+        return {kind.__name__: {name: schema_of(hints[name]) for name in kind._fields}}
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return {kind.__name__: {name: schema_of(field.annotation)
+                                for name, field in kind.model_fields.items()}}
+    arguments = typing.get_args(kind)
+    if arguments:
+        return [repr(typing.get_origin(kind)), [schema_of(a) for a in arguments]]
+    return repr(kind)
+
+
+def reducer_version(state_type: type = LoopState, fold_version: int = FOLD_VERSION) -> str:
+    """The key snapshots are stored under: a function of these two values alone, never of
+    source text."""
+    return sha256_hex(canonical_json({"fold": fold_version, "state": schema_of(state_type)}))[:16]
+
+
+REDUCER_VERSION = reducer_version()
 
 
 def encode_state(state: LoopState) -> str:
@@ -33,11 +61,6 @@ def encode_state(state: LoopState) -> str:
 
 def decode_state(text: str) -> LoopState:
     return typing.cast(LoopState, _build(LoopState, json.loads(text)))
-
-
-@functools.cache
-def _hints(kind: type) -> dict[str, Any]:
-    return typing.get_type_hints(kind)
 
 
 def _build(kind: Any, value: Any) -> Any:

@@ -2,7 +2,7 @@
 
 Collections are tuples and dicts that are copied, never mutated, so every intermediate
 state stays valid (a fork at seq N is exactly the state at N) and `state_hash` can prove
-that two folds agree byte for byte.
+that two folds agree byte for byte (`outcome_hash`, that two runs agree but for timings).
 
 The records are NamedTuples: immutable, and built and copied in C. Folding makes a few
 copies per event, and on a small CPU frozen dataclasses made that 4-10x slower.
@@ -204,9 +204,44 @@ def state_hash(state: LoopState) -> str:
     """sha256 of the canonical JSON of the state: equal folds, equal hashes.
 
     `last_hash` is left out: it chains the log's bytes, wall-clock stamps included, and
-    the hash chain already proves those. Two logs that record the same facts (say, one
-    resumed after a crash and one uninterrupted) fold to the same state hash.
+    the hash chain already proves those. Everything else is in, measured timings too, so
+    two runs of the same settings (in two homes, or one resumed after a crash that re-ran
+    an effect) differ here whenever their effects took different times: compare those
+    by `outcome_hash`.
     """
     view = to_jsonable(state)
     del view["last_hash"]
     return content_hash(view)
+
+
+MEASURED: tuple[str, ...] = ("wall_s", "gpu_s")
+"""Spend fields a clock measures: how fast this machine was, not what the run did."""
+
+NAMES: tuple[str, ...] = ("last_hash", "run_id", "parent_run_id")
+"""State fields that name a history rather than describe it: run ids carry the clock
+time and a random token they were created with, and `last_hash` chains the stamps."""
+
+
+def outcome_hash(state: LoopState) -> str:
+    """`state_hash` without measurements or names: what a run decided, scored and spent.
+
+    Two runs of the same settings whose effects returned the same results have the same
+    outcome hash, in any home and at any speed, while their state hashes differ by their
+    timings. Left out: the names in `NAMES` and the `MEASURED` timings of every Spend
+    (the ledger's and each generation's). Kept: tokens, dollars and the counts of effects,
+    cache hits and failures, which follow from the recorded results rather than from a
+    clock, and every setting, budgets in seconds included, since those steer decisions.
+    """
+    view = to_jsonable(state)
+    for name in NAMES:
+        del view[name]
+    ledger = state.ledger
+    view["ledger"] = {"total": _unmeasured(ledger.total), "own": _unmeasured(ledger.own),
+                      "by_kind": {k: _unmeasured(s) for k, s in ledger.by_kind.items()}}
+    for generation, folded in zip(view["generations"], state.generations):
+        generation["spend"] = _unmeasured(folded.spend)
+    return content_hash(view)
+
+
+def _unmeasured(spend: Spend) -> dict[str, Any]:
+    return {k: v for k, v in zip(spend._fields, spend) if k not in MEASURED}
