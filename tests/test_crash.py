@@ -21,6 +21,8 @@ import pytest
 from sia.failpoints import POINTS
 from tests.cli import SIA, sia, sia_json
 
+pytestmark = pytest.mark.slow
+
 RUN = ["run", "--task", "toy", "--max-gen", "4", "--quiet", "--run-id", "crashy", "--concurrency", "3"]
 
 

@@ -25,8 +25,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = Path(os.environ.get("SIA_SCREENSHOTS", "/tmp/sia-dashboard-screenshots"))
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=(
-    "needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run installs it)"))
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM.exists(), reason=(
+    "needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run installs it)"))]
 
 
 class Server:

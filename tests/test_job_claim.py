@@ -11,6 +11,8 @@ import pytest
 
 from sia.train.job_claim import FileClaimStore, Heartbeat, ModalDictClaimStore, claim_job, release
 
+pytestmark = pytest.mark.slow
+
 JOB = "a" * 64
 
 

@@ -155,6 +155,7 @@ def leaky_task(root: Path) -> Path:
     return task
 
 
+@pytest.mark.slow
 def test_a_key_in_a_real_run_reaches_no_file_under_the_home(tmp_path: Path) -> None:
     home = tmp_path / "home"
     task = leaky_task(tmp_path)

@@ -18,6 +18,8 @@ from sia.train.algorithms import ALGORITHMS, LoraSpec, train_adapter  # noqa: E4
 from sia.train.rollouts import Rollout  # noqa: E402
 from sia.train.tiny import build_tiny_model  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 CATEGORIES = {"fruit": ["apple", "pear", "plum", "grape"], "animal": ["cat", "dog", "horse", "mouse"],
               "color": ["red", "blue", "green", "brown"], "tool": ["hammer", "saw", "drill", "wrench"]}
 ANSWER = {word: category for category, words in CATEGORIES.items() for word in words}

@@ -29,6 +29,8 @@ from sia.train.job import (
 from sia.train.local import LocalTrainer, TrainingFailed
 from sia.train.spec import LoraShape, TrainingSpec, data_hash
 
+pytestmark = pytest.mark.slow
+
 CORPUS = [
     "question : what is one plus one ? answer : two",
     "question : what is two plus two ? answer : four",

@@ -25,6 +25,8 @@ import pytest
 
 from tests.test_train_job import make_fixture, make_spec
 
+pytestmark = pytest.mark.slow
+
 REPO = "openai/gpt-oss-20b"
 COMMIT = "6cee5e81ee83917806bbde320786a8fb61efebee"
 

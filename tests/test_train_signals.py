@@ -43,6 +43,8 @@ from sia.train.preference import preference_pairs  # noqa: E402
 from sia.train.rollouts import Rollout  # noqa: E402
 from sia.train.tiny import TinyConfig, build_tiny_model  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 WORDS = [f"w{i}" for i in range(400)]
 LONG = 128
 """Minimum completion length every test here trains on."""
