@@ -13,23 +13,24 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sia.events.canonical import canonical_json
 from sia.events.envelope import event_hash
 from sia.store.base import IntegrityError, StoreError, StoreTampered
+from sia.store.conformance import encoded
 from sia.store.home import make_home_private
 from sia.store.sqlite import APPEND_ONLY_TRIGGERS, SqliteEventStore
 from tests.cli import sia
-from tests.store_conformance import encoded
 
 
 def toy_run(home: Path, run_id: str) -> None:
     sia(home, "run", "--task", "toy", "--max-gen", "2", "--quiet", "--run-id", run_id)
 
 
-def rewrite_and_rechain(db: Path, run_id: str, seq: int, change: dict) -> None:
+def rewrite_and_rechain(db: Path, run_id: str, seq: int, change: dict[str, Any]) -> None:
     """Exactly the recorded attack: DROP TRIGGER, UPDATE, recompute every later hash."""
     conn = sqlite3.connect(db)
     conn.execute("DROP TRIGGER events_no_update")
@@ -49,7 +50,7 @@ def rewrite_and_rechain(db: Path, run_id: str, seq: int, change: dict) -> None:
     conn.close()
 
 
-def first_scored(db: Path, run_id: str) -> tuple[int, dict]:
+def first_scored(db: Path, run_id: str) -> tuple[int, dict[str, Any]]:
     conn = sqlite3.connect(db)
     row = conn.execute("SELECT seq, payload FROM events WHERE run_id = ? AND payload LIKE "
                        "'%\"score\"%' ORDER BY seq LIMIT 1", (run_id,)).fetchone()

@@ -4,15 +4,15 @@ import pytest
 
 from sia.events.envelope import EncodedEvent, StoredEvent, seal
 from sia.store.base import EventStore
+from sia.store.clock import Clock
+from sia.store.conformance import EventStoreConformance
 from sia.store.memory import MemoryEventStore
 from sia.store.redact import Redactor
-from tests.store_conformance import EventStoreConformance, MakeStore
 
 
 class TestMemoryEventStore(EventStoreConformance):
-    @pytest.fixture
-    def make_store(self) -> MakeStore:
-        return lambda redactor: MemoryEventStore(redactor=redactor)
+    def make_store(self, redactor: Redactor, clock: Clock) -> MemoryEventStore:
+        return MemoryEventStore(clock=clock, redactor=redactor)
 
     def outsider_rewrite(self, store: EventStore, run_id: str, seq: int, payload: str) -> None:
         assert isinstance(store, MemoryEventStore)

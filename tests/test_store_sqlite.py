@@ -1,33 +1,22 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 
-import pytest
-
 from sia.events.envelope import EncodedEvent, StoredEvent, seal
 from sia.store.base import EventStore
+from sia.store.clock import Clock
+from sia.store.conformance import EventStoreConformance
 from sia.store.redact import Redactor
 from sia.store.sqlite import APPEND_ONLY_TRIGGERS, SqliteEventStore
-from tests.store_conformance import EventStoreConformance, MakeStore
 
 _COLUMNS = "run_id, seq, type, schema_version, payload, prev_hash, hash, recorded_at"
 
 
 class TestSqliteEventStore(EventStoreConformance):
-    @pytest.fixture
-    def make_store(self, tmp_path: Path) -> Iterator[MakeStore]:
-        opened: list[SqliteEventStore] = []
-
-        def make(redactor: Redactor) -> SqliteEventStore:
-            opened.append(SqliteEventStore(tmp_path / "sia.sqlite", redactor=redactor))
-            return opened[-1]
-
-        yield make
-        for store in opened:
-            store.close()
+    def make_store(self, redactor: Redactor, clock: Clock) -> SqliteEventStore:
+        return SqliteEventStore(self.workdir / "sia.sqlite", redactor=redactor, clock=clock)
 
     def outsider_rewrite(self, store: EventStore, run_id: str, seq: int, payload: str) -> None:
         assert isinstance(store, SqliteEventStore)

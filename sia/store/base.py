@@ -8,7 +8,8 @@ sequence starting at 1.
 
 Every store also keeps, beside each event, a MAC of its hash under the home's chain key,
 and per run a keyed head (sia/store/keys.py), and passes everything it records through a
-Redactor (sia/store/redact.py); `verify` checks both chains.
+Redactor (sia/store/redact.py); `verify` checks both chains. Stores read time only from
+the Clock they are given (sia/store/clock.py).
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ import os
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from sia.events.canonical import GENESIS_HASH
 from sia.events.envelope import EncodedEvent, StoredEvent, hash_is_valid
 from sia.store.blobs import BlobStore
+from sia.store.interfaces import EffectCache, EventLog, LeaseStore, SnapshotStore
 from sia.store.keys import ChainKey
+from sia.store.records import CacheEntry, Head, RunRecord, Segment, Snapshot
 from sia.store.redact import Redactor, SecretRefused
+
+# Re-exported: callers import the records from here, where they lived before records.py.
+__all__ = ["CacheEntry", "Head", "RunRecord", "Segment", "Snapshot"]
 
 
 class StoreError(Exception):
@@ -83,54 +88,6 @@ class StoreTampered(StoreError):
         self.problems = list(problems)
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
-    """Where a run's history ends (seq and hash of its last event), MACed."""
-
-    run_id: str
-    seq: int
-    hash: str
-    mac: str
-
-
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    run_id: str
-    parent_run_id: str | None
-    fork_seq: int | None
-    created_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """Events `first..last` (inclusive; `last` None = to the end) of `run_id`'s own log."""
-
-    run_id: str
-    first: int
-    last: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class CacheEntry:
-    key: str
-    kind: str
-    effect_id: str
-    run_id: str
-    result: str
-    usage: str
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Folded state of `run_id` at `seq` (whose event hash was `last_hash`), by reducer version."""
-
-    run_id: str
-    seq: int
-    version: str
-    last_hash: str
-    body: str
-
-
 def lineage_segments(chain: Sequence[RunRecord]) -> list[Segment]:
     """Segments of a history, oldest first; `chain` runs from the run up to its root.
 
@@ -175,8 +132,12 @@ def holder_is_dead(holder: str) -> bool:
     return False
 
 
-class EventStore(ABC):
-    """Append-only, hash-chained event logs with fork lineage, blobs, cache and leases."""
+class EventStore(EventLog, EffectCache, SnapshotStore, LeaseStore, ABC):
+    """Append-only, hash-chained event logs with fork lineage, blobs, cache and leases.
+
+    The union of the narrow interfaces in sia/store/interfaces.py, so a caller that needs
+    only one of them can be handed any EventStore.
+    """
 
     blobs: BlobStore
     chain_key: ChainKey

@@ -9,8 +9,7 @@ same way a rewrite of the SQLite file is).
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from sia.events.canonical import GENESIS_HASH
 from sia.events.envelope import EncodedEvent, StoredEvent, seal_batch
@@ -29,13 +28,13 @@ from sia.store.base import (
     segment_bounds,
 )
 from sia.store.blobs import MemoryBlobStore
-from sia.store.clock import utc_now
+from sia.store.clock import SYSTEM_CLOCK, Clock
 from sia.store.keys import ChainKey
 from sia.store.redact import Redactor, redactor_from_environment
 
 
 class MemoryEventStore(EventStore):
-    def __init__(self, clock: Callable[[], str] = utc_now, redactor: Redactor | None = None) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, redactor: Redactor | None = None) -> None:
         """`redactor` None: redact the secrets of the process's environment."""
         self.redactor = redactor_from_environment() if redactor is None else redactor
         self.chain_key = ChainKey.generate()
@@ -61,7 +60,7 @@ class MemoryEventStore(EventStore):
             if run_id in self._runs:
                 raise RunExists(run_id)
             seq, prev = self.chain_start(parent_run_id, fork_seq)
-            self._runs[run_id] = RunRecord(run_id, parent_run_id, fork_seq, self._clock())
+            self._runs[run_id] = RunRecord(run_id, parent_run_id, fork_seq, self._clock.now())
             self._events[run_id] = []
             self._heads[run_id] = self._head_of(run_id, seq, prev)
             return self._add(run_id, events, seq, prev)
@@ -77,7 +76,7 @@ class MemoryEventStore(EventStore):
             return self._add(run_id, events, actual, last.hash if last else GENESIS_HASH)
 
     def _add(self, run_id: str, events: Sequence[EncodedEvent], seq: int, prev: str) -> list[StoredEvent]:
-        sealed = seal_batch(self._redacted(events), run_id, seq, prev, self._clock())
+        sealed = seal_batch(self._redacted(events), run_id, seq, prev, self._clock.now())
         self._events[run_id].extend(sealed)
         for event in sealed:
             self._macs[(run_id, event.seq)] = self.chain_key.event_mac(event.hash)
@@ -158,7 +157,7 @@ class MemoryEventStore(EventStore):
     def acquire_lease(self, run_id: str, holder: str, ttl_s: float) -> None:
         with self._lock:
             self.get_run(run_id)
-            now = time.time()
+            now = self._clock.seconds()
             current = self._leases.get(run_id)
             if current and current[0] != holder and current[1] > now and not holder_is_dead(current[0]):
                 raise LeaseHeld(run_id, current[0], current[1] - now)

@@ -21,8 +21,7 @@ import os
 import sqlite3
 import stat
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from sia.store.base import (
     segment_bounds,
 )
 from sia.store.blobs import FileBlobStore
-from sia.store.clock import utc_now
+from sia.store.clock import SYSTEM_CLOCK, Clock
 from sia.store.home import (
     PRIVATE_FILE,
     blobs_path,
@@ -81,7 +80,7 @@ class SqliteEventStore(EventStore):
         path: Path | str,
         blob_root: Path | str | None = None,
         busy_timeout_s: float = 30.0,
-        clock: Callable[[], str] = utc_now,
+        clock: Clock = SYSTEM_CLOCK,
         key_path: Path | str | None = None,
         redactor: Redactor | None = None,
     ) -> None:
@@ -154,35 +153,35 @@ class SqliteEventStore(EventStore):
             if version >= SCHEMA_VERSION:
                 return
             db = sqlite_utils.Database(self._conn)
-            db["runs"].create(
+            db.table("runs").create(
                 {"run_id": str, "parent_run_id": str, "fork_seq": int, "created_at": str},
                 pk="run_id", not_null={"created_at"}, if_not_exists=True,
             )
-            db["events"].create(
+            db.table("events").create(
                 {"run_id": str, "seq": int, "type": str, "schema_version": int,
                  "payload": str, "prev_hash": str, "hash": str, "recorded_at": str, "mac": str},
                 pk=("run_id", "seq"),
                 not_null={"type", "schema_version", "payload", "prev_hash", "hash", "recorded_at"},
                 if_not_exists=True,
             )
-            if "mac" not in db["events"].columns_dict:
-                db["events"].add_column("mac", str)
+            if "mac" not in db.table("events").columns_dict:
+                db.table("events").add_column("mac", str)
             # WITHOUT ROWID (which sqlite-utils cannot say): one B-tree instead of a table
             # plus its key's index, so each append's head update dirties one page, not two.
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS heads (run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
                 "hash TEXT NOT NULL, mac TEXT NOT NULL) WITHOUT ROWID"
             )
-            db["effect_cache"].create(
+            db.table("effect_cache").create(
                 {"key": str, "kind": str, "effect_id": str, "run_id": str,
                  "result": str, "usage": str},
                 pk="key", if_not_exists=True,
             )
-            db["snapshots"].create(
+            db.table("snapshots").create(
                 {"run_id": str, "seq": int, "version": str, "last_hash": str, "body": str},
                 pk=("run_id", "version", "seq"), if_not_exists=True,
             )
-            db["leases"].create(
+            db.table("leases").create(
                 {"run_id": str, "holder": str, "expires_at": float}, pk="run_id",
                 if_not_exists=True,
             )
@@ -239,7 +238,7 @@ class SqliteEventStore(EventStore):
             seq, prev = self.chain_start(parent_run_id, fork_seq)
             conn.execute(
                 "INSERT INTO runs (run_id, parent_run_id, fork_seq, created_at) VALUES (?,?,?,?)",
-                (run_id, parent_run_id, fork_seq, self._clock()),
+                (run_id, parent_run_id, fork_seq, self._clock.now()),
             )
             return self._insert(conn, run_id, events, seq, prev)
 
@@ -258,7 +257,7 @@ class SqliteEventStore(EventStore):
         seq: int, prev: str,
     ) -> list[StoredEvent]:
         """Insert sealed, redacted, MACed events and move the run's keyed head to the last."""
-        sealed = seal_batch(self._redacted(events), run_id, seq, prev, self._clock())
+        sealed = seal_batch(self._redacted(events), run_id, seq, prev, self._clock.now())
         mac = self.chain_key.event_mac
         try:
             conn.executemany(
@@ -398,7 +397,7 @@ class SqliteEventStore(EventStore):
     def acquire_lease(self, run_id: str, holder: str, ttl_s: float) -> None:
         with self._write() as conn:
             self.get_run(run_id)
-            now = time.time()
+            now = self._clock.seconds()
             row = conn.execute(
                 "SELECT holder, expires_at FROM leases WHERE run_id = ?", (run_id,)
             ).fetchone()

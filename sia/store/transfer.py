@@ -78,7 +78,7 @@ def _write(out: TextIO, record: dict[str, Any]) -> None:
 def import_run(store: EventStore, path: Path) -> str:
     """Verify an export completely, then add its runs, events and blobs; returns the run id."""
     header, events, blobs, trailer = _parse(_lines(path))
-    run_id = header["run_id"]
+    run_id: str = header["run_id"]
     runs = [RunRecord(**r) for r in header["runs"]]
     if not runs or runs[-1].run_id != run_id:
         raise ImportRefused(f"{path}: lineage in the header does not end at {run_id}")

@@ -1,8 +1,13 @@
-"""The reusable conformance suite every EventStore implementation must pass.
+"""The conformance suite every EventStore must pass, shipped so another backend can prove itself.
 
-Subclass `EventStoreConformance` in a `Test…` class and provide a `make_store` fixture
-(a factory taking a Redactor) and the `outsider_*` methods: what an attacker who can write
-the store's rows, but does not hold its chain key, does to them.
+To prove a new store, subclass `EventStoreConformance` in a `Test…` class in your tests,
+implement `make_store(redactor, clock)` (a fresh, empty store under `self.workdir`, a
+private temporary directory; stores it opens are closed after each test) and the three
+`outsider_*` methods (what an attacker who can write the store's rows, but does not hold its
+chain key, does to them), then run pytest on that file. Every test drives time through the
+`ManualClock` it hands `make_store`, so lease expiry is tested without sleeping.
+
+This module needs pytest (the `test` extra); nothing else in sia imports it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from abc import ABC, abstractmethod
+from dataclasses import replace
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -31,6 +41,8 @@ from sia.store.base import (
     UnknownRun,
 )
 from sia.store.blobs import BlobMissing
+from sia.store.clock import Clock, ManualClock
+from sia.store.interfaces import EffectCache, EventLog, LeaseStore, SnapshotStore
 from sia.store.redact import Redactor, SecretRefused
 
 CANARY = "sk-canary-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -42,29 +54,59 @@ def encoded(n: int, tag: str = "e") -> list[EncodedEvent]:
     return [EncodedEvent("RunPaused", 1, f'{{"reason":"{tag}{i}"}}') for i in range(n)]
 
 
-def reasons(events: list[StoredEvent]) -> list[str]:
-    return [e.payload for e in events]
+T = TypeVar("T")
 
 
-MakeStore = Callable[[Redactor], EventStore]
+def present(value: T | None) -> T:
+    """`value`, which the test expects the store to have found."""
+    assert value is not None
+    return value
 
 
-class EventStoreConformance:
-    @pytest.fixture
-    def store(self, make_store: MakeStore) -> EventStore:
-        return make_store(Redactor.none())
+class EventStoreConformance(ABC):
+    workdir: Path
+    clock: ManualClock
 
+    @abstractmethod
+    def make_store(self, redactor: Redactor, clock: Clock) -> EventStore:
+        """A fresh store (under `self.workdir` if it keeps files) reading time from `clock`."""
+
+    @abstractmethod
     def outsider_rewrite(self, store: EventStore, run_id: str, seq: int, payload: str) -> None:
         """Replace one own event's payload and re-hash every later own event (plain sha256)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def outsider_truncate(self, store: EventStore, run_id: str, keep: int) -> None:
         """Delete the run's own events after seq `keep`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def outsider_append(self, store: EventStore, event: StoredEvent) -> None:
         """Add a correctly sealed (plain sha256) event row, as a writer without the key can."""
-        raise NotImplementedError
+
+    @pytest.fixture(autouse=True)
+    def _fresh_workdir_and_clock(self, tmp_path: Path) -> Iterator[None]:
+        self.workdir = tmp_path
+        self.clock = ManualClock()
+        self._opened: list[EventStore] = []
+        yield
+        for store in self._opened:
+            store.close()
+
+    def open_store(self, redactor: Redactor | None = None) -> EventStore:
+        """A store from `make_store` on this test's clock (no redaction unless given)."""
+        store = self.make_store(Redactor.none() if redactor is None else redactor, self.clock)
+        self._opened.append(store)
+        return store
+
+    @pytest.fixture
+    def store(self) -> EventStore:
+        return self.open_store()
+
+    # ---------------------------------------------------------------- interfaces
+
+    def test_store_has_every_narrow_interface(self, store: EventStore) -> None:
+        for face in (EventLog, EffectCache, SnapshotStore, LeaseStore):
+            assert isinstance(store, face), face.__name__
 
     # ---------------------------------------------------------------- ordering
 
@@ -83,7 +125,7 @@ class EventStoreConformance:
         store.create_run("a", encoded(10))
         assert [e.seq for e in store.read("a", after=3, upto=6)] == [4, 5, 6]
         assert [e.seq for e in store.read("a", after=9)] == [10]
-        assert store.event_at("a", 7).seq == 7
+        assert present(store.event_at("a", 7)).seq == 7
         assert store.event_at("a", 11) is None
 
     def test_unknown_and_duplicate_runs(self, store: EventStore) -> None:
@@ -169,7 +211,7 @@ class EventStoreConformance:
         for seq, event in enumerate(encoded(4), start=1):
             chain.append(seal(event, "b", seq, prev, "t"))
             prev = chain[-1].hash
-        chain[2] = StoredEvent(**{**_fields(chain[2]), "payload": '{"reason":"forged"}'})
+        chain[2] = replace(chain[2], payload='{"reason":"forged"}')
         store.import_events([RunRecord("b", None, None, "t")], chain)
         with pytest.raises(IntegrityError, match="run b seq 3: hash mismatch"):
             store.verify("b")
@@ -178,7 +220,7 @@ class EventStoreConformance:
         store.create_run("a", encoded(4))
         events = [e for e in store.read("a") if e.seq != 2]
         run = RunRecord("g", None, None, "t")
-        store.import_events([run], [StoredEvent(**{**_fields(e), "run_id": "g"}) for e in events])
+        store.import_events([run], [replace(e, run_id="g") for e in events])
         with pytest.raises(IntegrityError, match="seq"):
             store.verify("g")
 
@@ -197,7 +239,7 @@ class EventStoreConformance:
         store.create_run("a", encoded(3))
         store.create_run("b", encoded(6, "b"))
         self.outsider_rewrite(store, "b", 3, '{"reason":"forged"}')
-        assert json.loads(store.event_at("b", 3).payload) == {"reason": "forged"}
+        assert json.loads(present(store.event_at("b", 3)).payload) == {"reason": "forged"}
         with pytest.raises(IntegrityError, match="run b seq 3: rewritten") as info:
             store.verify("b")
         assert info.value.seq == 3
@@ -217,7 +259,7 @@ class EventStoreConformance:
 
     def test_event_forged_onto_the_end_is_caught(self, store: EventStore) -> None:
         store.create_run("b", encoded(3))
-        last = store.last_event("b")
+        last = present(store.last_event("b"))
         forged = seal(encoded(1, "forged")[0], "b", 4, last.hash, "t")
         self.outsider_append(store, forged)
         assert store.last_seq("b") == 4
@@ -248,8 +290,8 @@ class EventStoreConformance:
     # ---------------------------------------------------------------- redaction
 
     def test_secrets_are_redacted_from_events_cache_snapshots_and_text_blobs(
-            self, make_store: MakeStore) -> None:
-        store = make_store(Redactor({CANARY_ENV: CANARY}))
+            self) -> None:
+        store = self.open_store(Redactor({CANARY_ENV: CANARY}))
         escaped = 'quote"' + CANARY
         store.create_run("a", [EncodedEvent("RunPaused", 1, json.dumps(
             {"reason": f"env: {CANARY}", CANARY: [f"x{CANARY}y"], "q": escaped},
@@ -260,9 +302,9 @@ class EventStoreConformance:
             json.loads(event.payload)
         assert store.verify("a") == 2
         store.cache_put(CacheEntry("k", "episode", "e1", "a", json.dumps({"out": CANARY}), "{}"))
-        assert store.cache_get("k").result == json.dumps({"out": MARK}, separators=(",", ":"))
+        assert present(store.cache_get("k")).result == json.dumps({"out": MARK}, separators=(",", ":"))
         store.put_snapshot(Snapshot("a", 2, "v1", "h", json.dumps({"s": CANARY})))
-        assert CANARY not in store.latest_snapshot("a", "v1").body
+        assert CANARY not in present(store.latest_snapshot("a", "v1")).body
         sha = store.blobs.put_text(f"stdout tail: {CANARY}\n")
         assert store.blobs.get_text(sha) == f"stdout tail: {MARK}\n"
         assert sha == hashlib.sha256(f"stdout tail: {MARK}\n".encode()).hexdigest()
@@ -270,8 +312,8 @@ class EventStoreConformance:
             store.blobs.put(b"weights" + CANARY.encode())
         assert CANARY not in str(info.value)
 
-    def test_import_of_a_row_holding_a_secret_is_refused_whole(self, make_store: MakeStore) -> None:
-        store = make_store(Redactor({CANARY_ENV: CANARY}))
+    def test_import_of_a_row_holding_a_secret_is_refused_whole(self) -> None:
+        store = self.open_store(Redactor({CANARY_ENV: CANARY}))
         events = [EncodedEvent("RunPaused", 1, '{"reason":"fine"}'),
                   EncodedEvent("RunPaused", 1, f'{{"reason":"{CANARY}"}}')]
         sealed = seal_batch(events, "imp", 0, GENESIS_HASH, "t")
@@ -308,10 +350,10 @@ class EventStoreConformance:
         for seq in (2, 4):
             store.put_snapshot(Snapshot("a", seq, "v1", f"h{seq}", f"body{seq}"))
         store.put_snapshot(Snapshot("a", 5, "v2", "h5", "other"))
-        assert store.latest_snapshot("a", "v1").seq == 4
-        assert store.latest_snapshot("a", "v1", upto=3).body == "body2"
+        assert present(store.latest_snapshot("a", "v1")).seq == 4
+        assert present(store.latest_snapshot("a", "v1", upto=3)).body == "body2"
         assert store.latest_snapshot("a", "v1", upto=1) is None
-        assert store.latest_snapshot("a", "v2").seq == 5
+        assert present(store.latest_snapshot("a", "v2")).seq == 5
 
     # ---------------------------------------------------------------- leases
 
@@ -331,13 +373,36 @@ class EventStoreConformance:
         store.create_run("a", encoded(1))
         store.create_run("b", encoded(1))
         live = f"{os.uname().nodename}:{os.getpid()}:live"
-        store.acquire_lease("a", live, ttl_s=-1)
+        store.acquire_lease("a", live, ttl_s=60)
+        self.clock.advance(60)
         store.acquire_lease("a", "elsewhere:1:new", ttl_s=60)
         dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                                   capture_output=True, text=True, check=True).stdout.strip()
         store.acquire_lease("b", f"{os.uname().nodename}:{dead_pid}:dead", ttl_s=600)
         store.acquire_lease("b", live, ttl_s=60)
 
+    def test_lease_expiry_follows_the_injected_clock(self, store: EventStore) -> None:
+        store.create_run("a", encoded(1))
+        store.acquire_lease("a", "elsewhere:1:first", ttl_s=60)
+        self.clock.advance(45)
+        with pytest.raises(LeaseHeld, match="expires in 15s"):
+            store.acquire_lease("a", "elsewhere:2:second", ttl_s=60)
+        store.acquire_lease("a", "elsewhere:1:first", ttl_s=60)
+        self.clock.advance(59)
+        with pytest.raises(LeaseHeld, match="expires in 1s"):
+            store.acquire_lease("a", "elsewhere:2:second", ttl_s=60)
+        self.clock.advance(1)
+        store.acquire_lease("a", "elsewhere:2:second", ttl_s=60)
 
-def _fields(event: StoredEvent) -> dict[str, object]:
-    return {name: getattr(event, name) for name in event.__slots__}
+    # ---------------------------------------------------------------- clock
+
+    def test_stamps_come_from_the_injected_clock(self, store: EventStore) -> None:
+        start = self.clock.now()
+        store.create_run("a", encoded(2))
+        self.clock.advance(90)
+        store.append("a", encoded(1, "later"), expected_last_seq=2)
+        assert store.get_run("a").created_at == start
+        assert [e.recorded_at for e in store.read("a")] == [start, start, self.clock.now()]
+        assert (datetime.fromisoformat(self.clock.now())
+                - datetime.fromisoformat(start)).total_seconds() == 90
+        assert store.verify("a") == 3
