@@ -18,14 +18,11 @@ from typing import Any
 from sia.config import dollars
 from sia.effects.base import EffectContext, EffectResult, HandlerRegistry
 from sia.events.canonical import canonical_json, content_hash
-from sia.events.types import TaskSnapshot, TrainingJobSubmitted, Usage
+from sia.events.types import TrainingJobSubmitted, Usage
+from sia.tasks.toy import TOY_DEV_IDS, toy_task
 
-TOY_DEV_IDS = tuple(f"toy-{i:02d}" for i in range(8))
+__all__ = ["TOY_DEV_IDS", "deterministic_registry", "toy_task"]
 
-
-def toy_task() -> TaskSnapshot:
-    return TaskSnapshot(name="toy", task_hash=content_hash("sia toy task v1"),
-                        dev_ids=TOY_DEV_IDS, reward_kind="binary")
 
 
 def _count(ctx: EffectContext) -> None:

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from sia.effects.base import EffectContext, EffectError, EffectResult
 from sia.effects.targets import adapter_dir
@@ -27,7 +27,24 @@ from sia.store.blobs import BlobStore
 if TYPE_CHECKING:
     from sia.tasks.loader import Task
     from sia.train.rollouts import Rollout
-    from sia.wiring import RemoteModelSource, TinyModelSource
+
+
+class TrainableModel(Protocol):
+    """A base model as training needs it: where its files are (None: only a hub id), its id
+    and its content hash; a hub model also names its pinned `revision`."""
+
+    @property
+    def path(self) -> str | Path | None: ...
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def model_hash(self) -> str: ...
+
+
+class ModelSource(Protocol):
+    """What the composition root hands the train handler (the tiny model builds on first use)."""
+
+    def model(self) -> TrainableModel: ...
 
 
 class Sampled(NamedTuple):
@@ -109,7 +126,7 @@ def eos_of(model_dir: Path) -> int | None:
 class TrainHandler:
     kind = "train"
 
-    def __init__(self, task: Task, model: TinyModelSource | RemoteModelSource, home: Path,
+    def __init__(self, task: Task, model: ModelSource, home: Path,
                  backend: str = "local") -> None:
         self.task, self.model, self.home, self.backend = task, model, home, backend
 

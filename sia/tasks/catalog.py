@@ -36,7 +36,7 @@ DETERMINISTIC = {"meta": "deterministic", "feedback": "deterministic",
 
 def resolve_task(name: str, data: Path | None = None, cache: Path | None = None) -> ResolvedTask:
     if name == TOY:
-        from sia.effects.deterministic import toy_task
+        from sia.tasks.toy import toy_task
 
         return ResolvedTask(toy_task(), dict(DETERMINISTIC))
     from sia.tasks.loader import TaskError, load_task

@@ -1,0 +1,15 @@
+"""The toy task's identity: the runtime's proving ground, run by the deterministic handlers of
+`sia.effects.deterministic` (no model, no sandbox). It lives with the tasks so the task
+catalog never has to import the effect layer."""
+
+from __future__ import annotations
+
+from sia.events.canonical import content_hash
+from sia.events.types import TaskSnapshot
+
+TOY_DEV_IDS = tuple(f"toy-{i:02d}" for i in range(8))
+
+
+def toy_task() -> TaskSnapshot:
+    return TaskSnapshot(name="toy", task_hash=content_hash("sia toy task v1"),
+                        dev_ids=TOY_DEV_IDS, reward_kind="binary")
