@@ -496,7 +496,7 @@ def diff(run_a: str, run_b: str, as_json: Annotated[bool, typer.Option("--json")
               for i in range(generations)]
     harness_diff = list(difflib.unified_diff(harness[0].splitlines(), harness[1].splitlines(),
                                              run_a, run_b, lineterm=""))
-    result = {"common_events": common, "common_ancestor": ancestor,
+    result: dict[str, Any] = {"common_events": common, "common_ancestor": ancestor,
               "first_divergence": {run_a: first(events_a), run_b: first(events_b)},
               "scores": scores, "harness_diff": harness_diff,
               "spend": {run_a: branch_spend(state_a), run_b: branch_spend(state_b)}}

@@ -232,7 +232,7 @@ def rollback_target(state: LoopState, index: int) -> Generation | None:
 
 
 def failed_effect(state: LoopState, kind: str, generation: int) -> str | None:
-    for failure in reversed(state.failed):
+    for failure in state.failed[::-1]:  # mypy types reversed() of NamedTuples as Any
         if failure.kind == kind and failure.request.get("generation") == generation:
             return failure.error
     return None

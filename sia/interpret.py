@@ -123,7 +123,7 @@ def _evaluate(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -
 def _feedback(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
     r = FeedbackResult.model_validate(result)
     return [FeedbackDecided(
-        generation=request["generation"], action=r.action, rationale=r.rationale,  # type: ignore[arg-type]
+        generation=request["generation"], action=r.action, rationale=r.rationale,
         evidence=r.evidence, digest_hash=r.digest_hash, digest_summary=r.digest_summary,
         recommended_algorithm=(r.reward_shape or request.get("reward_shape") or {}).get("recommended"),
         harness_hash=r.harness_hash, plan=r.plan, rollback_to=r.rollback_to,
@@ -134,14 +134,14 @@ def _feedback(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -
 def _train(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
     r = TrainResult.model_validate(result)
     if r.no_signal is not None:
-        return [TrainingNoSignal(generation=request["generation"], algorithm=r.algorithm,  # type: ignore[arg-type]
+        return [TrainingNoSignal(generation=request["generation"], algorithm=r.algorithm,
                                  reason=r.no_signal, job_id=r.job_id, metrics=r.metrics)]
     if r.job_id is None or r.adapter_hash is None or r.config_hash is None:
         raise ResultInvalid("a train result names an adapter (job_id, adapter_hash, config_hash) "
                             "or says why there is none (no_signal)")
     return [AdapterCheckpointed(generation=request["generation"], job_id=r.job_id,
                                 adapter_hash=r.adapter_hash, config_hash=r.config_hash,
-                                algorithm=r.algorithm, metrics=r.metrics)]  # type: ignore[arg-type]
+                                algorithm=r.algorithm, metrics=r.metrics)]
 
 
 _EPISODE_STATUSES = {"ok", "crash", "timeout", "memory", "malformed", "invalid_harness", "error"}

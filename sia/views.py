@@ -144,9 +144,10 @@ def score_series(run_id: str, state: LoopState, shared_generations: int) -> dict
     """A branch's dev scores for a chart, named by what the run is. A fork keeps only its
     points from its last inherited scored generation on (`shared_generations` were scored
     before it forked), so its line starts where it leaves its parent's, not under it."""
-    points = [{"generation": g.index, "score": g.score, "best": g.index == state.best_generation,
-               "action": g.decision.action if g.decision else None}
-              for g in state.generations if g.score is not None]
+    points: list[dict[str, Any]] = [
+        {"generation": g.index, "score": g.score, "best": g.index == state.best_generation,
+         "action": g.decision.action if g.decision else None}
+        for g in state.generations if g.score is not None]
     if state.parent_run_id is not None:
         points = [p for p in points if p["generation"] >= max(0, shared_generations - 1)]
     origin = (f"fork of {state.parent_run_id} at seq {state.fork_seq}"

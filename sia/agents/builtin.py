@@ -32,7 +32,8 @@ GOOD_ENOUGH = 0.95
 
 
 class PublicTask(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def reference_harness(self) -> str | None: ...
 
@@ -136,11 +137,11 @@ def decide_feedback(request: dict[str, Any], current: Knobs | None, diagnosis: D
     if request["mode"] == "WH" and not learnable:
         note += (f"no weight update: {request['reward_shape']['reason']}; " if recommended is None else
                  f"no weight update: {recommended} already had no learning signal in this generation; ")
-    knobs = _next_knobs(current, diagnosis)
-    if knobs is not None:
-        return {**decision, "action": "edit_harness", "harness": render(knobs),
+    next_knobs = _next_knobs(current, diagnosis)
+    if next_knobs is not None:
+        return {**decision, "action": "edit_harness", "harness": render(next_knobs),
                 "rationale": note + "plateau: turn the next harness knob "
-                                    f"(samples {knobs.samples}, temperature {knobs.temperature})"}
+                                    f"(samples {next_knobs.samples}, temperature {next_knobs.temperature})"}
     return {**decision, "action": "stop", "rationale": note + "no rule has anything left to try"}
 
 

@@ -234,8 +234,8 @@ def summarize_trajectory(trajectory: Mapping[str, Any], max_chars: int = 1200,
     lines: list[str] = [f"{len(calls)} model call(s)"]
     picked = list(enumerate(calls))
     if len(picked) > max_calls:
-        head = max_calls - 1
-        picked = picked[:head] + [picked[-1]]
+        first_calls = max_calls - 1
+        picked = picked[:first_calls] + [picked[-1]]
         lines.append(f"(showing calls {', '.join(str(i) for i, _ in picked)})")
     for i, call in picked:
         if not isinstance(call, Mapping):

@@ -49,7 +49,8 @@ CACHE_READ_FACTOR = 0.1
 class PublicTask(Protocol):
     """What the agents may know of a task: public fields only, never a label."""
 
-    description: str
+    @property
+    def description(self) -> str: ...
 
     def samples(self, split: str) -> list[dict[str, Any]]: ...
 

@@ -167,8 +167,9 @@ def create_app(store: EventStore, settings: Settings) -> Starlette:
             found = recorded_episode(event)
         generation, recorded = found
         trajectory = None
-        if recorded.trajectory_hash:
-            trajectory = json.loads(tails.read(lambda s: s.blobs.get_text(recorded.trajectory_hash)))
+        trajectory_hash = recorded.trajectory_hash
+        if trajectory_hash:
+            trajectory = json.loads(tails.read(lambda s: s.blobs.get_text(trajectory_hash)))
         sample, note = sample_fields(state, recorded.sample_id)
         return episode_page(state, generation, recorded, trajectory, sample, note)
 
@@ -285,9 +286,10 @@ def create_app(store: EventStore, settings: Settings) -> Starlette:
             at, assignments = int(body["at"]), [str(x) for x in body.get("settings", [])]
         except (ValueError, KeyError, TypeError):
             raise Refused(400, 'fork needs a JSON body {"at": SEQ, "settings": ["key=value", ...]}') from None
+        refused: tuple[type[Exception], ...] = (ConfigError, *settings.user_errors)
         try:
             return await blocking(fork, request.path_params["run_id"], at, assignments)
-        except (ConfigError, *settings.user_errors) as exc:
+        except refused as exc:
             raise Refused(400, str(exc)) from None
 
     async def stream(request: Request) -> Response:

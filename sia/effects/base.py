@@ -45,7 +45,7 @@ class EffectContext:
     job_id: str | None = None
     call_id: str | None = None
     """Set when a previous attempt recorded TrainingJobSubmitted: re-attach, don't re-submit."""
-    report: Callable[[BaseEvent], None] = field(default=lambda event: None)
+    report: Callable[[BaseEvent], object] = field(default=lambda event: None)
 
 
 class EffectHandler(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import cast
 
 from pydantic import ValidationError
 
@@ -66,7 +67,9 @@ class EventMapper:
             raise EventDecodeError(
                 f"run {stored.run_id} seq {stored.seq}: {stored.type} does not decode: {exc}"
             ) from exc
-        return RecordedEvent(stored.run_id, stored.seq, stored.hash, stored.prev_hash, event)
+        # Every registered class is a member of the Event union (EVENT_CLASSES lists BaseEvent's subclasses).
+        return RecordedEvent(stored.run_id, stored.seq, stored.hash, stored.prev_hash,
+                             cast(Event, event))
 
 
 MAPPER = EventMapper()

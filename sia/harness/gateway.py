@@ -324,7 +324,7 @@ class ModelGateway:
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         base = {"id": f"call-{index}", "created": 0, "model": self.backend.name, "usage": usage}
         if endpoint == "chat":
-            choices = [{"index": i, "finish_reason": g.finish_reason,
+            choices: list[dict[str, Any]] = [{"index": i, "finish_reason": g.finish_reason,
                         "message": {"role": "assistant", "content": g.text}}
                        for i, g in enumerate(generations)]
             return {**base, "object": "chat.completion", "choices": choices}
@@ -388,7 +388,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.rfile = _HeadBudget(self.rfile, self.gateway.limits.max_head_bytes)  # type: ignore[assignment]
+        # rfile is a binary socket file, typed by socketserver as the wider BufferedIOBase.
+        self.rfile = _HeadBudget(self.rfile, self.gateway.limits.max_head_bytes)  # type: ignore[assignment,arg-type]
 
     def handle_one_request(self) -> None:
         budget: _HeadBudget = self.rfile  # type: ignore[assignment]
@@ -412,8 +413,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return self._send(*refusal)
         raw = self.rfile.read(refusal)
-        endpoint: Endpoint | None = {"completions": "completions",
-                                     "chat/completions": "chat"}.get(self._route())
+        routes: dict[str, Endpoint] = {"completions": "completions", "chat/completions": "chat"}
+        endpoint = routes.get(self._route())
         if endpoint is None:
             return self._send(404, _error_body(404, f"no such route: POST {self.path[:200]}"))
         try:

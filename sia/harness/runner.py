@@ -168,6 +168,7 @@ def main() -> None:
     confine(os.path.dirname(os.path.abspath(harness_path)), model_socket)
     try:
         spec = importlib.util.spec_from_file_location("harness", harness_path)
+        assert spec is not None and spec.loader is not None, "a .py path always has a loader"
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         solve = module.solve

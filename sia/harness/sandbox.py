@@ -189,7 +189,7 @@ def _process_child(source: str, sample: dict[str, Any], model_socket: Path | Non
         yield subprocess.Popen(
             [sys.executable, "-I", "-S", str(RUNNER), str(home / "harness.py"),
              str(home / "sample.json"), str(result_fd)],
-            cwd=home, env=scrubbed_environment(str(home), model_socket and str(model_socket),
+            cwd=home, env=scrubbed_environment(str(home), str(model_socket) if model_socket else None,
                                                limits, 0),
             stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, pass_fds=(result_fd,),
             start_new_session=True)
@@ -218,7 +218,7 @@ def _bwrap_child(source: str, sample: dict[str, Any], model_socket: Path | None,
         fds += [_memfd("harness", source.encode("utf-8")),
                 _memfd("sample", json.dumps(sample).encode("utf-8")),
                 _memfd("seccomp", episode_filter())]
-        environment = scrubbed_environment(EPISODE_DIR, model_socket and MODEL_SOCKET, limits,
+        environment = scrubbed_environment(EPISODE_DIR, MODEL_SOCKET if model_socket else None, limits,
                                            limits.threads)
         python = interpreter()
         options = sandbox_options(python, runner=RUNNER, model_socket=model_socket,

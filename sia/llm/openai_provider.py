@@ -152,7 +152,8 @@ def refusal_kind(status: int, body: Any) -> Refusal:
     """
     if status not in (400, 422) or not isinstance(body, dict):
         return "other"
-    inner = body.get("error") if isinstance(body.get("error"), dict) else body
+    error = body.get("error")
+    inner = error if isinstance(error, dict) else body
     param, code = str(inner.get("param") or ""), str(inner.get("code") or "")
     message = str(inner.get("message") or "")
     if param == "max_tokens" and code == "unsupported_parameter" or "'max_completion_tokens'" in message:

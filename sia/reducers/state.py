@@ -126,7 +126,8 @@ class NoSignal(NamedTuple):
 
 
 class Generation(NamedTuple):
-    index: int
+    # A NamedTuple field named index shadows the tuple.index method.
+    index: int  # type: ignore[assignment]
     harness_hash: str
     adapter_hash: str | None
     episodes: tuple[Episode, ...] = ()

@@ -15,6 +15,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class LocalBackend:
         if adapter_dir is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, adapter_dir)
+            # A PeftModel generates like the model it wraps.
+            model = PeftModel.from_pretrained(model, adapter_dir)  # type: ignore[assignment]
         self.model = model.eval()
         self.name = Path(model_dir).name + ("+" + Path(adapter_dir).name[:12] if adapter_dir else "")
         self._lock = threading.Lock()
@@ -97,7 +99,7 @@ class LocalBackend:
         if eos is not None and eos in ids:
             cut = ids.index(eos)
             ids, logprobs, reason = ids[:cut], logprobs[:cut], "stop"
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = cast(str, self.tokenizer.decode(ids, skip_special_tokens=True))  # one id list, one str
         for marker in stop or []:
             if marker and marker in text:
                 text, reason = text[: text.index(marker)], "stop"

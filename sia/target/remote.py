@@ -267,7 +267,8 @@ class RemoteBackend:
 def _message(exc: Any) -> str:
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
-        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        error = body.get("error")
+        inner = error if isinstance(error, dict) else body
         text = inner.get("message") or inner.get("detail")
         if text:
             return str(text)
@@ -280,7 +281,8 @@ def _body_message(response: Any) -> str:
     except ValueError:
         return response.text.strip()[:500]
     if isinstance(body, dict):
-        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        error = body.get("error")
+        inner = error if isinstance(error, dict) else body
         for key in ("message", "detail"):
             if inner.get(key):
                 return str(inner[key])

@@ -35,7 +35,8 @@ def load_kwargs(config: dict[str, Any], *, cuda: bool, gpu_count: int) -> dict[s
     if cuda:
         kwargs["device_map"] = "auto" if gpu_count > 1 else {"": 0}
     if is_mxfp4(config):
-        from transformers import Mxfp4Config
+        # A lazy export that transformers' static __init__ does not declare.
+        from transformers import Mxfp4Config  # type: ignore[attr-defined]
 
         kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
     return kwargs

@@ -269,7 +269,8 @@ def train_policy_gradient(model: nn.Module, rollouts: list[Rollout], *, algorith
     """Train `model`'s trainable (LoRA) parameters in place; returns final metrics and the
     PPO value head (None for the other algorithms)."""
     ppo = algorithm == "ppo_gae"
-    head = ValueHead(model.config.hidden_size) if ppo else None
+    # `model` is a transformers model; nn.Module's __getattr__ types `config` as Tensor | Module.
+    head = ValueHead(model.config.hidden_size) if ppo else None  # type: ignore[union-attr,arg-type]
     if head is not None and initial_value_head is not None and params["fit_critic"]:
         head.load_state_dict(initial_value_head)
     trainable = [p for p in model.parameters() if p.requires_grad]

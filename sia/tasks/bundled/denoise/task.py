@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from sia.tasks.splits import question_corpus, split_files, write_files
 
@@ -29,6 +30,7 @@ N_CELLS, N_GENES = 300, 2000
 
 
 def generated_files() -> dict[str, str]:
+    samples: dict[str, list[dict[str, Any]]]
     samples = {split: [{"id": f"dn-{split}-{index}",
                         "question": QUESTION.format(n_cells=N_CELLS, n_genes=N_GENES),
                         "seed": seed, "n_cells": N_CELLS, "n_genes": N_GENES}

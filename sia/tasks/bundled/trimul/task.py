@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from sia.tasks.splits import question_corpus, split_files, write_files
 
@@ -34,6 +35,7 @@ CONFIGS = {
 
 
 def generated_files() -> dict[str, str]:
+    samples: dict[str, list[dict[str, Any]]]
     samples = {split: [{"id": f"tm-{split}-{index}", "question": QUESTION, "batch": batch,
                         "seq_len": seq_len, "dim": dim, "hidden_dim": hidden_dim,
                         "seeds": [seed, seed + 1000], "repeats": 10, "warmup": 2}
