@@ -63,6 +63,7 @@ def test_the_log_is_append_only_at_the_database_level(recorded: tuple[Path, str]
             db.execute(statement)
 
 
+@pytest.mark.slow
 def test_export_import_round_trips_and_partial_files_are_refused(recorded: tuple[Path, str], tmp_path: Path) -> None:
     home, run_id = recorded
     events = [json.loads(line) for line in sia(home, "log", run_id, "--json").stdout.splitlines()]

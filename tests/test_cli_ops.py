@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.cli import sia, sia_json
 
 
@@ -15,6 +17,7 @@ def feedback_boundary(home: Path, run_id: str, nth: int = 0) -> int:
     return requests[nth] - 1
 
 
+@pytest.mark.slow
 def test_fork_diff_audit_and_rejudge(tmp_path: Path) -> None:
     home = tmp_path / "home"
     parent = sia(home, "run", "--task", "toy", "--max-gen", "3", "--quiet").stdout.split()[-1]
@@ -65,6 +68,7 @@ def test_replay_to_folds_only_a_prefix_and_fork_refuses_seqs_outside_the_history
     assert len(sia_json(home, "runs")) == 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_pauses_a_real_run_and_resume_finishes_it(tmp_path: Path) -> None:
     import os
     import signal

@@ -167,6 +167,7 @@ def test_the_bound_sums_the_binomial_exactly() -> None:
         conditional_target(rates, np.array([3, 4]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_evaluate_ranks_identity_magic_oracles_and_a_truthless_denoiser_below_the_bound(seed: int) -> None:
     sim = simulate(seed)
