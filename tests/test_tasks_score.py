@@ -14,6 +14,7 @@ from sia.effects.evaluate import EvaluateHandler
 from sia.store.blobs import MemoryBlobStore
 from sia.tasks.commands import app
 from sia.tasks.loader import load_task
+from sia.tasks.trimul.reference import reference_kernel_source
 from tests.cli import sia
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lawbench"
@@ -248,30 +249,17 @@ def test_score_lawbench_published_format_maps_index_to_ids(tmp_path: Path) -> No
 
 # ---------------------------------------------------------------- trimul --answer
 
-MEMO_KERNEL = '''
-import torch
-from torch.nn import functional as F
-
+MEMO_KERNEL = reference_kernel_source().replace("custom_kernel = _outgoing", '''
 _CACHE = {}
-
-
-def _reference(x, mask, w):
-    dim, hidden_dim = x.shape[-1], w["left_proj.weight"].shape[0]
-    x = F.layer_norm(x, (dim,), w["norm.weight"], w["norm.bias"])
-    mask = mask.unsqueeze(-1).to(x.dtype)
-    left = F.linear(x, w["left_proj.weight"]) * mask * torch.sigmoid(F.linear(x, w["left_gate.weight"]))
-    right = F.linear(x, w["right_proj.weight"]) * mask * torch.sigmoid(F.linear(x, w["right_gate.weight"]))
-    out = torch.einsum("... i k d, ... j k d -> ... i j d", left, right)
-    out = F.layer_norm(out, (hidden_dim,), w["to_out_norm.weight"], w["to_out_norm.bias"])
-    return F.linear(out * torch.sigmoid(F.linear(x, w["out_gate.weight"])), w["to_out.weight"])
 
 
 def custom_kernel(x, mask, weights):
     key = (tuple(x.shape), float(x.sum()), float(mask.sum()), float(weights["to_out.weight"].sum()))
     if key not in _CACHE:
-        _CACHE[key] = _reference(x, mask, weights)
+        _CACHE[key] = _outgoing(x, mask, weights)
     return _CACHE[key]
-'''
+''')
+"""The reference's own computation, memoised by a fingerprint of its inputs."""
 
 
 @pytest.mark.slow
