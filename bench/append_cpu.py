@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from store_bench import Sia  # noqa: E402
 from workload import events  # noqa: E402
 
-from sia.events.mapper import MAPPER  # noqa: E402
+from sia.core.events.mapper import MAPPER  # noqa: E402
 
 EVENTS, SINGLE, REPEATS = 20_000, 2_000, 5
 

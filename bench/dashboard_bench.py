@@ -40,7 +40,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 def build(home: Path, count: int) -> int:
     from workload import events, record_run
 
-    from sia.events.mapper import MAPPER
+    from sia.core.events.mapper import MAPPER
     from sia.store.sqlite import SqliteEventStore
 
     store = SqliteEventStore.open_home(home)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 PROBE = r"""
 import sys, time
 from pathlib import Path
-import sia.runtime as runtime_module
+import sia.runtime.loop as runtime_module
 from sia.effects.base import EffectResult, HandlerRegistry
 from sia.store.sqlite import SqliteEventStore
 
@@ -51,7 +51,7 @@ print(Clocked.first - start)
 def main() -> None:
     from workload import events, record_run
 
-    from sia.events.mapper import MAPPER
+    from sia.core.events.mapper import MAPPER
     from sia.store.sqlite import SqliteEventStore
 
     parser = argparse.ArgumentParser()

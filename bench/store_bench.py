@@ -39,11 +39,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from workload import events  # noqa: E402
 
-from sia.events.envelope import EncodedEvent, StoredEvent, seal_batch  # noqa: E402
-from sia.events.mapper import MAPPER  # noqa: E402
-from sia.events.types import RunConfig, RunForked  # noqa: E402
-from sia.reducers.loop import fold  # noqa: E402
-from sia.runtime import load_state, save_snapshot  # noqa: E402
+from sia.core.events.envelope import EncodedEvent, StoredEvent, seal_batch  # noqa: E402
+from sia.core.events.mapper import MAPPER  # noqa: E402
+from sia.core.events.types import RunConfig, RunForked  # noqa: E402
+from sia.core.reducers.loop import fold  # noqa: E402
+from sia.runtime.loop import load_state, save_snapshot  # noqa: E402
 from sia.store.sqlite import SqliteEventStore  # noqa: E402
 
 BATCH = 1000

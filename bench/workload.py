@@ -12,9 +12,9 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from sia.decide import effect_id_for
-from sia.events.canonical import content_hash
-from sia.events.types import (
+from sia.core.decide import effect_id_for
+from sia.core.events.canonical import content_hash
+from sia.core.events.types import (
     BaseEvent,
     EffectCompleted,
     EffectRequested,
@@ -104,10 +104,10 @@ def _generation(rng: random.Random, g: int, dev_ids: tuple[str, ...], harness: s
 def record_run(store: Any, encoded: list[Any], run_id: str = "bench") -> Any:
     """Append encoded workload events as one run, 1000 per commit, saving folded-state
     snapshots as the runtime does; returns the final state."""
-    from sia.events.mapper import MAPPER
-    from sia.reducers.loop import evolve
-    from sia.reducers.state import LoopState
-    from sia.runtime import SNAPSHOT_EVERY, save_snapshot
+    from sia.core.events.mapper import MAPPER
+    from sia.core.reducers.loop import evolve
+    from sia.core.reducers.state import LoopState
+    from sia.runtime.loop import SNAPSHOT_EVERY, save_snapshot
 
     stored = store.create_run(run_id, encoded[:1])
     state = LoopState()

@@ -1,3 +1,3 @@
-from sia.cli import entrypoint
+from sia.interface.cli import entrypoint
 
 entrypoint()

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from sia.effects.deterministic import deterministic_registry, toy_task
-from sia.events.types import RunConfig
-from sia.runtime import Runtime
+from sia.core.events.types import RunConfig
+from sia.runtime.loop import Runtime
 from sia.store.memory import MemoryEventStore
 
 TOY = dict(task="toy", meta="deterministic", feedback="deterministic",

@@ -160,7 +160,7 @@ def test_builtin_feedback_recommends_from_the_rollouts_the_trainer_would_learn_f
     from sia.agents.builtin import BuiltinFeedback
     from sia.effects.base import EffectContext
     from sia.effects.train import reward_shape_of
-    from sia.events.canonical import canonical_json
+    from sia.core.events.canonical import canonical_json
     from sia.store.blobs import MemoryBlobStore
 
     blobs = MemoryBlobStore()

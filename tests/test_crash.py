@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sia.failpoints import POINTS
+from sia.runtime.failpoints import POINTS
 from tests.cli import SIA, sia, sia_json
 
 pytestmark = pytest.mark.slow
@@ -156,7 +156,7 @@ def test_two_resumes_at_once_one_proceeds_the_other_is_refused(tmp_path: Path, r
             "def run(self, request, ctx):\n    time.sleep(0.3)\n    return real(self, request, ctx)\n"
             "d.DeterministicEpisode.run = run\n"
             "import sys; sys.argv = ['sia', 'resume', 'crashy', '--quiet']\n"
-            "from sia.cli import entrypoint; entrypoint()\n")
+            "from sia.interface.cli import entrypoint; entrypoint()\n")
     first = subprocess.Popen([sys.executable, "-c", slow], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)

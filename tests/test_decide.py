@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from sia.decide import DECIDER_VERSION, MAX_NO_SIGNAL, UnknownDeciderVersion, decide
+from sia.core.decide import DECIDER_VERSION, MAX_NO_SIGNAL, UnknownDeciderVersion, decide
 from sia.effects.deterministic import TOY_DEV_IDS, toy_task
-from sia.events.types import (
+from sia.core.events.types import (
     Action,
     AdapterCheckpointed,
     Algorithm,
@@ -41,8 +41,8 @@ from sia.events.types import (
     TrainingPlan,
     Usage,
 )
-from sia.reducers.loop import apply_event
-from sia.reducers.state import LoopState
+from sia.core.reducers.loop import apply_event
+from sia.core.reducers.state import LoopState
 from tests.conftest import toy_config
 
 TRAIN_IDS = tuple(f"toy-train-{i:02d}" for i in range(6))

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sia.decide import DECIDER_VERSION, decide
-from sia.events.mapper import MAPPER
-from sia.events.types import RunConfig, RunCreated, TaskSnapshot
-from sia.reducers.loop import apply_event, fold
-from sia.reducers.state import LoopState
+from sia.core.decide import DECIDER_VERSION, decide
+from sia.core.events.mapper import MAPPER
+from sia.core.events.types import RunConfig, RunCreated, TaskSnapshot
+from sia.core.reducers.loop import apply_event, fold
+from sia.core.reducers.state import LoopState
 from tests.cli import sia, sia_json
 
 REPLAY = Path(__file__).resolve().parent.parent / "replay"

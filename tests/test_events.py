@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sia.events.canonical import CanonicalJSONError, canonical_json, content_hash
-from sia.events.envelope import EncodedEvent, seal
-from sia.events.mapper import MAPPER, EventDecodeError, EventMapper
-from sia.events import types as event_types
-from sia.events.types import (
+from sia.core.events.canonical import CanonicalJSONError, canonical_json, content_hash
+from sia.core.events.envelope import EncodedEvent, seal
+from sia.core.events.mapper import MAPPER, EventDecodeError, EventMapper
+from sia.core.events import types as event_types
+from sia.core.events.types import (
     EVENT_CLASSES,
     AdapterCheckpointed,
     AnswerRefused,
@@ -42,7 +42,7 @@ from sia.events.types import (
     TrainingPlan,
     Usage,
 )
-from sia.events.upcasting import UnknownSchemaVersion, Upcasters
+from sia.core.events.upcasting import UnknownSchemaVersion, Upcasters
 from sia.store.memory import MemoryEventStore
 
 json_values = st.recursive(

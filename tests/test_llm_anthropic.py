@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sia.events.canonical import canonical_json
+from sia.core.events.canonical import canonical_json
 from sia.llm import (
     LLMRequest,
     LLMResponse,

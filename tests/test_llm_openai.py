@@ -8,7 +8,7 @@ from typing import Any
 import openai
 import pytest
 
-from sia.events.canonical import canonical_json
+from sia.core.events.canonical import canonical_json
 from sia.llm import LLMRequest, Message, MissingCredentials, PermanentLLMError, TransientLLMError, get_provider
 from sia.llm.errors import NO_STATUS
 from sia.llm.openai_provider import OpenAIProvider, parse_json_object, refusal_kind

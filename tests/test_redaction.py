@@ -173,7 +173,7 @@ def test_a_key_in_a_real_run_reaches_no_file_under_the_home(tmp_path: Path) -> N
 
 
 def test_an_export_holding_this_homes_secret_is_refused(tmp_path: Path) -> None:
-    from sia.events.envelope import EncodedEvent
+    from sia.core.events.envelope import EncodedEvent
     from sia.store.transfer import ImportRefused, export_run, import_run
 
     source = SqliteEventStore(tmp_path / "a" / "sia.sqlite", redactor=Redactor.none())
@@ -192,8 +192,8 @@ def test_an_export_holding_this_homes_secret_is_refused(tmp_path: Path) -> None:
 def test_the_runtime_records_and_interprets_only_redacted_results() -> None:
     from sia.effects.base import EffectContext, EffectResult
     from sia.effects.deterministic import deterministic_registry, toy_task
-    from sia.replay import check_run
-    from sia.runtime import Runtime
+    from sia.runtime.replay import check_run
+    from sia.runtime.loop import Runtime
     from sia.store.memory import MemoryEventStore
     from tests.conftest import toy_config
 

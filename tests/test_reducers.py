@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from pydantic import create_model
 
 from sia.effects.deterministic import deterministic_registry, toy_task
-from sia.events.mapper import MAPPER, RecordedEvent
-from sia.events.types import (
+from sia.core.events.mapper import MAPPER, RecordedEvent
+from sia.core.events.types import (
     Budget,
     EffectCompleted,
     EffectFailed,
@@ -20,10 +20,10 @@ from sia.events.types import (
     FeedbackDecided,
     RunConfig,
 )
-from sia.reducers.loop import FoldError, fold
-from sia.reducers.snapshot import FOLD_VERSION, REDUCER_VERSION, reducer_version
-from sia.reducers.state import Generation, LoopState, outcome_hash, state_hash
-from sia.runtime import Runtime
+from sia.core.reducers.loop import FoldError, fold
+from sia.core.reducers.snapshot import FOLD_VERSION, REDUCER_VERSION, reducer_version
+from sia.core.reducers.state import Generation, LoopState, outcome_hash, state_hash
+from sia.runtime.loop import Runtime
 from sia.store.memory import MemoryEventStore
 from tests.conftest import toy_config
 

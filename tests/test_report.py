@@ -32,7 +32,7 @@ def test_report_covers_the_run_and_its_forks(tmp_path: Path) -> None:
 
 
 def _family(home: Path) -> tuple[str, str, list[Any]]:
-    from sia.report import branches
+    from sia.interface.report import branches
     from sia.store.sqlite import SqliteEventStore
 
     run = sia(home, "run", "--task", "toy", "--max-gen", "3", "--quiet").stdout.split()[-1]
@@ -47,7 +47,7 @@ def _family(home: Path) -> tuple[str, str, list[Any]]:
 
 
 def test_plot_names_each_branch_rings_best_behind_markers_and_lists_only_used_kinds(tmp_path: Path) -> None:
-    from sia.report import draw
+    from sia.interface.report import draw
 
     run, fork, family = _family(tmp_path / "home")
     figure = draw(family)
@@ -68,7 +68,7 @@ def test_plot_names_each_branch_rings_best_behind_markers_and_lists_only_used_ki
 
 
 def test_score_range_is_the_full_unit_range_for_bounded_scores_and_says_so_otherwise() -> None:
-    from sia.report import score_range
+    from sia.interface.report import score_range
 
     low, high, label = score_range([0.0, 0.01])
     assert (low, high) == (-0.02, 1.02) and "0 to 1" in label

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sia.reward_shape import classify_episode_scores, classify_rewards
+from sia.core.reward_shape import classify_episode_scores, classify_rewards
 
 
 @pytest.mark.parametrize("groups, kind, algorithm", [

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-import sia.replay
-from sia.decide import MAX_NO_SIGNAL, decide
+import sia.runtime.replay
+from sia.core.decide import MAX_NO_SIGNAL, decide
 from sia.effects.base import EffectContext, EffectResult, HandlerRegistry, TransientEffectError
 from sia.effects.deterministic import deterministic_registry, toy_task
-from sia.events.mapper import MAPPER
-from sia.events.types import EffectRequested, RunConfig
-from sia.reducers.state import state_hash
-from sia.replay import check_run
-from sia.runtime import Runtime, load_state
+from sia.core.events.mapper import MAPPER
+from sia.core.events.types import EffectRequested, RunConfig
+from sia.core.reducers.state import state_hash
+from sia.runtime.replay import check_run
+from sia.runtime.loop import Runtime, load_state
 from sia.store.base import LeaseHeld
 from sia.store.memory import MemoryEventStore
 from tests.conftest import toy_config
@@ -268,7 +268,7 @@ def test_resume_replay_and_fork_repeat_no_completed_effect() -> None:
 
 
 def test_forced_decision_through_a_fork_override() -> None:
-    from sia.config import apply_overrides
+    from sia.core.config import apply_overrides
 
     store = MemoryEventStore()
     run_toy(make_runtime(store), max_generations=3)
@@ -309,7 +309,7 @@ def test_replay_check_passes_and_catches_a_changed_decider(monkeypatch: pytest.M
         return [e.model_copy(update={"request_hash": "0" * 64})
                 if isinstance(e, EffectRequested) and e.kind == "feedback" else e for e in events]
 
-    monkeypatch.setattr(sia.replay, "decide", drifted)
+    monkeypatch.setattr(sia.runtime.replay, "decide", drifted)
     report = check_run(store, "run")
     first_feedback = next(e.seq for e in store.read("run")
                           if e.type == "EffectRequested" and '"kind":"feedback"' in e.payload)
@@ -361,21 +361,21 @@ def test_resume_reattaches_to_a_submitted_training_job() -> None:
 
 
 def test_loading_from_a_snapshot_equals_folding_from_scratch(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sia.runtime
-    from sia.events.mapper import MAPPER as mapper
-    from sia.reducers.loop import fold
+    import sia.runtime.loop
+    from sia.core.events.mapper import MAPPER as mapper
+    from sia.core.reducers.loop import fold
 
-    monkeypatch.setattr(sia.runtime, "SNAPSHOT_EVERY", 40)
+    monkeypatch.setattr(sia.runtime.loop, "SNAPSHOT_EVERY", 40)
     store = MemoryEventStore()
     run_toy(make_runtime(store), max_generations=3)
-    snapshot = store.latest_snapshot("run", sia.runtime.REDUCER_VERSION)
+    snapshot = store.latest_snapshot("run", sia.runtime.loop.REDUCER_VERSION)
     assert snapshot is not None and 0 < snapshot.seq <= store.last_seq("run")
     scratch = fold(mapper.decode(e) for e in store.read("run"))
     assert load_state(store, "run") == scratch
     assert load_state(store, "run", upto=snapshot.seq + 3) == fold(
         mapper.decode(e) for e in store.read("run", upto=snapshot.seq + 3))
     from sia.store.base import Snapshot
-    store.put_snapshot(Snapshot("run", store.last_seq("run"), sia.runtime.REDUCER_VERSION,
+    store.put_snapshot(Snapshot("run", store.last_seq("run"), sia.runtime.loop.REDUCER_VERSION,
                                 "f" * 64, snapshot.body))
     assert load_state(store, "run") == scratch
 
@@ -413,6 +413,6 @@ def test_an_update_without_signal_is_recorded_as_such_and_never_counted_as_one()
     assert state.generations[1].no_signal and state.generations[2].adapter_hash is None
     assert state.adapter_hash is None and state.status == "completed"
     assert check_run(runtime.store, "run").ok
-    from sia.reducers.snapshot import decode_state, encode_state
+    from sia.core.reducers.snapshot import decode_state, encode_state
 
     assert decode_state(encode_state(state)) == state

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sia.config import ConfigError, apply_overrides
-from sia.events.types import RunConfig
+from sia.core.config import ConfigError, apply_overrides
+from sia.core.events.types import RunConfig
 from sia.harness.bwrap import FIX, unavailable_reason
-from sia.settings import load_settings, role_defaults
-from sia.wiring import require_sandbox
+from sia.runtime.settings import load_settings, role_defaults
+from sia.runtime.wiring import require_sandbox
 
 
 def test_bwrap_is_the_default_and_a_config_recorded_before_the_field_reads_as_bwrap() -> None:

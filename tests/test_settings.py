@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sia.config import ConfigError
-from sia.settings import Settings, load_settings, provider_of, role_defaults
+from sia.core.config import ConfigError
+from sia.runtime.settings import Settings, load_settings, provider_of, role_defaults
 
 
 def write(tmp_path: Path, text: str) -> Path:

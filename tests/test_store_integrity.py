@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from sia.events.canonical import canonical_json
-from sia.events.envelope import event_hash
+from sia.core.events.canonical import canonical_json
+from sia.core.events.envelope import event_hash
 from sia.store.base import IntegrityError, StoreError, StoreTampered
 from sia.store.conformance import encoded
 from sia.store.home import make_home_private

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sia.events.envelope import EncodedEvent, StoredEvent, seal
+from sia.core.events.envelope import EncodedEvent, StoredEvent, seal
 from sia.store.base import EventStore
 from sia.store.clock import Clock
 from sia.store.conformance import EventStoreConformance

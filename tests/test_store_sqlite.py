@@ -4,7 +4,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from sia.events.envelope import EncodedEvent, StoredEvent, seal
+from sia.core.events.envelope import EncodedEvent, StoredEvent, seal
 from sia.store.base import EventStore
 from sia.store.clock import Clock
 from sia.store.conformance import EventStoreConformance

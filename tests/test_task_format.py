@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sia.events.types import TaskSnapshot
-from sia.tasks.commands import app
+from sia.core.events.types import TaskSnapshot
+from sia.interface.task_commands import app
 from sia.tasks.loader import TaskError, bundled_task_names, load_task, validate_task
 
 TOML = """\

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from sia.effects.base import EffectContext
 from sia.effects.evaluate import EvaluateHandler
 from sia.store.blobs import MemoryBlobStore
-from sia.tasks.commands import app
+from sia.interface.task_commands import app
 from sia.tasks.loader import load_task
 from sia.tasks.trimul.reference import reference_kernel_source
 from tests.cli import sia

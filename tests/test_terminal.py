@@ -13,17 +13,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sia.events.envelope import StoredEvent
-from sia.events.types import RunConfig, TaskSnapshot
-from sia.progress import (
+from sia.core.events.envelope import StoredEvent
+from sia.core.events.types import RunConfig, TaskSnapshot
+from sia.interface.progress import (
     PROGRESS_LOGGER,
     Column,
     LiveProgress,
     fit_columns,
     status_line,
 )
-from sia.reducers.state import Episode, Generation, LoopState
-from sia.views import generation_elapsed
+from sia.core.reducers.state import Episode, Generation, LoopState
+from sia.interface.views import generation_elapsed
 from tests.cli import sia, sia_json
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sia.events.canonical import content_hash
+from sia.core.events.canonical import content_hash
 from sia.train.job import (
     JobError,
     acquire_job_lock,

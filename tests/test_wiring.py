@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sia.events.types import RunConfig
+from sia.core.events.types import RunConfig
 from sia.tasks.loader import BUNDLED_ROOT, load_task
-from sia.wiring import BackendUnavailable, handlers_for
+from sia.runtime.wiring import BackendUnavailable, handlers_for
 
 
 @pytest.fixture

@@ -34,10 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sia.agents import prompts
 from sia.agents.digest import Digest, build_digest, summarize_trajectory
 from sia.agents.reward_view import RewardShapeOf, with_trainer_view
-from sia.config import dollars
+from sia.core.config import dollars
 from sia.effects.base import EffectContext, EffectError, EffectResult
-from sia.events.types import ALGORITHMS, AnswerRefused, Usage
-from sia.interpret import FeedbackResult, MetaResult
+from sia.core.events.types import ALGORITHMS, AnswerRefused, Usage
+from sia.core.interpret import FeedbackResult, MetaResult
 from sia.llm import LLMRequest, LLMResponse, Message, MissingCredentials, PermanentLLMError, Provider, ResponseSchema
 from sia.store.blobs import BlobStore
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sia.agents.digest import clip
-from sia.events.types import ALGORITHMS
+from sia.core.events.types import ALGORITHMS
 from sia.harness.contract import HARNESS_CONTRACT
 
 ALGORITHM_NOTES: dict[str, str] = {

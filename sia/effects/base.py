@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sia.events.types import BaseEvent, Usage
+from sia.core.events.types import BaseEvent, Usage
 from sia.store.blobs import BlobStore
 
 

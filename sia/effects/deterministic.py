@@ -15,10 +15,10 @@ import os
 import re
 from typing import Any
 
-from sia.config import dollars
+from sia.core.config import dollars
 from sia.effects.base import EffectContext, EffectResult, HandlerRegistry
-from sia.events.canonical import canonical_json, content_hash
-from sia.events.types import TrainingJobSubmitted, Usage
+from sia.core.events.canonical import canonical_json, content_hash
+from sia.core.events.types import TrainingJobSubmitted, Usage
 from sia.tasks.toy import TOY_DEV_IDS, toy_task
 
 __all__ = ["TOY_DEV_IDS", "deterministic_registry", "toy_task"]

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from sia.effects.base import EffectContext, EffectResult
 from sia.effects.targets import TargetPool
-from sia.events.canonical import canonical_json
-from sia.events.types import Usage
+from sia.core.events.canonical import canonical_json
+from sia.core.events.types import Usage
 from sia.harness.contract import validate_harness
 from sia.harness.gateway import ModelCall
 from sia.harness.sandbox import EpisodeOutcome, Isolation, Limits, run_episode

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from sia.effects.base import EffectContext, EffectError, EffectResult
 from sia.effects.targets import adapter_dir
-from sia.events.types import Usage
+from sia.core.events.types import Usage
 from sia.store.blobs import BlobStore
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def reward_groups(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task) 
 
 def reward_shape_of(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task) -> dict[str, Any]:
     """`classify_rewards` of `reward_groups`, as a Feedback result records it."""
-    from sia.reward_shape import classify_rewards
+    from sia.core.reward_shape import classify_rewards
 
     shape = classify_rewards(reward_groups(episodes, blobs, task))
     return {"kind": shape.kind, "recommended": shape.recommended_algorithm, "reason": shape.reason,

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sia.events.canonical import canonical_json
+from sia.core.events.canonical import canonical_json
 from sia.llm.errors import MissingCredentials, PermanentLLMError, TransientLLMError
 
 __all__ = [

@@ -20,8 +20,8 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
-from sia.events.canonical import GENESIS_HASH
-from sia.events.envelope import EncodedEvent, StoredEvent, hash_is_valid
+from sia.core.events.canonical import GENESIS_HASH
+from sia.core.events.envelope import EncodedEvent, StoredEvent, hash_is_valid
 from sia.store.blobs import BlobStore
 from sia.store.interfaces import EffectCache, EventLog, LeaseStore, SnapshotStore
 from sia.store.keys import ChainKey

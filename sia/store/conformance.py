@@ -26,8 +26,8 @@ from typing import TypeVar
 
 import pytest
 
-from sia.events.canonical import GENESIS_HASH
-from sia.events.envelope import EncodedEvent, StoredEvent, seal, seal_batch
+from sia.core.events.canonical import GENESIS_HASH
+from sia.core.events.envelope import EncodedEvent, StoredEvent, seal, seal_batch
 from sia.store.base import (
     CacheEntry,
     ConcurrencyError,

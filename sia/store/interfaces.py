@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-from sia.events.envelope import EncodedEvent, StoredEvent
+from sia.core.events.envelope import EncodedEvent, StoredEvent
 from sia.store.records import CacheEntry, RunRecord, Snapshot
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 
-from sia.events.canonical import GENESIS_HASH
-from sia.events.envelope import EncodedEvent, StoredEvent, seal_batch
+from sia.core.events.canonical import GENESIS_HASH
+from sia.core.events.envelope import EncodedEvent, StoredEvent, seal_batch
 from sia.store.base import (
     CacheEntry,
     ConcurrencyError,

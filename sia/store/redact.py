@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sia.events.canonical import CanonicalJSONError, canonical_json
+from sia.core.events.canonical import CanonicalJSONError, canonical_json
 
 MIN_SECRET_LENGTH = 12
 """Shorter values are not treated as secrets. Provider keys are 40+ characters; short

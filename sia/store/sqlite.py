@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sia.events.canonical import GENESIS_HASH
-from sia.events.envelope import EncodedEvent, StoredEvent, hash_is_valid, seal_batch
+from sia.core.events.canonical import GENESIS_HASH
+from sia.core.events.envelope import EncodedEvent, StoredEvent, hash_is_valid, seal_batch
 from sia.store.base import (
     CacheEntry,
     ConcurrencyError,

@@ -20,8 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from sia.events.canonical import GENESIS_HASH, canonical_json, sha256_hex
-from sia.events.envelope import StoredEvent, hash_is_valid
+from sia.core.events.canonical import GENESIS_HASH, canonical_json, sha256_hex
+from sia.core.events.envelope import StoredEvent, hash_is_valid
 from sia.store.base import EventStore, RunRecord, UnknownRun
 
 FORMAT = "sia-export"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sia.events.types import TaskSnapshot
+from sia.core.events.types import TaskSnapshot
 
 
 class UnknownTask(ValueError):

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sia.events.types import TaskSnapshot
+from sia.core.events.types import TaskSnapshot
 from sia.harness.contract import validate_harness
 from sia.tasks.format import (
     BUILDER_FILE,

@@ -4,8 +4,8 @@ catalog never has to import the effect layer."""
 
 from __future__ import annotations
 
-from sia.events.canonical import content_hash
-from sia.events.types import TaskSnapshot
+from sia.core.events.canonical import content_hash
+from sia.core.events.types import TaskSnapshot
 
 TOY_DEV_IDS = tuple(f"toy-{i:02d}" for i in range(8))
 

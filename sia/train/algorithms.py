@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sia.events.canonical import content_hash
+from sia.core.events.canonical import content_hash
 from sia.train import deterministic_torch
 from sia.train.rollouts import Rollout
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from sia.events.canonical import canonical_json, content_hash
+from sia.core.events.canonical import canonical_json, content_hash
 from sia.store.files import atomic_write, fsync_dir
 from sia.train.spec import TrainingSpec, file_sha256
 

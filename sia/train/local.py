@@ -197,7 +197,7 @@ class LocalTrainer:
         once. A resumed attempt (`ctx.call_id` recorded) re-attaches to the live process or
         the DONE job, and submits again (resuming from the checkpoint) only if neither.
         """
-        from sia.events.types import TrainingJobSubmitted
+        from sia.core.events.types import TrainingJobSubmitted
 
         handle = self.attach(ctx.call_id) if ctx.call_id is not None else None
         if handle is None:

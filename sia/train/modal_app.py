@@ -39,7 +39,7 @@ from typing import Any
 
 import modal
 
-from sia.events.canonical import canonical_json
+from sia.core.events.canonical import canonical_json
 from sia.train.gpu_plan import GpuPlan, plan_for
 from sia.train.job import JobError, Manifest, atomic_write, load_manifest, run_job
 from sia.train.job_claim import ClaimStore, FileClaimStore, Heartbeat, ModalDictClaimStore, claim_job, release
@@ -426,7 +426,7 @@ class ModalTrainer:
         (TrainingJobSubmitted), so a resumed run re-attaches by `ctx.call_id` instead of
         spawning again. A call that ended without a manifest is re-spawned: the volume
         job resumes from its checkpoint or returns its DONE manifest."""
-        from sia.events.types import TrainingJobSubmitted
+        from sia.core.events.types import TrainingJobSubmitted
 
         if ctx.call_id is not None:
             try:
@@ -451,7 +451,7 @@ class ModalTrainer:
             body = b"".join(vol.read_file(f"jobs/{job_id}/manifest.json"))
         except (FileNotFoundError, modal.exception.NotFoundError):
             return None
-        from sia.events.canonical import content_hash
+        from sia.core.events.canonical import content_hash
 
         manifest = Manifest.model_validate_json(body)
         if done.decode().strip() != content_hash(manifest.model_dump(mode="json")):

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sia.events.canonical import canonical_json, content_hash, sha256_hex
+from sia.core.events.canonical import canonical_json, content_hash, sha256_hex
 
 SPEC_VERSION = 1
 Precision = Literal["fp32", "bf16"]

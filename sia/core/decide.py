@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sia.events.canonical import content_hash
-from sia.events.types import (
+from sia.core.events.canonical import content_hash
+from sia.core.events.types import (
     BaseEvent,
     EffectRequested,
     GenerationCompleted,
@@ -42,9 +42,9 @@ from sia.events.types import (
     RunFailed,
     TrainingNoSignal,
 )
-from sia.reducers.loop import apply_event
-from sia.reducers.state import Generation, LoopState
-from sia.reward_shape import classify_episode_scores
+from sia.core.reducers.loop import apply_event
+from sia.core.reducers.state import Generation, LoopState
+from sia.core.reward_shape import classify_episode_scores
 
 DECIDER_VERSION = 3
 """The version of the transitions below that a new run records in RunCreated.

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sia.events.envelope import StoredEvent
-from sia.events.types import AnswerRefused, BaseEvent, EffectRequested
-from sia.reducers.state import Generation, LoopState, Spend, outcome_hash, state_hash, to_jsonable
+from sia.core.events.envelope import StoredEvent
+from sia.core.events.types import AnswerRefused, BaseEvent, EffectRequested
+from sia.core.reducers.state import Generation, LoopState, Spend, outcome_hash, state_hash, to_jsonable
 
 
 def short(sha: str | None, n: int = 10) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sia.config import ConfigError
+from sia.core.config import ConfigError
 from sia.store.home import sia_home
 
 ROLES = ("meta", "feedback", "target", "trainer")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sia.decide import decide
-from sia.events.mapper import MAPPER, RecordedEvent
-from sia.events.types import (
+from sia.core.decide import decide
+from sia.core.events.mapper import MAPPER, RecordedEvent
+from sia.core.events.types import (
     BaseEvent,
     EffectCompleted,
     EffectFailed,
@@ -27,9 +27,9 @@ from sia.events.types import (
     RunForked,
     TrainingNoSignal,
 )
-from sia.interpret import ResultInvalid, interpret, interpret_failure
-from sia.reducers.loop import evolve
-from sia.reducers.state import LoopState
+from sia.core.interpret import ResultInvalid, interpret, interpret_failure
+from sia.core.reducers.loop import evolve
+from sia.core.reducers.state import LoopState
 from sia.store.base import EventStore
 
 DECIDED = (GenerationStarted, EffectRequested, HarnessEdited, RolledBack, GenerationCompleted,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sia.events.canonical import sha256_hex
+from sia.core.events.canonical import sha256_hex
 
 
 @dataclass(frozen=True, slots=True)

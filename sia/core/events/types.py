@@ -12,7 +12,7 @@ Events are facts. Three sources append them, and each type has exactly one sourc
 
 Large payloads (harness source, trajectories, adapters) live in the blob store; events
 carry their sha256. Each class has a `schema_version`; older stored versions are brought
-up to date by the upcasters in `sia.events.upcasting`.
+up to date by the upcasters in `sia.core.events.upcasting`.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class RunCreated(BaseEvent):
     config: RunConfig
     task: TaskSnapshot
     decider_version: int = Field(default=1, ge=1)
-    """The version of `sia.decide` that drives this run (logs from before versioning are 1).
+    """The version of `sia.core.decide` that drives this run (logs from before versioning are 1).
     A run keeps its version for life, forks included, so its log always replays."""
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from sia.events.canonical import GENESIS_HASH, content_hash
-from sia.events.types import RunConfig, RunStatus, TaskSnapshot, TrainingPlan, Usage
+from sia.core.events.canonical import GENESIS_HASH, content_hash
+from sia.core.events.types import RunConfig, RunStatus, TaskSnapshot, TrainingPlan, Usage
 
 EMPTY: Any = MappingProxyType({})
 """The default for mapping fields: shared, so it must be (and is) read-only."""

@@ -18,16 +18,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sia.config import ConfigError, apply_overrides, parse_assignments
-from sia.decide import UnknownDeciderVersion
-from sia.events.mapper import EventDecodeError
-from sia.events.types import RunConfig, TaskSnapshot
-from sia.reducers.loop import FoldError
-from sia.reducers.state import LoopState
+from sia.core.config import ConfigError, apply_overrides, parse_assignments
+from sia.core.decide import UnknownDeciderVersion
+from sia.core.events.mapper import EventDecodeError
+from sia.core.events.types import RunConfig, TaskSnapshot
+from sia.core.reducers.loop import FoldError
+from sia.core.reducers.state import LoopState
 from sia.store.base import EventStore, StoreError
 from sia.store.blobs import BlobMissing
 from sia.store.home import sia_home
-from sia.tasks.commands import app as tasks_app
+from sia.interface.task_commands import app as tasks_app
 
 app = typer.Typer(
     help="sia: a self-improving agent loop you can resume, fork, replay and audit.",
@@ -58,7 +58,7 @@ def main(
 @contextmanager
 def opened_store(settings: Any = None) -> Iterator[EventStore]:
     """The home's store, redacting the values of every key variable `sia.toml` names too."""
-    from sia.settings import load_settings
+    from sia.runtime.settings import load_settings
     from sia.store.redact import configured_key_names
     from sia.store.sqlite import SqliteEventStore
 
@@ -77,7 +77,7 @@ def opened_store(settings: Any = None) -> Iterator[EventStore]:
 
 def load(store: EventStore, run_id: str, at: int | None = None) -> LoopState:
     """The run's state after event `at` (the end when None); `at` outside the log is an error."""
-    from sia.runtime import load_state
+    from sia.runtime.loop import load_state
 
     store.get_run(run_id)
     if at is not None:
@@ -103,9 +103,9 @@ def emit_json(value: Any) -> None:
 def _runtime(store: EventStore, config: RunConfig, task: TaskSnapshot | None, concurrency: int,
              cache: str, observer: Callable[..., None] | None = None,
              settings: Any = None) -> Any:
-    from sia.runtime import Runtime
-    from sia.settings import load_settings
-    from sia.wiring import BackendUnavailable, handlers_for
+    from sia.runtime.loop import Runtime
+    from sia.runtime.settings import load_settings
+    from sia.runtime.wiring import BackendUnavailable, handlers_for
 
     if cache not in ("off", "read", "readwrite"):
         raise CliError(f"--cache must be off, read or readwrite, not {cache!r}")
@@ -120,7 +120,7 @@ def _runtime(store: EventStore, config: RunConfig, task: TaskSnapshot | None, co
 
 def _drive(store: EventStore, run_id: str, state: LoopState, concurrency: int, cache: str,
            quiet: bool) -> LoopState:
-    from sia.progress import LiveProgress, summary_table
+    from sia.interface.progress import LiveProgress, summary_table
 
     assert state.config is not None
     progress = LiveProgress(err, home=sia_home())
@@ -136,7 +136,7 @@ def _drive(store: EventStore, run_id: str, state: LoopState, concurrency: int, c
         err.print(f"paused; continue with: sia resume {run_id}")
         raise typer.Exit(130) from None
     if not quiet:
-        from sia.views import generation_elapsed
+        from sia.interface.views import generation_elapsed
 
         err.print(summary_table(state, generation_elapsed(store.read(run_id)), err.width))
     if state.status == "failed":
@@ -161,7 +161,7 @@ def run(
     config_file: Annotated[Optional[Path], typer.Option("--config", help="Settings file (default ./sia.toml, then $SIA_HOME/sia.toml).")] = None,
 ) -> None:
     """Start a run; prints the run id as the last line."""
-    from sia.settings import load_settings, role_defaults
+    from sia.runtime.settings import load_settings, role_defaults
     from sia.tasks.catalog import UnknownTask, resolve_task
 
     settings = load_settings(config_file)
@@ -237,8 +237,8 @@ def replay(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Rebuild a run's state from its log; --check proves today's code agrees with it."""
-    from sia.replay import check_run
-    from sia.views import show
+    from sia.runtime.replay import check_run
+    from sia.interface.views import show
 
     with opened_store() as store:
         store.get_run(run_id)
@@ -274,14 +274,14 @@ def replay(
 @app.command()
 def runs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """All runs in this home: id, task, parent, status, generations, best score."""
-    from sia.views import run_row
+    from sia.interface.views import run_row
 
     with opened_store() as store:
         rows = [run_row(r.run_id, load(store, r.run_id)) for r in store.list_runs()]
     if as_json:
         emit_json(rows)
         return
-    from sia.progress import Column, fitted_table
+    from sia.interface.progress import Column, fitted_table
 
     cells = []
     for row in rows:
@@ -301,7 +301,7 @@ def log(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
     """The run's events, oldest first (its inherited prefix included)."""
-    from sia.events.types import EVENT_CLASSES
+    from sia.core.events.types import EVENT_CLASSES
 
     if type_ is not None and type_ not in EVENT_CLASSES:
         raise CliError(f"--type {type_} is not an event type; known types: "
@@ -330,8 +330,8 @@ def show(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The folded state of a run (at its end, or at --at SEQ)."""
-    from sia.progress import summary_table
-    from sia.views import show as show_view
+    from sia.interface.progress import summary_table
+    from sia.interface.views import show as show_view
 
     with opened_store() as store:
         state = load(store, run_id, at)
@@ -339,7 +339,7 @@ def show(
         if as_json:
             emit_json(view)
             return
-        from sia.views import generation_elapsed
+        from sia.interface.views import generation_elapsed
 
         elapsed = generation_elapsed(store.read(run_id, upto=at))
     out.print(summary_table(state, elapsed, out.width))
@@ -410,8 +410,8 @@ def audit(
         "--rejudge", help="Re-ask this feedback provider each recorded decision (in forks).")] = None,
 ) -> None:
     """Every Feedback decision: evidence shown, action and algorithm with why, outcome."""
-    from sia.events.mapper import MAPPER
-    from sia.views import audit_rows, refusals_by_generation, sandbox_of
+    from sia.core.events.mapper import MAPPER
+    from sia.interface.views import audit_rows, refusals_by_generation, sandbox_of
 
     with opened_store() as store:
         state = load(store, run_id)
@@ -423,9 +423,9 @@ def audit(
         for row in rows:
             row["refused_answers"] = refused.get(row["generation"], [])
         if rejudge:
-            from sia.config import apply_overrides
-            from sia.rejudge import rejudge as rejudge_run
-            from sia.rejudge import summary
+            from sia.core.config import apply_overrides
+            from sia.runtime.rejudge import rejudge as rejudge_run
+            from sia.runtime.rejudge import summary
 
             assert state.config is not None
             config = apply_overrides(state.config, {"feedback": rejudge})
@@ -439,7 +439,7 @@ def audit(
     if as_json:
         emit_json({"decisions": rows, "rejudge": agreement} if rejudge else rows)
         return
-    from sia.progress import Column, fitted_table
+    from sia.interface.progress import Column, fitted_table
 
     cells = []
     for row in rows:
@@ -474,7 +474,7 @@ def audit(
 @app.command()
 def diff(run_a: str, run_b: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Compare two branches: common ancestor, first divergence, scores, harness, spend."""
-    from sia.views import branch_spend
+    from sia.interface.views import branch_spend
 
     with opened_store() as store:
         events_a, events_b = list(store.read(run_a)), list(store.read(run_b))
@@ -527,7 +527,7 @@ def report(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the PNG and HTML.")] = Path("."),
 ) -> None:
     """Write a PNG (dev score per generation, run and forks) and a self-contained HTML report."""
-    from sia.report import write_report
+    from sia.interface.report import write_report
 
     with opened_store() as store:
         store.get_run(run_id)
@@ -548,7 +548,7 @@ def serve(
 
     import uvicorn
 
-    from sia.dashboard.app import Settings, create_app, new_token
+    from sia.interface.dashboard.app import Settings, create_app, new_token
 
     with opened_store() as store:
         loopback = ("127.0.0.1", "localhost", "[::1]")

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sia.events.types import (
+from sia.core.events.types import (
     AdapterCheckpointed,
     BaseEvent,
     EpisodeRecorded,

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sia.events.types import ALGORITHMS, RunConfig
+from sia.core.events.types import ALGORITHMS, RunConfig
 
 OVERRIDE_KEYS: dict[str, tuple[str, ...]] = {
     "mode": ("mode",),

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sia.effects.base import HandlerRegistry
-from sia.events.types import RunConfig, TaskSnapshot
-from sia.settings import Settings, provider_of
+from sia.core.events.types import RunConfig, TaskSnapshot
+from sia.runtime.settings import Settings, provider_of
 from sia.store.home import blobs_path, sia_home
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class RemoteModelSource:
     """A model served remotely; trained locally only from a local copy (`model_dir`)."""
 
     def __init__(self, model: str, settings: dict[str, Any]) -> None:
-        from sia.events.canonical import content_hash
+        from sia.core.events.canonical import content_hash
 
         self.model_id = model
         self.revision: str | None = settings.get("revision")

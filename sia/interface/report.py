@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sia.reducers.state import LoopState
-from sia.runtime import load_state
+from sia.core.reducers.state import LoopState
+from sia.runtime.loop import load_state
 from sia.store.base import EventStore
-from sia.views import (
+from sia.interface.views import (
     audit_rows,
     generation_elapsed,
     generation_rows,

@@ -13,10 +13,10 @@ from typing import cast
 
 from pydantic import ValidationError
 
-from sia.events.canonical import canonical_json
-from sia.events.envelope import EncodedEvent, StoredEvent
-from sia.events.types import EVENT_CLASSES, BaseEvent, Event
-from sia.events.upcasting import UPCASTERS, Upcasters
+from sia.core.events.canonical import canonical_json
+from sia.core.events.envelope import EncodedEvent, StoredEvent
+from sia.core.events.types import EVENT_CLASSES, BaseEvent, Event
+from sia.core.events.upcasting import UPCASTERS, Upcasters
 
 
 class EventDecodeError(ValueError):

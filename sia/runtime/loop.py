@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from sia.decide import DECIDER_VERSION, decide
+from sia.core.decide import DECIDER_VERSION, decide
 from sia.effects.base import (
     EffectContext,
     EffectError,
@@ -34,10 +34,10 @@ from sia.effects.base import (
     HandlerRegistry,
     TransientEffectError,
 )
-from sia.events.canonical import canonical_json, content_hash
-from sia.events.envelope import StoredEvent
-from sia.events.mapper import MAPPER
-from sia.events.types import (
+from sia.core.events.canonical import canonical_json, content_hash
+from sia.core.events.envelope import StoredEvent
+from sia.core.events.mapper import MAPPER
+from sia.core.events.types import (
     BaseEvent,
     EffectCompleted,
     EffectFailed,
@@ -49,11 +49,11 @@ from sia.events.types import (
     TaskSnapshot,
     Usage,
 )
-from sia.failpoints import Failpoints
-from sia.interpret import ResultInvalid, interpret, interpret_failure
-from sia.reducers.loop import evolve, fold
-from sia.reducers.snapshot import REDUCER_VERSION, decode_state, encode_state
-from sia.reducers.state import LoopState, PendingEffect
+from sia.runtime.failpoints import Failpoints
+from sia.core.interpret import ResultInvalid, interpret, interpret_failure
+from sia.core.reducers.loop import evolve, fold
+from sia.core.reducers.snapshot import REDUCER_VERSION, decode_state, encode_state
+from sia.core.reducers.state import LoopState, PendingEffect
 from sia.store.base import CacheEntry, EventStore, LeaseHeld, Snapshot, new_holder
 from sia.store.home import sia_home
 

@@ -31,8 +31,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from sia.config import ConfigError
-from sia.dashboard.pages import (
+from sia.core.config import ConfigError
+from sia.interface.dashboard.pages import (
     episode_page,
     event_page,
     find_episode,
@@ -45,13 +45,13 @@ from sia.dashboard.pages import (
     state_page,
     timeline_page,
 )
-from sia.dashboard.tail import Tails
-from sia.reducers.loop import FoldError
-from sia.reducers.state import LoopState
-from sia.runtime import load_state
+from sia.interface.dashboard.tail import Tails
+from sia.core.reducers.loop import FoldError
+from sia.core.reducers.state import LoopState
+from sia.runtime.loop import load_state
 from sia.store.base import EventStore, LeaseHeld, StoreError, UnknownRun, new_holder
 from sia.store.blobs import BlobMissing
-from sia.views import score_series, scored_generations
+from sia.interface.views import score_series, scored_generations
 
 STATIC = Path(__file__).parent / "static"
 POLL_S = 0.25
@@ -65,7 +65,7 @@ class Settings:
     allow_actions: bool
     token: str
     fork: Callable[[EventStore, str, int, list[str]], str]
-    """The CLI's fork (`sia.cli.fork_run`), so a fork from the page is a `sia fork`."""
+    """The CLI's fork (`sia.interface.cli.fork_run`), so a fork from the page is a `sia fork`."""
     hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "[::1]")
     """Host names the server answers to. Anything else is refused, so a DNS-rebinding page
     (evil.example resolving to 127.0.0.1) can neither read runs nor fetch the token."""
@@ -175,7 +175,7 @@ def create_app(store: EventStore, settings: Settings) -> Starlette:
 
     def sample_fields(state: LoopState, sample_id: str) -> tuple[dict[str, Any] | None, str | None]:
         """The sample's public fields from the run's task folder, or why they are not here."""
-        from sia.wiring import BackendUnavailable, open_task
+        from sia.runtime.wiring import BackendUnavailable, open_task
 
         if state.task is None:
             return None, "the run recorded no task"
@@ -208,7 +208,7 @@ def create_app(store: EventStore, settings: Settings) -> Starlette:
 
     def pause(run_id: str) -> dict[str, Any]:
         from sia.effects.base import HandlerRegistry
-        from sia.runtime import Runtime
+        from sia.runtime.loop import Runtime
 
         with tails.locked() as s:
             holder = new_holder()

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sia.events.mapper import RecordedEvent
-from sia.events.types import (
+from sia.core.events.mapper import RecordedEvent
+from sia.core.events.types import (
     AdapterCheckpointed,
     AnswerRefused,
     BaseEvent,
@@ -37,7 +37,7 @@ from sia.events.types import (
     TrainingNoSignal,
     Usage,
 )
-from sia.reducers.state import (
+from sia.core.reducers.state import (
     ZERO,
     Decision,
     Episode,

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sia.config import apply_overrides
-from sia.events.mapper import MAPPER
-from sia.events.types import EffectRequested
-from sia.runtime import Runtime, load_state
+from sia.core.config import apply_overrides
+from sia.core.events.mapper import MAPPER
+from sia.core.events.types import EffectRequested
+from sia.runtime.loop import Runtime, load_state
 
 
 @dataclass(frozen=True)

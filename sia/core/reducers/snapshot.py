@@ -18,8 +18,8 @@ from typing import Any, Union
 
 from pydantic import BaseModel
 
-from sia.events.canonical import canonical_json, sha256_hex
-from sia.reducers.state import LoopState, to_jsonable
+from sia.core.events.canonical import canonical_json, sha256_hex
+from sia.core.reducers.state import LoopState, to_jsonable
 
 FOLD_VERSION = 1
 """Bump when the same events would fold to a different state (a reducer's meaning changed);
