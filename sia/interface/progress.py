@@ -5,11 +5,11 @@ rollouts. Long phases that commit no events show their own steps:
 
 - a local training job: its `metrics.jsonl` (one line per step, with loss) is followed
   from the moment its TrainingJobSubmitted is committed until its effect completes;
-- anything else (building the tiny model, say) reports through the `sia.interface.progress`
+- anything else (building the tiny model, say) reports through the `sia.progress`
   logger, so the layers below never import the interface: a record with `phase`, `step`,
   `total` and optionally `loss` attributes, e.g.
 
-      logging.getLogger("sia.interface.progress").info("build", extra={
+      logging.getLogger("sia.progress").info("build", extra={
           "phase": "build tiny model", "step": 12, "total": 200, "loss": 3.1})
 
 Tables pick their columns by the width they are printed at: a piped or narrow terminal
@@ -35,7 +35,7 @@ from sia.core.events.envelope import StoredEvent
 from sia.core.reducers.state import LoopState
 from sia.interface.views import ElapsedClock, generation_rows
 
-PROGRESS_LOGGER = "sia.interface.progress"
+PROGRESS_LOGGER = "sia.progress"
 """The logger long phases report their steps to (see the module docstring)."""
 
 
@@ -55,7 +55,7 @@ class PhaseStep:
 
 
 def phase_step(record: logging.LogRecord) -> PhaseStep | None:
-    """The step a `sia.interface.progress` log record reports, or None if it is not one."""
+    """The step a `sia.progress` log record reports, or None if it is not one."""
     phase, step = getattr(record, "phase", None), getattr(record, "step", None)
     if not isinstance(phase, str) or not isinstance(step, int):
         return None

@@ -148,7 +148,7 @@ def _pretrain(model, documents: list[list[int]], pad: int, steps: int,  # type: 
     size = min(config.batch_size, len(documents), max(1, config.tokens_per_step // longest))
     order: list[int] = []
     model.train()
-    progress = logging.getLogger("sia.interface.progress")  # the CLI renders these records; no import of it
+    progress = logging.getLogger("sia.progress")  # the CLI renders these records; no import of it
     for step in range(steps):
         if len(order) < size:
             order += torch.randperm(len(documents), generator=generator).tolist()
