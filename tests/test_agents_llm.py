@@ -17,6 +17,7 @@ from sia.effects.base import EffectContext, EffectError, EffectResult, Transient
 from sia.core.events.canonical import canonical_json
 from sia.core.events.types import FeedbackDecided
 from sia.harness.contract import HARNESS_CONTRACT, validate_harness
+from sia.core.effect_models import parse_request
 from sia.core.interpret import interpret
 from sia.llm import PermanentLLMError, TransientLLMError, get_provider
 from sia.store.blobs import MemoryBlobStore
@@ -94,6 +95,11 @@ def feedback(provider: Any, **kw: Any) -> LLMFeedback:
     return LLMFeedback(provider, kw.pop("model", "claude-sonnet-4-6"), ToyTask(), validate_harness, **kw)
 
 
+def typed(request: dict[str, Any]) -> Any:
+    """The typed request a handler gets (the runtime parses the recorded dict the same way)."""
+    return parse_request("meta" if "attempt" in request else "feedback", request)
+
+
 META_REQUEST = {"task": "toy", "task_hash": "t" * 8, "provider": "anthropic", "attempt": 1, "problems": []}
 
 
@@ -165,7 +171,7 @@ def retrying(handler: Any, request: dict[str, Any], blobs: MemoryBlobStore, kind
     transient: list[TransientEffectError] = []
     for attempt in range(1, attempts + 1):
         try:
-            return handler.run(request, context(blobs, kind, attempt=attempt)), transient
+            return handler.run(typed(request), context(blobs, kind, attempt=attempt)), transient
         except TransientEffectError as exc:
             transient.append(exc)
     raise AssertionError(f"still failing after {attempts} attempts: {transient}")
@@ -177,9 +183,9 @@ def retrying(handler: Any, request: dict[str, Any], blobs: MemoryBlobStore, kind
 def test_meta_stores_a_valid_harness_from_a_tool_call(anthropic_server: AnthropicServer) -> None:
     anthropic_server.responder = Script({"harness": f"```python\n{GOOD}```", "notes": "template"})
     blobs = MemoryBlobStore()
-    outcome = meta(anthropic(anthropic_server)).run(META_REQUEST, context(blobs, "meta"))
-    assert outcome.result["valid"] is True and outcome.result["problems"] == []
-    assert blobs.get_text(outcome.result["harness_hash"]) == GOOD, "fences stripped, source stored"
+    outcome = meta(anthropic(anthropic_server)).run(typed(META_REQUEST), context(blobs, "meta"))
+    assert outcome.result.valid is True and outcome.result.problems == ()
+    assert blobs.get_text(outcome.result.harness_hash) == GOOD, "fences stripped, source stored"
     (sent,) = anthropic_server.message_requests
     assert sent["tool_choice"] == {"type": "tool", "name": "harness"}
     assert sent["system"][0]["cache_control"] == {"type": "ephemeral"}
@@ -196,9 +202,9 @@ def test_meta_is_re_asked_after_an_invalid_harness(anthropic_server: AnthropicSe
     anthropic_server.responder = script
     blobs = MemoryBlobStore()
     request = {**META_REQUEST, "attempt": 2, "problems": ["earlier: no solve defined"]}
-    outcome = meta(anthropic(anthropic_server)).run(request, context(blobs, "meta"))
-    assert outcome.result["valid"] is True
-    assert blobs.get_text(outcome.result["harness_hash"]) == GOOD
+    outcome = meta(anthropic(anthropic_server)).run(typed(request), context(blobs, "meta"))
+    assert outcome.result.valid is True
+    assert blobs.get_text(outcome.result.harness_hash) == GOOD
     first, second = script.seen
     assert "earlier: no solve defined" in first["messages"][0]["content"]
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
@@ -212,8 +218,8 @@ def test_meta_is_re_asked_after_an_invalid_harness(anthropic_server: AnthropicSe
 def test_meta_gives_up_with_the_last_harness_marked_invalid(anthropic_server: AnthropicServer) -> None:
     anthropic_server.responder = Script({"harness": BROKEN}, {"harness": "def solve(:"})
     blobs = MemoryBlobStore()
-    outcome = meta(anthropic(anthropic_server), max_attempts=2).run(META_REQUEST, context(blobs, "meta"))
-    result = outcome.result
+    outcome = meta(anthropic(anthropic_server), max_attempts=2).run(typed(META_REQUEST), context(blobs, "meta"))
+    result = outcome.result.record()
     assert result["valid"] is False and result["harness_hash"] is not None
     assert blobs.get_text(result["harness_hash"]) == "def solve(:\n"
     assert result["problems"][0].startswith("SyntaxError")
@@ -230,8 +236,8 @@ def test_feedback_edit_harness_is_parsed_and_the_harness_stored(anthropic_server
     anthropic_server.responder = Scripted(answer("edit_harness", harness=new_source))
     blobs = MemoryBlobStore()
     request = feedback_request(blobs, mode="H")
-    outcome = feedback(anthropic(anthropic_server)).run(request, context(blobs, "feedback"))
-    result = outcome.result
+    outcome = feedback(anthropic(anthropic_server)).run(typed(request), context(blobs, "feedback"))
+    result = outcome.result.record()
     assert result["action"] == "edit_harness" and result["forced"] is False
     assert blobs.get_text(result["harness_hash"]) == new_source
     assert result["provider"] == "anthropic:claude-sonnet-4-6"
@@ -256,12 +262,12 @@ def test_feedback_update_weights_is_parsed_into_a_plan(anthropic_server: Anthrop
         algorithm_override_reason="successes are rare in the rollouts"))
     blobs = MemoryBlobStore()
     request = feedback_request(blobs)
-    result = feedback(anthropic(anthropic_server)).run(request, context(blobs, "feedback")).result
+    result = feedback(anthropic(anthropic_server)).run(typed(request), context(blobs, "feedback")).result.record()
     assert result["action"] == "update_weights"
     assert result["plan"] == {"algorithm": "entropic", "params": {"beta": 2.0, "lr": 1e-5},
                               "episodes": ["ep-0", "ep-5"]}
     assert "overrides the recommended grpo: successes are rare" in result["rationale"]
-    assert "harness_hash" not in result
+    assert result["harness_hash"] is None
     (event,) = interpret("feedback", "f1", request, result)
     assert event.plan is not None and event.plan.algorithm == "entropic"
     assert event.recommended_algorithm == "grpo"
@@ -275,8 +281,8 @@ def test_update_weights_in_mode_h_is_re_asked(anthropic_server: AnthropicServer,
     responder = Scripted(answer("update_weights", **bad), answer("edit_harness", harness=BETTER + "\n# v2\n"))
     anthropic_server.responder = responder
     blobs = MemoryBlobStore()
-    result = feedback(anthropic(anthropic_server)).run(feedback_request(blobs, mode="H"),
-                                                        context(blobs, "feedback")).result
+    result = feedback(anthropic(anthropic_server)).run(typed(feedback_request(blobs, mode="H")),
+                                                        context(blobs, "feedback")).result.record()
     assert result["action"] == "edit_harness"
     assert "accepted on attempt 2 of 3" in result["rationale"] and expected in result["rationale"]
     second = responder.seen[1]
@@ -291,9 +297,9 @@ def test_an_unknown_algorithm_is_re_asked_and_the_second_answer_used(anthropic_s
     reported: list[Any] = []
     ctx = context(blobs, "feedback")
     ctx.report = reported.append
-    outcome = feedback(anthropic(anthropic_server)).run(feedback_request(blobs), ctx)
-    assert outcome.result["plan"]["algorithm"] == "grpo"
-    assert "unknown algorithm 'sgd_magic'" in outcome.result["rationale"]
+    outcome = feedback(anthropic(anthropic_server)).run(typed(feedback_request(blobs)), ctx)
+    assert outcome.result.plan.algorithm == "grpo"
+    assert "unknown algorithm 'sgd_magic'" in outcome.result.rationale
     (refusal,) = reported
     assert (refusal.type, refusal.effect_id, refusal.attempt) == ("AnswerRefused", "feedback-effect", 1)
     assert any("sgd_magic" in problem for problem in refusal.problems)
@@ -312,7 +318,7 @@ def test_evidence_and_harness_are_checked(anthropic_server: AnthropicServer) -> 
     )
     blobs = MemoryBlobStore()
     with pytest.raises(EffectError) as failed:
-        feedback(anthropic(anthropic_server)).run(feedback_request(blobs), context(blobs, "feedback"))
+        feedback(anthropic(anthropic_server)).run(typed(feedback_request(blobs)), context(blobs, "feedback"))
     message = str(failed.value)
     assert "no valid decision after 3 attempts" in message
     assert "not shown: held-out-7" in message
@@ -324,11 +330,11 @@ def test_evidence_and_harness_are_checked(anthropic_server: AnthropicServer) -> 
 def test_a_forced_training_decision_is_obeyed_without_asking(anthropic_server: AnthropicServer) -> None:
     blobs = MemoryBlobStore()
     handler = feedback(anthropic(anthropic_server))
-    result = handler.run(feedback_request(blobs, force="update_weights"), context(blobs, "feedback")).result
+    result = handler.run(typed(feedback_request(blobs, force="update_weights")), context(blobs, "feedback")).result.record()
     assert (result["action"], result["plan"]["algorithm"], result["forced"]) == ("update_weights", "grpo", True)
-    result = handler.run(feedback_request(blobs, force="update_weights:dpo"), context(blobs, "feedback")).result
+    result = handler.run(typed(feedback_request(blobs, force="update_weights:dpo")), context(blobs, "feedback")).result.record()
     assert result["plan"]["algorithm"] == "dpo"
-    assert handler.run(feedback_request(blobs, force="stop"), context(blobs, "feedback")).result["action"] == "stop"
+    assert handler.run(typed(feedback_request(blobs, force="stop")), context(blobs, "feedback")).result.action == "stop"
     assert anthropic_server.requests == []
 
 
@@ -336,8 +342,8 @@ def test_a_forced_harness_edit_is_a_constraint_on_the_model(anthropic_server: An
     responder = Scripted(answer("stop"), answer("edit_harness", harness=BETTER + "\n# forced\n"))
     anthropic_server.responder = responder
     blobs = MemoryBlobStore()
-    result = feedback(anthropic(anthropic_server)).run(feedback_request(blobs, force="edit_harness"),
-                                                        context(blobs, "feedback")).result
+    result = feedback(anthropic(anthropic_server)).run(typed(feedback_request(blobs, force="edit_harness")),
+                                                        context(blobs, "feedback")).result.record()
     assert result["action"] == "edit_harness" and result["forced"] is True
     assert "force the action 'edit_harness'" in responder.seen[0]["messages"][0]["content"]
     assert "force the action 'edit_harness', not 'stop'" in result["rationale"]
@@ -354,7 +360,7 @@ def test_transient_anthropic_failures_are_retried_by_the_runtime(anthropic_serve
     anthropic_server.responder = Scripted(answer("update_weights", plan={"algorithm": "grpo"}))
     blobs = MemoryBlobStore()
     outcome, transient = retrying(feedback(anthropic(anthropic_server)), feedback_request(blobs), blobs, "feedback")
-    assert outcome.result["plan"]["algorithm"] == "grpo"
+    assert outcome.result.plan.algorithm == "grpo"
     (error,) = transient
     assert isinstance(error, TransientLLMError) and error.status == fault.status
     assert KEY not in str(error)
@@ -369,7 +375,7 @@ def test_a_transient_failure_during_a_re_ask_restarts_the_effect(anthropic_serve
     anthropic_server.responder = Scripted(first, {"harness": GOOD})
     blobs = MemoryBlobStore()
     outcome, transient = retrying(meta(anthropic(anthropic_server)), META_REQUEST, blobs, "meta")
-    assert outcome.result["valid"] is True
+    assert outcome.result.valid is True
     assert [e.status for e in transient] == [529]  # type: ignore[attr-defined]
 
 
@@ -377,7 +383,7 @@ def test_a_permanent_failure_is_not_re_asked(anthropic_server: AnthropicServer) 
     anthropic_server.fail_next(Fault.unauthorized())
     blobs = MemoryBlobStore()
     with pytest.raises(PermanentLLMError) as failed:
-        meta(anthropic(anthropic_server)).run(META_REQUEST, context(blobs, "meta"))
+        meta(anthropic(anthropic_server)).run(typed(META_REQUEST), context(blobs, "meta"))
     assert isinstance(failed.value, EffectError) and failed.value.status == 401
     assert len(anthropic_server.requests) == 1
 
@@ -385,8 +391,8 @@ def test_a_permanent_failure_is_not_re_asked(anthropic_server: AnthropicServer) 
 def test_a_reply_without_the_tool_call_is_re_asked(anthropic_server: AnthropicServer) -> None:
     anthropic_server.responder = Scripted(Reply(text="Here is my harness: ..."), {"harness": GOOD})
     blobs = MemoryBlobStore()
-    outcome = meta(anthropic(anthropic_server)).run(META_REQUEST, context(blobs, "meta"))
-    assert outcome.result["valid"] is True
+    outcome = meta(anthropic(anthropic_server)).run(typed(META_REQUEST), context(blobs, "meta"))
+    assert outcome.result.valid is True
     second = anthropic_server.message_requests[1]
     assert "could not be read" in second["messages"][2]["content"]
 
@@ -403,11 +409,11 @@ def test_openai_meta_and_feedback(openai_server: OpenAIServer) -> None:
     )
     provider = openai_provider(openai_server)
     blobs = MemoryBlobStore()
-    outcome = meta(provider, model=None).run(META_REQUEST, context(blobs, "meta"))
-    assert outcome.result["valid"] is True and blobs.get_text(outcome.result["harness_hash"]) == GOOD
-    decided = feedback(provider, model=None).run(feedback_request(blobs, mode="H"), context(blobs, "feedback"))
-    assert decided.result["action"] == "stop"
-    assert decided.result["provider"] == "openai:loopback-model"
+    outcome = meta(provider, model=None).run(typed(META_REQUEST), context(blobs, "meta"))
+    assert outcome.result.valid is True and blobs.get_text(outcome.result.harness_hash) == GOOD
+    decided = feedback(provider, model=None).run(typed(feedback_request(blobs, mode="H")), context(blobs, "feedback"))
+    assert decided.result.action == "stop"
+    assert decided.result.provider == "openai:loopback-model"
     bodies = openai_server.completion_requests
     assert bodies[0]["response_format"]["json_schema"]["name"] == "harness"
     assert bodies[2]["response_format"]["json_schema"]["name"] == "decision"
@@ -424,7 +430,7 @@ def test_transient_openai_failures_are_retried_by_the_runtime(openai_server: Ope
     blobs = MemoryBlobStore()
     outcome, transient = retrying(meta(openai_provider(openai_server), model="loopback-model"),
                                   META_REQUEST, blobs, "meta")
-    assert outcome.result["valid"] is True
+    assert outcome.result.valid is True
     assert [type(e) for e in transient] == [TransientLLMError]
 
 
@@ -443,16 +449,17 @@ def test_prompt_builders() -> None:
     diff = prompts.harness_diff("a\nb\n", "a\nc\n", "generation 0", "generation 1")
     assert "-b" in diff and "+c" in diff
     assert HARNESS_CONTRACT.strip()[:60] in prompts.meta_system("desc")
-    assert "mode H" in prompts.feedback_user(
-        {"generation": 2, "mode": "H", "history": history, "episodes": [], "reward_shape": {}},
-        harness_source="x", digest_text="TRAJECTORY DIGEST", last_diff=None)
+    asked = {**feedback_request(MemoryBlobStore(), mode="H"), "generation": 2, "episodes": [],
+             "history": [{**h, "adapter_hash": None} for h in history]}
+    assert "mode H" in prompts.feedback_user(typed(asked), harness_source="x", digest_text="TRAJECTORY DIGEST",
+                                             last_diff=None)
 
 
 def test_decision_checks_and_helpers() -> None:
     from sia.agents.llm import DecisionAnswer
 
-    request = {"mode": "WH", "episodes": [{"episode_id": "e1"}], "history": [{}, {}],
-               "reward_shape": {"recommended": "grpo"}}
+    fields = feedback_request(MemoryBlobStore())
+    request = typed({**fields, "episodes": [{**fields["episodes"][0], "episode_id": "e1"}]})
     ok = DecisionAnswer(action="update_weights", rationale="r", evidence=["e1"], plan={"algorithm": "grpo"})
     assert check_decision(ok, request, ["e1"], "src", validate_harness) == []
     far = DecisionAnswer(action="stop", rationale="r", rollback_to=5)
@@ -484,7 +491,7 @@ def test_feedback_sees_the_trainers_rewards_and_refuses_an_update_that_had_no_si
                               "reason": "every one of the 8 groups has a constant reward"}]}
     handler = feedback(anthropic(anthropic_server),
                        reward_shape_of=lambda episodes, store: reward_shape_of(episodes, store, Unrewarded()))
-    result = handler.run(request, context(blobs, "feedback")).result
+    result = handler.run(typed(request), context(blobs, "feedback")).result.record()
     assert result["action"] == "edit_harness"
     assert result["reward_shape"]["kind"] == "no_signal" and result["reward_shape"]["recommended"] is None
     prompt = responder.seen[0]["messages"][0]["content"]

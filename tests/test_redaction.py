@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sia.core.effect_models import EpisodeRequest, EpisodeResult
 from sia.store.redact import (
     MIN_FRAGMENT,
     MIN_SECRET_LENGTH,
@@ -200,12 +201,13 @@ def test_the_runtime_records_and_interprets_only_redacted_results() -> None:
     class Leaky:
         kind = "episode"
 
-        def run(self, request: dict, ctx: EffectContext) -> EffectResult:
-            if request["sample_id"] == "toy-03":
+        def run(self, request: EpisodeRequest, ctx: EffectContext) -> EffectResult:
+            if request.sample_id == "toy-03":
                 raise RuntimeError(f"gateway said: bad key {CANARY[:30]}")
             result = deterministic_registry().get("episode").run(request, ctx)
-            return EffectResult({**result.result, "prediction": f"{CANARY} {result.result['prediction']}"},
-                                result.usage)
+            assert isinstance(result.result, EpisodeResult)
+            prediction = f"{CANARY} {result.result.prediction}"
+            return EffectResult(result.result.model_copy(update={"prediction": prediction}), result.usage)
 
     registry = deterministic_registry()
     registry.register(Leaky())

@@ -10,6 +10,7 @@ import pytest
 
 import sia.runtime.replay
 from sia.core.decide import MAX_NO_SIGNAL, decide
+from sia.core.effect_models import EpisodeRequest, MetaRequest, MetaResult, TrainRequest, TrainResult
 from sia.effects.base import EffectContext, EffectResult, HandlerRegistry, TransientEffectError
 from sia.effects.deterministic import deterministic_registry, toy_task
 from sia.core.events.mapper import MAPPER
@@ -148,11 +149,11 @@ def test_a_failing_episode_is_recorded_and_the_run_goes_on() -> None:
     class Broken:
         kind = "episode"
 
-        def run(self, request: dict, ctx: EffectContext) -> EffectResult:
-            if request["sample_id"] == "toy-03":
+        def run(self, request: EpisodeRequest, ctx: EffectContext) -> EffectResult:
+            if request.sample_id == "toy-03":
                 raise RuntimeError("gateway vanished")
-            if request["sample_id"] == "toy-04":
-                return EffectResult({"no": "schema"})
+            if request.sample_id == "toy-04":  # another kind's answer: not an episode's
+                return EffectResult(MetaResult(harness_hash=None, valid=False))
             return deterministic_registry().get("episode").run(request, ctx)
 
     registry = deterministic_registry()
@@ -171,9 +172,9 @@ def test_a_meta_agent_that_never_succeeds_fails_the_run_clearly() -> None:
     class Hopeless:
         kind = "meta"
 
-        def run(self, request: dict, ctx: EffectContext) -> EffectResult:
-            return EffectResult({"harness_hash": None, "valid": False,
-                                 "problems": [f"attempt {request['attempt']}: no solve()"]})
+        def run(self, request: MetaRequest, ctx: EffectContext) -> EffectResult:
+            return EffectResult(MetaResult(harness_hash=None, valid=False,
+                                           problems=(f"attempt {request.attempt}: no solve()",)))
 
     registry = deterministic_registry()
     registry.register(Hopeless())
@@ -385,10 +386,10 @@ class NoSignalTrain:
 
     kind = "train"
 
-    def run(self, request: dict, ctx: EffectContext) -> EffectResult:
-        return EffectResult({"algorithm": request["algorithm"], "metrics": {"rollouts": 16.0},
-                             "no_signal": "every one of the 8 groups has a constant reward: "
-                                          "group-relative advantages are all 0"})
+    def run(self, request: TrainRequest, ctx: EffectContext) -> EffectResult:
+        return EffectResult(TrainResult(algorithm=request.algorithm, metrics={"rollouts": 16.0},
+                                        no_signal="every one of the 8 groups has a constant reward: "
+                                                  "group-relative advantages are all 0"))
 
 
 def test_an_update_without_signal_is_recorded_as_such_and_never_counted_as_one() -> None:

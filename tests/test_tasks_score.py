@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sia.effects.base import EffectContext
+from sia.core.effect_models import EvaluateRequest
 from sia.effects.evaluate import EvaluateHandler
 from sia.store.blobs import MemoryBlobStore
 from sia.interface.task_commands import app
@@ -87,7 +88,8 @@ def test_score_is_what_the_loops_evaluate_handler_records(tmp_path: Path) -> Non
     scored = json.loads(result.stdout)
     ctx = EffectContext(run_id="r", effect_id="e", kind="evaluate", seed=0, attempt=1,
                         blobs=MemoryBlobStore(), home=tmp_path)
-    recorded = EvaluateHandler(task).run({"predictions": pairs}, ctx).result
+    asked = EvaluateRequest(task="wordcat", task_hash="-", generation=0, predictions=tuple(pairs))
+    recorded = EvaluateHandler(task).run(asked, ctx).result.record()
     for key in ("score", "n", "n_answered", "failures", "metrics"):
         assert scored[key] == recorded[key], key
     assert [s["reward"] for s in scored["samples"]] == recorded["rewards"]

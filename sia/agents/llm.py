@@ -25,7 +25,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -36,8 +36,14 @@ from sia.agents.digest import Digest, build_digest, summarize_trajectory
 from sia.agents.reward_view import RewardShapeOf, with_trainer_view
 from sia.core.config import dollars
 from sia.effects.base import EffectContext, EffectError, EffectResult
-from sia.core.events.types import ALGORITHMS, AnswerRefused, Usage
-from sia.core.interpret import FeedbackResult, MetaResult
+from sia.core.events.types import ALGORITHMS, AnswerRefused, Force, Usage
+from sia.core.effect_models import (
+    FeedbackRequest,
+    FeedbackResult,
+    HistoryEntry,
+    MetaRequest,
+    MetaResult,
+)
 from sia.llm import LLMRequest, LLMResponse, Message, MissingCredentials, PermanentLLMError, Provider, ResponseSchema
 from sia.store.blobs import BlobStore
 
@@ -254,12 +260,12 @@ class LLMMeta:
         self.provider, self.model, self.task, self.validate = provider, model, task, validate
         self.max_attempts, self.n_samples, self.max_tokens = max_attempts, n_samples, max_tokens
 
-    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+    def run(self, request: MetaRequest, ctx: EffectContext) -> EffectResult:
         conversation = _Conversation(self.provider, self.model, prompts.meta_system(self.task.description),
                                      META_SCHEMA, self.max_tokens, ctx.seed)
         samples = public_samples(self.task, self.n_samples, ctx.seed)
         conversation.messages.append(Message(role="user", content=prompts.meta_user(
-            samples, self.task.reference_harness(), request.get("problems") or ())))
+            samples, self.task.reference_harness(), request.problems)))
         last_source: str | None = None
         history: list[str] = []
         problems: list[str] = []
@@ -284,17 +290,15 @@ class LLMMeta:
             last_source = source
             problems = list(self.validate(source))
             if not problems:
-                result = {"harness_hash": ctx.blobs.put_text(source), "valid": True, "problems": []}
-                MetaResult.model_validate(result)
-                return EffectResult(result, conversation.usage)
+                return EffectResult(MetaResult(harness_hash=ctx.blobs.put_text(source), valid=True),
+                                    conversation.usage)
             history.append(f"attempt {attempt}: " + "; ".join(problems))
             _report_refusal(ctx, attempt, problems)
             conversation.refuse(prompts.echo({"harness": source}), prompts.meta_reask(problems))
         summary = [f"no valid harness after {self.max_attempts} attempts ({conversation.label})"] + history
-        result = {"harness_hash": ctx.blobs.put_text(last_source) if last_source is not None else None,
-                  "valid": False, "problems": problems + summary}
-        MetaResult.model_validate(result)
-        return EffectResult(result, conversation.usage)
+        return EffectResult(MetaResult(
+            harness_hash=ctx.blobs.put_text(last_source) if last_source is not None else None,
+            valid=False, problems=tuple(problems + summary)), conversation.usage)
 
 
 def public_samples(task: PublicTask, n: int, seed: int) -> list[dict[str, Any]]:
@@ -317,7 +321,7 @@ def public_samples(task: PublicTask, n: int, seed: int) -> list[dict[str, Any]]:
 class LLMFeedback:
     """Feedback Agent: reads the generation's metrics and digest and decides what to do next.
 
-    `request["force"]` ("stop", "update_weights[:ALGORITHM]" or "edit_harness"): stop and
+    `request.force` ("stop", "update_weights[:ALGORITHM]" or "edit_harness"): stop and
     update_weights are obeyed without calling the model (the algorithm defaults to the
     recommended one); edit_harness needs a harness, so it is passed to the model as a
     constraint and any other action is refused. All three are marked `forced`.
@@ -337,8 +341,8 @@ class LLMFeedback:
         self.max_attempts, self.digest_chars, self.per_group = max_attempts, digest_chars, per_group
         self.max_tokens = max_tokens
 
-    def digest(self, request: Mapping[str, Any], blobs: BlobStore, seed: int) -> Digest:
-        episodes = list(request.get("episodes") or [])
+    def digest(self, request: FeedbackRequest, blobs: BlobStore, seed: int) -> Digest:
+        episodes = [e.model_dump() for e in request.episodes]
         sample_ids = sorted({str(e["sample_id"]) for e in episodes})
         samples = {sid: self.task.sample(sid) for sid in sample_ids}
         options = {sid: list(self.task.options_of(sid)) for sid in sample_ids}
@@ -347,7 +351,7 @@ class LLMFeedback:
                             seed=seed, options=options, max_chars=self.digest_chars,
                             per_group=self.per_group)
 
-    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+    def run(self, request: FeedbackRequest, ctx: EffectContext) -> EffectResult:
         request, shape = with_trainer_view(request, self.reward_shape_of, ctx.blobs)
         digest = self.digest(request, ctx.blobs, ctx.seed)
         digest_hash = ctx.blobs.put_text(digest.text)
@@ -356,18 +360,17 @@ class LLMFeedback:
                                 "rollback_to": None, "forced": False, "provider": label}
         if shape is not None:
             base["reward_shape"] = shape
-        recommended = (request.get("reward_shape") or {}).get("recommended")
-        force = request.get("force")
-        forced_action = str(force).partition(":")[0] if force else None
-        if forced_action in ("stop", "update_weights"):
-            return EffectResult(self._forced(str(force), recommended, base))
+        force = request.force
+        forced_action = force.action if force else None
+        if force is not None and force.action in ("stop", "update_weights"):
+            return EffectResult(self._forced(force, request.reward_shape.recommended, base))
 
-        current = ctx.blobs.get_text(request["harness_hash"]) if request.get("harness_hash") else None
+        current = ctx.blobs.get_text(request.harness_hash) if request.harness_hash else None
         conversation = _Conversation(self.provider, self.model, prompts.feedback_system(self.task.description),
                                      FEEDBACK_SCHEMA, self.max_tokens, ctx.seed)
         conversation.messages.append(Message(role="user", content=prompts.feedback_user(
             request, harness_source=current, digest_text=ctx.blobs.get_text(digest_hash),
-            last_diff=last_edit_diff(request.get("history") or [], ctx.blobs))))
+            last_diff=last_edit_diff(request.history, ctx.blobs))))
         refused: list[str] = []
         for attempt in range(1, self.max_attempts + 1):
             try:
@@ -394,22 +397,20 @@ class LLMFeedback:
         raise EffectError(f"feedback ({conversation.label}): no valid decision after {self.max_attempts} "
                           "attempts: " + " | ".join(refused))
 
-    def _forced(self, force: str, recommended: str | None, base: dict[str, Any]) -> dict[str, Any]:
-        action, _, algorithm = force.partition(":")
-        result = {**base, "action": action, "forced": True, "evidence": [],
+    def _forced(self, force: Force, recommended: str | None, base: dict[str, Any]) -> FeedbackResult:
+        result = {**base, "action": force.action, "forced": True, "evidence": [],
                   "rationale": f"forced by the run's settings (feedback.force={force}); the model was not asked"}
-        if action == "update_weights":
-            chosen = algorithm or recommended or "grpo"
+        if force.action == "update_weights":
+            chosen = force.algorithm or recommended or "grpo"
             result["plan"] = {"algorithm": chosen, "params": {}, "episodes": []}
-            if not algorithm:
+            if not force.algorithm:
                 result["rationale"] += f"; algorithm {chosen} as the reward shape recommends"
-        FeedbackResult.model_validate(result)
-        return result
+        return FeedbackResult.model_validate(result)
 
-    def _result(self, answer: DecisionAnswer, request: Mapping[str, Any], blobs: BlobStore,
+    def _result(self, answer: DecisionAnswer, request: FeedbackRequest, blobs: BlobStore,
                 base: dict[str, Any], label: str, *, forced: bool, attempt: int,
-                refused: Sequence[str]) -> dict[str, Any]:
-        recommended = (request.get("reward_shape") or {}).get("recommended")
+                refused: Sequence[str]) -> FeedbackResult:
+        recommended = request.reward_shape.recommended
         rationale = answer.rationale.strip()
         result: dict[str, Any] = {**base, "action": answer.action, "provider": label, "forced": forced,
                                   "evidence": list(dict.fromkeys(answer.evidence)),
@@ -428,17 +429,16 @@ class LLMFeedback:
             rationale += (f"\n[sia: accepted on attempt {attempt} of {self.max_attempts}; refused before: "
                           + " | ".join(refused) + "]")
         result["rationale"] = rationale
-        FeedbackResult.model_validate(result)
-        return result
+        return FeedbackResult.model_validate(result)
 
 
-def check_decision(answer: DecisionAnswer, request: Mapping[str, Any], shown: Sequence[str],
+def check_decision(answer: DecisionAnswer, request: FeedbackRequest, shown: Sequence[str],
                    current_source: str | None, validate: Validate, *,
                    forced_action: str | None = None) -> list[str]:
     """Why `answer` cannot be accepted for `request` (empty when it can)."""
     problems: list[str] = []
-    mode = request.get("mode")
-    recommended = (request.get("reward_shape") or {}).get("recommended")
+    mode = request.mode
+    recommended = request.reward_shape.recommended
     if forced_action and answer.action != forced_action:
         problems.append(f"this run's settings force the action {forced_action!r}, not {answer.action!r}")
     if answer.action == "update_weights":
@@ -454,13 +454,12 @@ def check_decision(answer: DecisionAnswer, request: Mapping[str, Any], shown: Se
             elif answer.plan.algorithm != recommended and not (answer.algorithm_override_reason or "").strip():
                 problems.append(f"the plan uses {answer.plan.algorithm} instead of the recommended "
                                 f"{recommended}: say why in algorithm_override_reason")
-            repeated = next((t for t in request.get("no_signal") or []
-                             if t.get("algorithm") == answer.plan.algorithm
-                             and (t.get("params") or {}) == answer.plan.params), None)
+            repeated = next((t for t in request.no_signal
+                             if t.algorithm == answer.plan.algorithm and t.params == answer.plan.params), None)
             if repeated is not None:
                 problems.append(f"this update ({answer.plan.algorithm} with these params) already had no "
-                                f"learning signal in this generation: {repeated.get('reason')}")
-            known = {str(e["episode_id"]) for e in request.get("episodes") or []}
+                                f"learning signal in this generation: {repeated.reason}")
+            known = {e.episode_id for e in request.episodes}
             unknown = [e for e in answer.plan.episodes if e not in known]
             if unknown:
                 problems.append(f"plan.episodes names episodes of no dev episode of this generation: "
@@ -470,7 +469,7 @@ def check_decision(answer: DecisionAnswer, request: Mapping[str, Any], shown: Se
     if bad_evidence:
         problems.append(f"evidence must be episode ids shown in the digest; not shown: "
                         f"{', '.join(bad_evidence[:10])}")
-    history = request.get("history") or []
+    history = request.history
     if answer.rollback_to is not None and not 0 <= answer.rollback_to < len(history):
         problems.append(f"rollback_to={answer.rollback_to} is not a generation (0..{len(history) - 1})")
     if answer.action == "edit_harness":
@@ -485,10 +484,10 @@ def check_decision(answer: DecisionAnswer, request: Mapping[str, Any], shown: Se
     return problems
 
 
-def last_edit_diff(history: Sequence[Mapping[str, Any]], blobs: BlobStore) -> str | None:
+def last_edit_diff(history: Sequence[HistoryEntry], blobs: BlobStore) -> str | None:
     """Unified diff of the most recent harness change between consecutive generations."""
     for i in range(len(history) - 1, 0, -1):
-        before, after = history[i - 1].get("harness_hash"), history[i].get("harness_hash")
+        before, after = history[i - 1].harness_hash, history[i].harness_hash
         if before and after and before != after:
             try:
                 old, new = blobs.get_text(before), blobs.get_text(after)

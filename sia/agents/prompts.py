@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sia.agents.digest import clip
+from sia.core.effect_models import FeedbackRequest
 from sia.core.events.types import ALGORITHMS
 from sia.harness.contract import HARNESS_CONTRACT
 
@@ -160,15 +161,14 @@ def history_table(history: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def no_signal_section(request: Mapping[str, Any]) -> list[str]:
+def no_signal_section(request: FeedbackRequest) -> list[str]:
     """The weight updates already tried in this generation that had no learning signal."""
-    tried = request.get("no_signal") or []
-    if not tried:
+    if not request.no_signal:
         return []
     lines = ["", "# Weight updates already tried in this generation, with no learning signal "
                  "(nothing changed; do not repeat them)"]
-    lines += [f"- {t.get('algorithm')} params {json.dumps(t.get('params') or {}, sort_keys=True)}: "
-              f"{t.get('reason')}" for t in tried]
+    lines += [f"- {t.algorithm} params {json.dumps(t.params, sort_keys=True)}: {t.reason}"
+              for t in request.no_signal]
     return lines
 
 
@@ -194,26 +194,24 @@ def harness_diff(old: str, new: str, from_label: str, to_label: str, max_chars: 
     return clip(diff, max_chars) if diff else "(no textual change)"
 
 
-def feedback_user(request: Mapping[str, Any], *, harness_source: str | None, digest_text: str,
+def feedback_user(request: FeedbackRequest, *, harness_source: str | None, digest_text: str,
                   last_diff: str | None) -> str:
     """The per-generation part of the Feedback prompt, from the recorded feedback request."""
-    mode = request["mode"]
-    shape = request.get("reward_shape") or {}
-    rewards = [float(e.get("reward") or 0.0) for e in request.get("episodes", [])]
+    mode, shape = request.mode, request.reward_shape
+    rewards = [e.reward for e in request.episodes]
     allowed = ["edit_harness", "stop"] + (["update_weights"] if mode == "WH" else [])
     parts = [
-        f"# Generation {request['generation']} (mode {mode}: allowed actions "
+        f"# Generation {request.generation} (mode {mode}: allowed actions "
         f"{', '.join(sorted(allowed))})",
         f"Algorithms: {', '.join(ALGORITHMS)}",
         "",
         "# Metric history (dev score per generation; the decision taken after it; the score it led to)",
-        history_table(request.get("history", [])),
-        f"best generation so far: {request.get('best_generation')}",
+        history_table([h.model_dump() for h in request.history]),
+        f"best generation so far: {request.best_generation}",
         "",
         "# Reward statistics of this generation (dev)",
         reward_stats(rewards),
-        f"reward shape: {shape.get('kind')}; recommended algorithm: {shape.get('recommended')} "
-        f"({shape.get('reason')})",
+        f"reward shape: {shape.kind}; recommended algorithm: {shape.recommended} ({shape.reason})",
         *no_signal_section(request),
         "",
         "# Current harness",
@@ -224,11 +222,10 @@ def feedback_user(request: Mapping[str, Any], *, harness_source: str | None, dig
         "",
         "# " + digest_text.strip(),
     ]
-    force = request.get("force")
+    force = request.force
     if force:
-        action, _, algorithm = str(force).partition(":")
-        parts += ["", f"# Constraint: this run's settings force the action {action!r}"
-                      + (f" with algorithm {algorithm!r}" if algorithm else "")
+        parts += ["", f"# Constraint: this run's settings force the action {force.action!r}"
+                      + (f" with algorithm {force.algorithm!r}" if force.algorithm else "")
                       + ". Your decision must take it; give the best version of it."]
     parts += ["", "Decide now."]
     return "\n".join(parts)

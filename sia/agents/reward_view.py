@@ -9,25 +9,27 @@ were shown; it is replaced here whenever the handler can score completions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from sia.core.effect_models import EpisodeRef, FeedbackRequest, RewardShapeView
 from sia.store.blobs import BlobStore
 
-RewardShapeOf = Callable[[list[dict[str, Any]], BlobStore], dict[str, Any]]
+RewardShapeOf = Callable[[Sequence[EpisodeRef], BlobStore], dict[str, Any]]
 """Episodes of a request (with trajectory hashes) → the shape of their completion rewards."""
 
 
-def training_pool(request: dict[str, Any]) -> list[dict[str, Any]]:
+def training_pool(request: FeedbackRequest) -> Sequence[EpisodeRef]:
     """The episodes a weight update decided on `request` would train on (as `decide` picks them)."""
-    return list(request.get("rollouts") or request.get("episodes") or [])
+    return request.rollouts or request.episodes
 
 
-def with_trainer_view(request: dict[str, Any], shape_of: RewardShapeOf | None,
-                      blobs: BlobStore) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def with_trainer_view(request: FeedbackRequest, shape_of: RewardShapeOf | None,
+                      blobs: BlobStore) -> tuple[FeedbackRequest, dict[str, Any] | None]:
     """`request` with its reward_shape replaced by the trainer's view, and that view (None
     when the handler cannot score completions)."""
     if shape_of is None:
         return request, None
     shape = shape_of(training_pool(request), blobs)
-    return {**request, "reward_shape": shape}, shape
+    view = RewardShapeView(kind=shape["kind"], recommended=shape["recommended"], reason=shape["reason"])
+    return request.model_copy(update={"reward_shape": view}), shape

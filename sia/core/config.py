@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sia.core.events.types import ALGORITHMS, RunConfig
+from sia.core.events.types import RunConfig
 
 OVERRIDE_KEYS: dict[str, tuple[str, ...]] = {
     "mode": ("mode",),
@@ -64,18 +64,6 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
     return overrides
 
 
-def check_force(value: str | None) -> None:
-    if not value:
-        return
-    action, _, algorithm = value.partition(":")
-    if action not in ("edit_harness", "update_weights", "stop"):
-        raise ConfigError(f"feedback.force: unknown action {action!r} "
-                          "(edit_harness | update_weights[:ALGORITHM] | stop)")
-    if algorithm and algorithm not in ALGORITHMS:
-        raise ConfigError(f"feedback.force: unknown algorithm {algorithm!r} "
-                          f"(one of {', '.join(ALGORITHMS)})")
-
-
 def apply_overrides(config: RunConfig, overrides: dict[str, str]) -> RunConfig:
     data: dict[str, Any] = config.model_dump()
     for key, value in overrides.items():
@@ -91,5 +79,4 @@ def apply_overrides(config: RunConfig, overrides: dict[str, str]) -> RunConfig:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from None
-    check_force(updated.feedback_force)
     return updated

@@ -30,6 +30,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from sia.core.effect_models import (
+    EffectRequest,
+    EpisodeRef,
+    EpisodeRequest,
+    EvaluateRequest,
+    FeedbackEpisode,
+    FeedbackRequest,
+    HistoryEntry,
+    MetaRequest,
+    NoSignalRecord,
+    RewardShapeView,
+    TrainEpisode,
+    TrainRequest,
+)
 from sia.core.events.canonical import content_hash
 from sia.core.events.types import (
     BaseEvent,
@@ -258,50 +272,41 @@ def effect_id_for(kind: str, request_hash: str) -> str:
     return content_hash({"kind": kind, "request_hash": request_hash})[:32]
 
 
-def request_effect(state: LoopState, kind: str, request: dict[str, Any]) -> EffectRequested:
+def request_effect(state: LoopState, request: EffectRequest) -> EffectRequested:
+    """Record `request` with its derived seed, under its content-addressed id."""
     assert state.config is not None
-    request = {**request, "seed": derive_seed(state.config.seed, kind, request)}
-    request_hash = content_hash(request)
-    return EffectRequested(effect_id=effect_id_for(kind, request_hash),
-                           kind=kind, request=request, request_hash=request_hash)
+    unseeded = request.record(with_seed=False)
+    recorded = {**unseeded, "seed": derive_seed(state.config.seed, request.kind, unseeded)}
+    request_hash = content_hash(recorded)
+    return EffectRequested(effect_id=effect_id_for(request.kind, request_hash),
+                           kind=request.kind, request=recorded, request_hash=request_hash)
 
 
-def _task_fields(state: LoopState) -> dict[str, Any]:
-    assert state.task is not None and state.config is not None
+def _task_fields(state: LoopState) -> dict[str, str]:
+    assert state.task is not None
     return {"task": state.task.name, "task_hash": state.task.task_hash}
 
 
 def request_meta(state: LoopState) -> EffectRequested:
     assert state.config is not None
-    return request_effect(state, "meta", {
-        **_task_fields(state),
-        "provider": state.config.meta,
-        "attempt": state.meta_attempts + 1,
-        "problems": list(state.meta_problems),
-    })
+    return request_effect(state, MetaRequest(
+        **_task_fields(state), provider=state.config.meta, attempt=state.meta_attempts + 1,
+        problems=state.meta_problems))
 
 
 def request_episode(state: LoopState, generation: Generation, sample_id: str) -> EffectRequested:
     assert state.config is not None
-    return request_effect(state, "episode", {
-        **_task_fields(state),
-        "generation": generation.index,
-        "sample_id": sample_id,
-        "harness_hash": generation.harness_hash,
-        "adapter_hash": generation.adapter_hash,
-        "target": state.config.target,
-    })
+    return request_effect(state, EpisodeRequest(
+        **_task_fields(state), generation=generation.index, sample_id=sample_id,
+        harness_hash=generation.harness_hash, adapter_hash=generation.adapter_hash,
+        target=state.config.target))
 
 
 def request_evaluation(state: LoopState, generation: Generation) -> EffectRequested:
-    assert state.task is not None
     by_sample = {e.sample_id: e for e in generation.episodes}
-    return request_effect(state, "evaluate", {
-        **_task_fields(state),
-        "generation": generation.index,
-        "predictions": [[s, by_sample[s].prediction]
-                        for s in episode_ids(state, generation.index)],
-    })
+    return request_effect(state, EvaluateRequest(
+        **_task_fields(state), generation=generation.index,
+        predictions=tuple((s, by_sample[s].prediction) for s in episode_ids(state, generation.index))))
 
 
 def request_feedback(state: LoopState, generation: Generation) -> EffectRequested:
@@ -311,70 +316,50 @@ def request_feedback(state: LoopState, generation: Generation) -> EffectRequeste
     # completions replaces it with the shape of the rewards a weight update would see
     # (sia.agents.reward_view), from the trajectories this request names.
     shape = classify_episode_scores(generation.rewards[: len(state.task.dev_ids)])
-    history = [
-        {"generation": g.index, "score": g.score, "harness_hash": g.harness_hash,
-         "adapter_hash": g.adapter_hash_after or g.adapter_hash,
-         "action": g.decision.action if g.decision else None,
-         "algorithm": g.decision.algorithm if g.decision else None,
-         **({"no_signal": no_signal_records(g)} if g.no_signal else {})}
-        for g in state.generations
-    ]
+    history = tuple(
+        HistoryEntry(generation=g.index, score=g.score, harness_hash=g.harness_hash,
+                     adapter_hash=g.adapter_hash_after or g.adapter_hash,
+                     action=g.decision.action if g.decision else None,
+                     algorithm=g.decision.algorithm if g.decision else None,
+                     no_signal=no_signal_records(g))
+        for g in state.generations)
     rewards = episode_rewards(state, generation)
     dev = set(state.task.dev_ids)
     rollouts = set(rollout_ids(state, generation.index)) if state.decider_version >= 2 else set()
-    # Keys added since version 1 appear only when they have content.
-    extra: dict[str, Any] = {}
-    if rollouts:
-        extra["rollouts"] = [{"episode_id": e.episode_id, "sample_id": e.sample_id,
-                              "trajectory_hash": e.trajectory_hash}
-                             for e in generation.episodes if e.sample_id in rollouts]
-    if generation.no_signal:
-        extra["no_signal"] = no_signal_records(generation)
-    return request_effect(state, "feedback", {
-        **extra,
+    return request_effect(state, FeedbackRequest(
         **_task_fields(state),
-        "generation": generation.index,
-        "provider": config.feedback,
-        "mode": config.mode,
-        "harness_hash": state.harness_hash,
-        "adapter_hash": state.adapter_hash,
-        "history": history,
-        "best_generation": state.best_generation,
-        "episodes": [
-            {"episode_id": e.episode_id, "sample_id": e.sample_id, "status": e.status,
-             "prediction": e.prediction, "reward": rewards.get(e.sample_id, 0.0),
-             "trajectory_hash": e.trajectory_hash}
-            for e in generation.episodes if e.sample_id in dev
-        ],
-        "reward_shape": {"kind": shape.kind, "recommended": shape.recommended_algorithm,
-                         "reason": shape.reason},
-        "force": config.feedback_force,
-    })
+        generation=generation.index, provider=config.feedback, mode=config.mode,
+        harness_hash=state.harness_hash, adapter_hash=state.adapter_hash, history=history,
+        best_generation=state.best_generation,
+        episodes=tuple(
+            FeedbackEpisode(episode_id=e.episode_id, sample_id=e.sample_id, status=e.status,
+                            prediction=e.prediction, reward=rewards.get(e.sample_id, 0.0),
+                            trajectory_hash=e.trajectory_hash)
+            for e in generation.episodes if e.sample_id in dev),
+        reward_shape=RewardShapeView(kind=shape.kind, recommended=shape.recommended_algorithm,
+                                     reason=shape.reason),
+        force=config.feedback_force,
+        rollouts=tuple(EpisodeRef(episode_id=e.episode_id, sample_id=e.sample_id,
+                                  trajectory_hash=e.trajectory_hash)
+                       for e in generation.episodes if e.sample_id in rollouts),
+        no_signal=no_signal_records(generation)))
 
 
 def request_training(state: LoopState, generation: Generation) -> EffectRequested:
     config, decision = state.config, generation.decision
     assert config is not None and decision is not None and decision.plan is not None
-    assert state.task is not None
     rewards = episode_rewards(state, generation)
     rollouts = set(rollout_ids(state, generation.index))
     chosen = set(decision.plan.episodes)
     pool = [e for e in generation.episodes if e.sample_id in rollouts] or list(generation.episodes)
-    return request_effect(state, "train", {
-        **_task_fields(state),
-        "generation": generation.index,
-        "trainer": config.trainer,
-        "target": config.target,
-        "algorithm": decision.plan.algorithm,
-        "params": decision.plan.params,
-        "initial_adapter_hash": state.adapter_hash,
-        "harness_hash": state.harness_hash,
-        "episodes": [
-            {"episode_id": e.episode_id, "sample_id": e.sample_id,
-             "reward": rewards.get(e.sample_id, 0.0), "trajectory_hash": e.trajectory_hash}
-            for e in pool if not chosen or e.episode_id in chosen
-        ],
-    })
+    return request_effect(state, TrainRequest(
+        **_task_fields(state), generation=generation.index, trainer=config.trainer,
+        target=config.target, algorithm=decision.plan.algorithm, params=decision.plan.params,
+        initial_adapter_hash=state.adapter_hash, harness_hash=state.harness_hash,
+        episodes=tuple(
+            TrainEpisode(episode_id=e.episode_id, sample_id=e.sample_id,
+                         reward=rewards.get(e.sample_id, 0.0), trajectory_hash=e.trajectory_hash)
+            for e in pool if not chosen or e.episode_id in chosen)))
 
 
 def rollback_adapter(state: LoopState, target: Generation) -> str | None:
@@ -384,10 +369,10 @@ def rollback_adapter(state: LoopState, target: Generation) -> str | None:
     return target.adapter_hash_after or target.adapter_hash
 
 
-def no_signal_records(generation: Generation) -> list[dict[str, Any]]:
+def no_signal_records(generation: Generation) -> tuple[NoSignalRecord, ...]:
     """The weight updates of `generation` that had no learning signal, for the Feedback Agent."""
-    return [{"algorithm": n.algorithm, "params": dict(n.params), "reason": n.reason}
-            for n in generation.no_signal]
+    return tuple(NoSignalRecord(algorithm=n.algorithm, params=dict(n.params), reason=n.reason)
+                 for n in generation.no_signal)
 
 
 def episode_rewards(state: LoopState, generation: Generation) -> dict[str, float]:

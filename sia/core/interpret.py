@@ -8,69 +8,35 @@ crash of the run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
+from sia.core.effect_models import (
+    EpisodeRequest,
+    EpisodeResult,
+    EvaluateRequest,
+    EvaluateResult,
+    FeedbackRequest,
+    FeedbackResult,
+    MetaRequest,
+    MetaResult,
+    RequestInvalid,
+    TrainRequest,
+    TrainResult,
+    parse_request,
+)
 from sia.core.events.types import (
+    EPISODE_STATUSES,
     AdapterCheckpointed,
     BaseEvent,
     EpisodeRecorded,
     EvaluationRecorded,
     FeedbackDecided,
-    Frozen,
     HarnessProposed,
     TrainingNoSignal,
-    TrainingPlan,
 )
-
-
-class MetaResult(Frozen):
-    harness_hash: str | None
-    valid: bool
-    problems: tuple[str, ...] = ()
-
-
-class EpisodeResult(Frozen):
-    status: str
-    prediction: str | None = None
-    trajectory_hash: str | None = None
-    error: str | None = None
-
-
-class EvaluateResult(Frozen):
-    score: float
-    rewards: tuple[float, ...]
-    n: int
-    n_answered: int
-    failures: dict[str, int] = {}
-    metrics: dict[str, float] = {}
-
-
-class FeedbackResult(Frozen):
-    action: str
-    rationale: str
-    evidence: tuple[str, ...] = ()
-    digest_hash: str | None = None
-    digest_summary: str = ""
-    harness_hash: str | None = None
-    plan: TrainingPlan | None = None
-    rollback_to: int | None = None
-    provider: str = "builtin"
-    forced: bool = False
-    reward_shape: dict[str, Any] | None = None
-    """The shape of the rewards the trainer would see, as the handler classified them."""
-
-
-class TrainResult(Frozen):
-    """An adapter (job_id, adapter_hash, config_hash), or `no_signal`: why there is none."""
-
-    algorithm: str
-    job_id: str | None = None
-    adapter_hash: str | None = None
-    config_hash: str | None = None
-    metrics: dict[str, float] = {}
-    no_signal: str | None = None
 
 
 class ResultInvalid(ValueError):
@@ -78,10 +44,16 @@ class ResultInvalid(ValueError):
 
 
 def interpret(kind: str, effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
+    """The events a recorded result means; both sides are parsed into their kind's models."""
+    interpreter = _INTERPRETERS.get(kind)
+    if interpreter is None:
+        raise ResultInvalid(f"no interpreter for effect kind {kind!r}")
     try:
-        return _INTERPRETERS[kind](effect_id, request, result)
-    except KeyError:
-        raise ResultInvalid(f"no interpreter for effect kind {kind!r}") from None
+        typed = parse_request(kind, request)
+    except RequestInvalid as exc:
+        raise ResultInvalid(str(exc)) from exc
+    try:
+        return interpreter(effect_id, typed, result)
     except ValidationError as exc:
         raise ResultInvalid(f"{kind} result does not fit its schema: {exc}") from exc
 
@@ -92,60 +64,60 @@ def interpret_failure(kind: str, effect_id: str, request: dict[str, Any], error:
         return [HarnessProposed(effect_id=effect_id, harness_hash=None, valid=False,
                                 problems=(f"meta effect failed: {error}",))]
     if kind == "episode":
-        return [EpisodeRecorded(generation=request["generation"], episode_id=effect_id,
-                                sample_id=request["sample_id"], status="error", prediction=None,
+        typed = EpisodeRequest.model_validate(request)
+        return [EpisodeRecorded(generation=typed.generation, episode_id=effect_id,
+                                sample_id=typed.sample_id, status="error", prediction=None,
                                 trajectory_hash=None, error=error)]
     return []
 
 
-def _meta(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
+def _meta(effect_id: str, request: MetaRequest, result: dict[str, Any]) -> list[BaseEvent]:
     r = MetaResult.model_validate(result)
     return [HarnessProposed(effect_id=effect_id, harness_hash=r.harness_hash,
                             valid=r.valid and r.harness_hash is not None, problems=r.problems)]
 
 
-def _episode(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
+def _episode(effect_id: str, request: EpisodeRequest, result: dict[str, Any]) -> list[BaseEvent]:
     r = EpisodeResult.model_validate(result)
-    status = r.status if r.status in _EPISODE_STATUSES else "error"
-    return [EpisodeRecorded(generation=request["generation"], episode_id=effect_id,
-                            sample_id=request["sample_id"], status=status,
+    status = r.status if r.status in EPISODE_STATUSES else "error"
+    return [EpisodeRecorded(generation=request.generation, episode_id=effect_id,
+                            sample_id=request.sample_id, status=status,
                             prediction=r.prediction if status == "ok" else None,
                             trajectory_hash=r.trajectory_hash, error=r.error)]
 
 
-def _evaluate(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
+def _evaluate(effect_id: str, request: EvaluateRequest, result: dict[str, Any]) -> list[BaseEvent]:
     r = EvaluateResult.model_validate(result)
-    return [EvaluationRecorded(generation=request["generation"], score=r.score, rewards=r.rewards,
+    return [EvaluationRecorded(generation=request.generation, score=r.score, rewards=r.rewards,
                                n=r.n, n_answered=r.n_answered, failures=r.failures,
-                            metrics=r.metrics)]
+                               metrics=r.metrics)]
 
 
-def _feedback(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
+def _feedback(effect_id: str, request: FeedbackRequest, result: dict[str, Any]) -> list[BaseEvent]:
     r = FeedbackResult.model_validate(result)
     return [FeedbackDecided(
-        generation=request["generation"], action=r.action, rationale=r.rationale,
+        generation=request.generation, action=r.action, rationale=r.rationale,
         evidence=r.evidence, digest_hash=r.digest_hash, digest_summary=r.digest_summary,
-        recommended_algorithm=(r.reward_shape or request.get("reward_shape") or {}).get("recommended"),
+        recommended_algorithm=(r.reward_shape or request.reward_shape.model_dump()).get("recommended"),
         harness_hash=r.harness_hash, plan=r.plan, rollback_to=r.rollback_to,
         provider=r.provider, forced=r.forced,
     )]
 
 
-def _train(effect_id: str, request: dict[str, Any], result: dict[str, Any]) -> list[BaseEvent]:
+def _train(effect_id: str, request: TrainRequest, result: dict[str, Any]) -> list[BaseEvent]:
     r = TrainResult.model_validate(result)
     if r.no_signal is not None:
-        return [TrainingNoSignal(generation=request["generation"], algorithm=r.algorithm,
+        return [TrainingNoSignal(generation=request.generation, algorithm=r.algorithm,
                                  reason=r.no_signal, job_id=r.job_id, metrics=r.metrics)]
     if r.job_id is None or r.adapter_hash is None or r.config_hash is None:
         raise ResultInvalid("a train result names an adapter (job_id, adapter_hash, config_hash) "
                             "or says why there is none (no_signal)")
-    return [AdapterCheckpointed(generation=request["generation"], job_id=r.job_id,
+    return [AdapterCheckpointed(generation=request.generation, job_id=r.job_id,
                                 adapter_hash=r.adapter_hash, config_hash=r.config_hash,
                                 algorithm=r.algorithm, metrics=r.metrics)]
 
 
-_EPISODE_STATUSES = {"ok", "crash", "timeout", "memory", "malformed", "invalid_harness", "error"}
-_INTERPRETERS = {
+_INTERPRETERS: dict[str, Callable[[str, Any, dict[str, Any]], list[BaseEvent]]] = {
     "meta": _meta,
     "episode": _episode,
     "evaluate": _evaluate,

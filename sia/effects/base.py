@@ -1,6 +1,7 @@
 """The effect handler interface: the only place nondeterminism enters a run.
 
-A handler turns one recorded request into a result dict plus what it cost. It never
+A handler turns one typed request (its kind's model in `sia.core.effect_models`, parsed
+from the recorded JSON by the runtime) into its kind's result model plus what it cost. It never
 appends events itself; it may `report` a progress fact (a submitted training job) that
 the runtime records at once, so a crash can re-attach instead of re-submitting.
 """
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sia.core.effect_models import EffectAnswer
 from sia.core.events.types import BaseEvent, Usage
 from sia.store.blobs import BlobStore
 
@@ -29,7 +31,7 @@ class EffectError(Exception):
 
 @dataclass(frozen=True)
 class EffectResult:
-    result: dict[str, Any]
+    result: EffectAnswer
     usage: Usage = Usage()
 
 
@@ -51,7 +53,8 @@ class EffectContext:
 class EffectHandler(Protocol):
     kind: str
 
-    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult: ...
+    def run(self, request: Any, ctx: EffectContext) -> EffectResult:
+        """`request` is the `EffectRequest` subclass of this handler's kind."""
 
 
 class HandlerRegistry:

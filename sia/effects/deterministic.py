@@ -16,13 +16,24 @@ import re
 from typing import Any
 
 from sia.core.config import dollars
-from sia.effects.base import EffectContext, EffectResult, HandlerRegistry
+from sia.core.effect_models import (
+    EpisodeRequest,
+    EpisodeResult,
+    EvaluateRequest,
+    EvaluateResult,
+    FeedbackRequest,
+    FeedbackResult,
+    MetaRequest,
+    MetaResult,
+    TrainRequest,
+    TrainResult,
+)
 from sia.core.events.canonical import canonical_json, content_hash
-from sia.core.events.types import TrainingJobSubmitted, Usage
+from sia.core.events.types import Action, TrainingJobSubmitted, TrainingPlan, Usage
+from sia.effects.base import EffectContext, EffectResult, HandlerRegistry
 from sia.tasks.toy import TOY_DEV_IDS, toy_task
 
 __all__ = ["TOY_DEV_IDS", "deterministic_registry", "toy_task"]
-
 
 
 def _count(ctx: EffectContext) -> None:
@@ -52,40 +63,40 @@ def _harness(strength: int) -> str:
 class DeterministicMeta:
     kind = "meta"
 
-    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+    def run(self, request: MetaRequest, ctx: EffectContext) -> EffectResult:
         sha = ctx.blobs.put_text(_harness(1))
         _count(ctx)
-        return EffectResult({"harness_hash": sha, "valid": True, "problems": []},
+        return EffectResult(MetaResult(harness_hash=sha, valid=True),
                             Usage(tokens_in=120, tokens_out=80, wall_s=2.0))
 
 
 class DeterministicEpisode:
     kind = "episode"
 
-    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
-        strength = _strength(ctx.blobs.get_text(request["harness_hash"]))
+    def run(self, request: EpisodeRequest, ctx: EffectContext) -> EffectResult:
+        strength = _strength(ctx.blobs.get_text(request.harness_hash))
         level = 0
-        if request["adapter_hash"]:
-            level = json.loads(ctx.blobs.get_text(request["adapter_hash"]))["level"]
+        if request.adapter_hash:
+            level = json.loads(ctx.blobs.get_text(request.adapter_hash))["level"]
         p_right = min(0.95, 0.2 + 0.15 * strength + 0.2 * level)
         prediction = "right" if _unit(ctx.seed, "answer") < p_right else "wrong"
-        trajectory = {"sample_id": request["sample_id"], "calls": [
-            {"prompt": f"question {request['sample_id']}", "completion": prediction}]}
+        trajectory = {"sample_id": request.sample_id, "calls": [
+            {"prompt": f"question {request.sample_id}", "completion": prediction}]}
         sha = ctx.blobs.put_text(canonical_json(trajectory))
         _count(ctx)
-        return EffectResult({"status": "ok", "prediction": prediction, "trajectory_hash": sha},
+        return EffectResult(EpisodeResult(status="ok", prediction=prediction, trajectory_hash=sha),
                             Usage(tokens_in=30, tokens_out=2, wall_s=0.5))
 
 
 class DeterministicEvaluate:
     kind = "evaluate"
 
-    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
-        rewards = [1.0 if p == "right" else 0.0 for _, p in request["predictions"]]
-        answered = sum(1 for _, p in request["predictions"] if p is not None)
+    def run(self, request: EvaluateRequest, ctx: EffectContext) -> EffectResult:
+        rewards = tuple(1.0 if p == "right" else 0.0 for _, p in request.predictions)
+        answered = sum(1 for _, p in request.predictions if p is not None)
         _count(ctx)
-        return EffectResult({"score": sum(rewards) / len(rewards), "rewards": rewards,
-                             "n": len(rewards), "n_answered": answered, "failures": {}},
+        return EffectResult(EvaluateResult(score=sum(rewards) / len(rewards), rewards=rewards,
+                                           n=len(rewards), n_answered=answered),
                             Usage(wall_s=0.1))
 
 
@@ -94,35 +105,34 @@ class DeterministicFeedback:
 
     kind = "feedback"
 
-    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
-        generation, history = request["generation"], request["history"]
-        best = request["best_generation"]
-        rollback = best if history[-1]["score"] < history[best]["score"] else None
+    def run(self, request: FeedbackRequest, ctx: EffectContext) -> EffectResult:
+        history, best = request.history, request.best_generation
+        scores = [entry.score or 0.0 for entry in history]
+        rollback = best if best is not None and scores[-1] < scores[best] else None
         action, algorithm = self._choose(request)
-        result: dict[str, Any] = {
-            "action": action, "provider": "deterministic", "forced": bool(request["force"]),
-            "rationale": f"generation {generation} scored {history[-1]['score']:.2f}",
-            "evidence": [e["episode_id"] for e in request["episodes"][:3]],
-            "digest_hash": content_hash(request["episodes"]),
-            "digest_summary": f"{len(request['episodes'])} episodes",
-            "rollback_to": rollback,
-        }
+        harness_hash = plan = None
         if action == "edit_harness":
-            source = ctx.blobs.get_text(request["harness_hash"])
-            result["harness_hash"] = ctx.blobs.put_text(_harness(_strength(source) + 1))
+            assert request.harness_hash is not None
+            source = ctx.blobs.get_text(request.harness_hash)
+            harness_hash = ctx.blobs.put_text(_harness(_strength(source) + 1))
         elif action == "update_weights":
-            result["plan"] = {"algorithm": algorithm, "params": {"lr": 1e-4}}
+            plan = TrainingPlan(algorithm=algorithm, params={"lr": 1e-4})
+        episodes = [e.model_dump(mode="json") for e in request.episodes]
         _count(ctx)
-        return EffectResult(result, Usage(tokens_in=850, tokens_out=150,
-                                                    dollars=dollars("deterministic", 850, 150), wall_s=3.0))
+        return EffectResult(
+            FeedbackResult(action=action, provider="deterministic", forced=request.force is not None,
+                           rationale=f"generation {request.generation} scored {scores[-1]:.2f}",
+                           evidence=tuple(e.episode_id for e in request.episodes[:3]),
+                           digest_hash=content_hash(episodes), digest_summary=f"{len(episodes)} episodes",
+                           rollback_to=rollback, harness_hash=harness_hash, plan=plan),
+            Usage(tokens_in=850, tokens_out=150, dollars=dollars("deterministic", 850, 150), wall_s=3.0))
 
     @staticmethod
-    def _choose(request: dict[str, Any]) -> tuple[str, str]:
-        recommended = request["reward_shape"]["recommended"]
-        if request["force"]:
-            action, _, algorithm = request["force"].partition(":")
-            return action, algorithm or recommended
-        if request["mode"] == "H" or request["generation"] % 2 == 0:
+    def _choose(request: FeedbackRequest) -> tuple[Action, Any]:
+        recommended = request.reward_shape.recommended
+        if request.force is not None:
+            return request.force.action, request.force.algorithm or recommended
+        if request.mode == "H" or request.generation % 2 == 0:
             return "edit_harness", recommended
         return "update_weights", recommended
 
@@ -130,22 +140,21 @@ class DeterministicFeedback:
 class DeterministicTrain:
     kind = "train"
 
-    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
-        job_id = content_hash({k: v for k, v in request.items() if k != "generation"})
+    def run(self, request: TrainRequest, ctx: EffectContext) -> EffectResult:
+        job_id = content_hash({k: v for k, v in request.record().items() if k != "generation"})
         if ctx.call_id is None:
             ctx.report(TrainingJobSubmitted(effect_id=ctx.effect_id, job_id=job_id,
                                             backend="deterministic", call_id=f"det-{job_id[:12]}"))
         level = 0
-        if request["initial_adapter_hash"]:
-            level = json.loads(ctx.blobs.get_text(request["initial_adapter_hash"]))["level"]
-        adapter = canonical_json({"level": level + 1, "algorithm": request["algorithm"],
+        if request.initial_adapter_hash:
+            level = json.loads(ctx.blobs.get_text(request.initial_adapter_hash))["level"]
+        adapter = canonical_json({"level": level + 1, "algorithm": request.algorithm,
                                   "job_id": job_id})
         sha = ctx.blobs.put_text(adapter)
         _count(ctx)
-        return EffectResult({"job_id": job_id, "adapter_hash": sha,
-                             "config_hash": content_hash({"r": 32}),
-                             "algorithm": request["algorithm"],
-                             "metrics": {"loss": round(1.0 / (level + 2), 6)}},
+        return EffectResult(TrainResult(job_id=job_id, adapter_hash=sha,
+                                        config_hash=content_hash({"r": 32}), algorithm=request.algorithm,
+                                        metrics={"loss": round(1.0 / (level + 2), 6)}),
                             Usage(gpu_s=12.0, wall_s=15.0))
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sia.effects.base import EffectContext, EffectResult
-from sia.effects.targets import TargetPool
+from sia.core.effect_models import EpisodeRequest, EpisodeResult
 from sia.core.events.canonical import canonical_json
 from sia.core.events.types import Usage
+from sia.effects.base import EffectContext, EffectResult
+from sia.effects.targets import TargetPool
 from sia.harness.contract import validate_harness
 from sia.harness.gateway import ModelCall
 from sia.harness.sandbox import EpisodeOutcome, Isolation, Limits, run_episode
@@ -60,16 +61,16 @@ class EpisodeHandler:
         self.task, self.targets, self.isolation = task, targets, isolation
         self.limits = sandbox_limits(task)
 
-    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
-        source = ctx.blobs.get_text(request["harness_hash"])
-        sample = self.task.sample(request["sample_id"])
+    def run(self, request: EpisodeRequest, ctx: EffectContext) -> EffectResult:
+        source = ctx.blobs.get_text(request.harness_hash)
+        sample = self.task.sample(request.sample_id)
         outcome, calls = play(source, sample, episode_id=ctx.effect_id, seed=ctx.seed,
-                              adapter_hash=request["adapter_hash"], targets=self.targets,
+                              adapter_hash=request.adapter_hash, targets=self.targets,
                               blobs=ctx.blobs, limits=self.limits, isolation=self.isolation)
-        trajectory = ctx.blobs.put_text(canonical_json(trajectory_of(request["sample_id"],
+        trajectory = ctx.blobs.put_text(canonical_json(trajectory_of(request.sample_id,
                                                                      outcome, calls)))
-        return EffectResult({"status": outcome.status, "prediction": outcome.answer,
-                             "trajectory_hash": trajectory, "error": outcome.error},
+        return EffectResult(EpisodeResult(status=outcome.status, prediction=outcome.answer,
+                                          trajectory_hash=trajectory, error=outcome.error),
                             target_usage(calls, outcome.wall_s))
 
 

@@ -6,8 +6,9 @@ loop) calls it too, so its figures are the ones a run would record."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from sia.core.effect_models import EvaluateRequest, EvaluateResult
 from sia.effects.base import EffectContext, EffectResult
 
 if TYPE_CHECKING:
@@ -22,8 +23,7 @@ class EvaluateHandler:
     def __init__(self, task: Task) -> None:
         self.task = task
 
-    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
-        predictions = [(sample_id, prediction) for sample_id, prediction in request["predictions"]]
-        result = self.task.evaluate(predictions, scored=len(self.task.ids("dev")))
+    def run(self, request: EvaluateRequest, ctx: EffectContext) -> EffectResult:
+        result = self.task.evaluate(list(request.predictions), scored=len(self.task.ids("dev")))
         result.pop("failure_kinds", None)
-        return EffectResult(result)
+        return EffectResult(EvaluateResult.model_validate(result))

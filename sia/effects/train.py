@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from sia.core.effect_models import EpisodeRef, TrainRequest, TrainResult
+from sia.core.events.types import Usage
 from sia.effects.base import EffectContext, EffectError, EffectResult
 from sia.effects.targets import adapter_dir
-from sia.core.events.types import Usage
 from sia.store.blobs import BlobStore
 
 if TYPE_CHECKING:
@@ -56,22 +57,22 @@ class Sampled(NamedTuple):
     params: dict[str, Any]
 
 
-def sampled_completions(episodes: list[dict[str, Any]], blobs: BlobStore) -> Iterator[Sampled]:
+def sampled_completions(episodes: Sequence[EpisodeRef], blobs: BlobStore) -> Iterator[Sampled]:
     """Every completion the gateway recorded in `episodes`' trajectories, in order."""
     for episode in episodes:
-        if not episode.get("trajectory_hash"):
+        if not episode.trajectory_hash:
             continue
-        trajectory = json.loads(blobs.get_text(episode["trajectory_hash"]))
+        trajectory = json.loads(blobs.get_text(episode.trajectory_hash))
         for call in trajectory["calls"]:
             if call["status"] != 200 or not call["generations"]:
                 continue
             n = len(call["generations"]) // max(1, len(call["prompts"]))
             for index, generation in enumerate(call["generations"]):
-                yield Sampled(episode["sample_id"], f"{episode['episode_id']}/{call['index']}/{index // max(1, n)}",
+                yield Sampled(episode.sample_id, f"{episode.episode_id}/{call['index']}/{index // max(1, n)}",
                               generation, call.get("params") or {})
 
 
-def build_rollouts(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task,
+def build_rollouts(episodes: Sequence[EpisodeRef], blobs: BlobStore, task: Task,
                    eos_id: int | None) -> list[Rollout]:
     from sia.train.rollouts import Rollout
 
@@ -96,7 +97,7 @@ def build_rollouts(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task,
     return rollouts
 
 
-def reward_groups(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task) -> list[list[float]]:
+def reward_groups(episodes: Sequence[EpisodeRef], blobs: BlobStore, task: Task) -> list[list[float]]:
     """The rewards a weight update on `episodes` would learn from: one per sampled
     completion, one list per prompt (what `classify_rewards` reads). A completion that
     stopped at once counts, as the trainer learns from its stop token."""
@@ -108,7 +109,7 @@ def reward_groups(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task) 
     return list(groups.values())
 
 
-def reward_shape_of(episodes: list[dict[str, Any]], blobs: BlobStore, task: Task) -> dict[str, Any]:
+def reward_shape_of(episodes: Sequence[EpisodeRef], blobs: BlobStore, task: Task) -> dict[str, Any]:
     """`classify_rewards` of `reward_groups`, as a Feedback result records it."""
     from sia.core.reward_shape import classify_rewards
 
@@ -130,7 +131,7 @@ class TrainHandler:
                  backend: str = "local") -> None:
         self.task, self.model, self.home, self.backend = task, model, home, backend
 
-    def run(self, request: dict[str, Any], ctx: EffectContext) -> EffectResult:
+    def run(self, request: TrainRequest, ctx: EffectContext) -> EffectResult:
         from sia.train.algorithms import model_scale, no_signal_reason, resolve_params
         from sia.train.job import store_adapter
         from sia.train.rollouts import write_rollouts
@@ -142,7 +143,7 @@ class TrainHandler:
         if model_dir is None and self.backend == "local":
             raise EffectError(f"training {built.model_id} locally needs a local copy of it: set "
                               "model_dir in [providers.vllm] of sia.toml, or use trainer=modal")
-        rollouts = build_rollouts(request["episodes"], ctx.blobs, self.task,
+        rollouts = build_rollouts(request.episodes, ctx.blobs, self.task,
                                   eos_of(model_dir) if model_dir else None)
         if not rollouts:
             raise EffectError("no recorded model calls to train on (every rollout episode failed "
@@ -155,42 +156,42 @@ class TrainHandler:
         data = data_dir / f"{rollouts_hash}.jsonl"
         os.replace(staging, data)
         try:
-            params = resolve_params(request["algorithm"], request["params"], model_scale(
+            params = resolve_params(request.algorithm, request.params, model_scale(
                 json.loads((model_dir / "config.json").read_text(encoding="utf-8")) if model_dir else None))
         except ValueError as exc:
             raise EffectError(f"training plan refused: {exc}") from None
         summary = {"rollouts": float(len(rollouts)),
                    "rollout_reward": sum(r.reward for r in rollouts) / len(rollouts)}
-        reason = no_signal_reason(request["algorithm"], rollouts, params)
+        reason = no_signal_reason(request.algorithm, rollouts, params)
         if reason is not None:
-            return EffectResult({"algorithm": request["algorithm"], "no_signal": reason, "metrics": summary},
+            return EffectResult(TrainResult(algorithm=request.algorithm, no_signal=reason, metrics=summary),
                                 Usage(wall_s=time.perf_counter() - started))
         # Resolved defaults are part of the job's identity: new defaults are a new job.
-        spec = TrainingSpec(algorithm=request["algorithm"], params=params,
+        spec = TrainingSpec(algorithm=request.algorithm, params=params,
                             base_model_id=built.model_id, base_model_hash=built.model_hash,
-                            initial_adapter_hash=request["initial_adapter_hash"],
+                            initial_adapter_hash=request.initial_adapter_hash,
                             data_hash=rollouts_hash, seed=ctx.seed % 2**31,
                             precision="bf16" if self.backend == "modal" else "fp32")
         train = self._train_on_modal if self.backend == "modal" else self._train
         manifest, trained = train(spec, model_dir, request, data, ctx)
         metrics = {**{k: v for k, v in manifest.metrics.items() if v is not None}, **summary}
         if metrics.get("policy_unchanged") == 1.0:
-            return EffectResult({"algorithm": spec.algorithm, "job_id": spec.job_id, "metrics": metrics,
-                                 "no_signal": f"training job {spec.job_id[:12]} left every adapter weight "
-                                              "bit-identical to where it started"},
+            return EffectResult(TrainResult(algorithm=spec.algorithm, job_id=spec.job_id, metrics=metrics,
+                                            no_signal=f"training job {spec.job_id[:12]} left every adapter "
+                                                      "weight bit-identical to where it started"),
                                 Usage(wall_s=time.perf_counter() - started))
         adapter_hash = store_adapter(ctx.blobs, trained)
-        return EffectResult({"job_id": spec.job_id, "adapter_hash": adapter_hash,
-                             "config_hash": manifest.config_hash, "algorithm": spec.algorithm,
-                             "metrics": metrics},
+        return EffectResult(TrainResult(job_id=spec.job_id, adapter_hash=adapter_hash,
+                                        config_hash=manifest.config_hash, algorithm=spec.algorithm,
+                                        metrics=metrics),
                             Usage(wall_s=time.perf_counter() - started))
 
-    def _train(self, spec: Any, model_dir: Path | None, request: dict[str, Any], data: Path,
+    def _train(self, spec: Any, model_dir: Path | None, request: TrainRequest, data: Path,
                ctx: EffectContext) -> tuple[Any, Path]:
         """Run the job in a subprocess (re-attached by its recorded id after a crash)."""
         from sia.train.local import LocalTrainer, TrainingFailed
 
-        init_dir = adapter_dir(ctx.blobs, request["initial_adapter_hash"], self.home / "adapters")
+        init_dir = adapter_dir(ctx.blobs, request.initial_adapter_hash, self.home / "adapters")
         trainer = LocalTrainer(self.home / "train")
         inputs = {"model_dir": str(model_dir), "init_adapter_dir": str(init_dir) if init_dir else None,
                   "data_path": str(data)}
@@ -200,14 +201,14 @@ class TrainHandler:
             raise EffectError(f"training job {spec.job_id[:12]} failed: {exc}") from None
         return manifest, manifest.adapter_dir(trainer.root / "jobs" / spec.job_id)
 
-    def _train_on_modal(self, spec: Any, model_dir: Path | None, request: dict[str, Any], data: Path,
+    def _train_on_modal(self, spec: Any, model_dir: Path | None, request: TrainRequest, data: Path,
                         ctx: EffectContext) -> tuple[Any, Path]:
         """Spawn on the deployed Modal app; the FunctionCall id is recorded at once, so a
         resumed run re-attaches to it. The base model goes to the Volume once, by hash."""
         from sia.train.modal_app import ModalTrainer, adapter_inputs, hub_model_config, upload_model
 
         trainer = ModalTrainer()
-        init_dir = adapter_dir(ctx.blobs, request["initial_adapter_hash"], self.home / "adapters")
+        init_dir = adapter_dir(ctx.blobs, request.initial_adapter_hash, self.home / "adapters")
         inputs: dict[str, Any] = {"rollouts_jsonl": data.read_text(encoding="utf-8")}
         if init_dir is not None:
             inputs["init_adapter_files"] = adapter_inputs(init_dir)

@@ -24,17 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sia.core.decide import DECIDER_VERSION, decide
 from sia.effects.base import (
     EffectContext,
     EffectError,
-    EffectResult,
     HandlerRegistry,
     TransientEffectError,
 )
-from sia.core.events.canonical import canonical_json, content_hash
+from sia.core.events.canonical import canonical_json
 from sia.core.events.envelope import StoredEvent
 from sia.core.events.mapper import MAPPER
 from sia.core.events.types import (
@@ -50,6 +49,7 @@ from sia.core.events.types import (
     Usage,
 )
 from sia.runtime.failpoints import Failpoints
+from sia.core.effect_models import parse_request
 from sia.core.interpret import ResultInvalid, interpret, interpret_failure
 from sia.core.reducers.loop import evolve, fold
 from sia.core.reducers.snapshot import REDUCER_VERSION, decode_state, encode_state
@@ -64,10 +64,6 @@ Observer = Callable[[LoopState, list[StoredEvent]], None]
 def new_run_id(task: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{task.replace('/', '-')}-{stamp}-{secrets.token_hex(3)}"
-
-
-def cache_key(kind: str, request_hash: str) -> str:
-    return content_hash({"kind": kind, "request_hash": request_hash})
 
 
 def default_backoff(attempt: int, retry_after: float | None) -> float:
@@ -233,7 +229,7 @@ class Runtime:
         for event in events:
             if isinstance(event, EffectCompleted) and event.cached_from is None:
                 self.store.cache_put(CacheEntry(
-                    key=cache_key(effect.kind, effect.request_hash), kind=effect.kind,
+                    key=effect.effect_id, kind=effect.kind,
                     effect_id=effect.effect_id, run_id=self._run_id,
                     result=canonical_json(event.result),
                     usage=canonical_json(event.usage.model_dump(mode="json")),
@@ -242,10 +238,11 @@ class Runtime:
     def _execute(self, effect: PendingEffect, max_attempts: int) -> list[BaseEvent]:
         """Run one effect to its outcome; returns the events to commit for it."""
         if self.cache != "off":
-            hit = self.store.cache_get(cache_key(effect.kind, effect.request_hash))
+            # Effect ids are content-addressed (`effect_id_for`), so the id is the cache key:
+            # the same request on any branch, in any run of this home, is one entry.
+            hit = self.store.cache_get(effect.effect_id)
             if hit is not None:
-                return self._outcome(effect, EffectResult(json.loads(hit.result)),
-                                     cached_from=hit.effect_id)
+                return self._outcome(effect, json.loads(hit.result), Usage(), cached_from=hit.effect_id)
         events: list[BaseEvent] = []
         attempt = effect.attempts
         handler = None
@@ -254,7 +251,8 @@ class Runtime:
             started = time.perf_counter()
             try:
                 handler = handler or self.registry.get(effect.kind)
-                result = handler.run(effect.request, self._context(effect, attempt))
+                result = handler.run(parse_request(effect.kind, effect.request),
+                                     self._context(effect, attempt))
             except TransientEffectError as exc:
                 wall = Usage(wall_s=time.perf_counter() - started)
                 if attempt < max_attempts:
@@ -271,24 +269,22 @@ class Runtime:
                 message = str(exc) if isinstance(exc, EffectError) else f"{type(exc).__name__}: {exc}"
                 return events + self._failure(effect, message, attempt, wall)
             self.failpoints.reach("after_execution")
-            if result.usage.wall_s == 0.0:
-                result = EffectResult(result.result, result.usage.model_copy(
-                    update={"wall_s": time.perf_counter() - started}))
-            return events + self._outcome(effect, result, attempt=attempt)
+            usage = result.usage
+            if usage.wall_s == 0.0:
+                usage = usage.model_copy(update={"wall_s": time.perf_counter() - started})
+            return events + self._outcome(effect, result.result.record(), usage, attempt=attempt)
 
-    def _outcome(self, effect: PendingEffect, result: EffectResult,
+    def _outcome(self, effect: PendingEffect, recorded: dict[str, Any], usage: Usage,
                  cached_from: str | None = None, attempt: int = 1) -> list[BaseEvent]:
         """Events for a result, interpreted after redaction: `interpret` then sees exactly
         what the log will hold, which is what `replay --check` re-interprets."""
-        value = self.store.redactor.redact_data(result.result)
+        value = self.store.redactor.redact_data(recorded)
         try:
             derived = interpret(effect.kind, effect.effect_id, effect.request, value)
         except ResultInvalid as exc:
-            return self._failure(effect, str(exc), attempt, result.usage)
-        completed = EffectCompleted(effect_id=effect.effect_id, kind=effect.kind,
-                                    result=value,
-                                    usage=Usage() if cached_from else result.usage,
-                                    cached_from=cached_from)
+            return self._failure(effect, str(exc), attempt, usage)
+        completed = EffectCompleted(effect_id=effect.effect_id, kind=effect.kind, result=value,
+                                    usage=usage, cached_from=cached_from)
         return [completed, *derived]
 
     def _failure(self, effect: PendingEffect, error: str, attempt: int,

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sia.effects.base import HandlerRegistry
+from sia.core.effect_models import EpisodeRef
 from sia.core.events.types import RunConfig, TaskSnapshot
+from sia.effects.base import HandlerRegistry
 from sia.runtime.settings import Settings, provider_of
 from sia.store.home import blobs_path, sia_home
 
@@ -174,15 +176,15 @@ def _meta(role: str, task: Task, check: Any, settings: Settings) -> Any:
 def _feedback(role: str, task: Task, check: Any, settings: Settings) -> Any:
     from sia.effects.train import reward_shape_of
 
-    def shape_of(episodes: list[dict[str, Any]], blobs: Any) -> dict[str, Any]:
+    def shape_of(episodes: Sequence[EpisodeRef], blobs: Any) -> dict[str, Any]:
         return reward_shape_of(episodes, blobs, task)
 
     name, model = provider_of(role)
     if name == "builtin":
         from sia.agents.builtin import BuiltinFeedback
 
-        return BuiltinFeedback(lambda request: {e["sample_id"]: task.options_of(e["sample_id"])
-                                                for e in request["episodes"]}, shape_of)
+        return BuiltinFeedback(lambda request: {e.sample_id: task.options_of(e.sample_id)
+                                                for e in request.episodes}, shape_of)
     from sia.agents.llm import LLMFeedback
 
     chosen = _model(name, model)

@@ -17,17 +17,19 @@ up to date by the upcasters in `sia.core.events.upcasting`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 Mode = Literal["H", "WH"]
 Action = Literal["edit_harness", "update_weights", "stop"]
+ACTIONS: tuple[str, ...] = get_args(Action)
 Algorithm = Literal["ppo_gae", "grpo", "entropic", "reinforce_kl", "dpo", "best_of_n"]
-ALGORITHMS: tuple[str, ...] = ("ppo_gae", "grpo", "entropic", "reinforce_kl", "dpo", "best_of_n")
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 EpisodeStatus = Literal[
     "ok", "crash", "timeout", "memory", "malformed", "invalid_harness", "error"
 ]
+EPISODE_STATUSES: tuple[str, ...] = get_args(EpisodeStatus)
 RunStatus = Literal["new", "running", "paused", "completed", "failed"]
 
 
@@ -36,6 +38,45 @@ class Frozen(BaseModel):
 
 
 # ---------------------------------------------------------------- value types
+
+
+class ForceError(ValueError):
+    """A `feedback.force` value that names no action or no known algorithm."""
+
+
+class Force(Frozen):
+    """A decision the run's settings impose on the Feedback Agent (a fork's `feedback.force`).
+
+    Written `edit_harness`, `stop`, `update_weights` or `update_weights:ALGORITHM`; parsed
+    once, here, and recorded in that same written form.
+    """
+
+    action: Action
+    algorithm: Algorithm | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Force:
+        action, _, algorithm = text.partition(":")
+        if action not in ACTIONS:
+            raise ForceError(f"feedback.force: unknown action {action!r} "
+                             "(edit_harness | update_weights[:ALGORITHM] | stop)")
+        if algorithm and algorithm not in ALGORITHMS:
+            raise ForceError(f"feedback.force: unknown algorithm {algorithm!r} "
+                             f"(one of {', '.join(ALGORITHMS)})")
+        if algorithm and action != "update_weights":
+            raise ForceError(f"feedback.force: only update_weights takes an algorithm, not {action!r}")
+        return cls(action=action, algorithm=algorithm or None)
+
+    def __str__(self) -> str:
+        return f"{self.action}:{self.algorithm}" if self.algorithm else self.action
+
+
+def _force_from_text(value: object) -> object:
+    return Force.parse(value) if isinstance(value, str) else value
+
+
+ForceValue = Annotated[Force, BeforeValidator(_force_from_text), PlainSerializer(str, return_type=str)]
+"""A Force that reads and writes as its text form, in settings, configs and requests."""
 
 
 class Budget(Frozen):
@@ -60,7 +101,7 @@ class RunConfig(Frozen):
     feedback: str = "builtin"
     target: str = "tiny"
     trainer: str = "local"
-    feedback_force: str | None = None
+    feedback_force: ForceValue | None = None
     max_meta_attempts: int = Field(default=3, ge=1)
     max_effect_attempts: int = Field(default=3, ge=1)
     sandbox: Literal["bwrap", "process"] = "bwrap"

@@ -1,0 +1,232 @@
+"""What each effect kind is asked and what it answers: one frozen model per request and result.
+
+`decide` builds a request model and records its `record()` form in EffectRequested; the
+runtime parses a recorded request back into its model (`parse_request`) before a handler
+sees it, and a handler returns its kind's result model, which `interpret` turns into
+events. The recorded form is plain canonical JSON, so request hashes (and with them
+effect ids and the effect cache) do not depend on these classes: keys added by a later
+decider version appear only when they have content, as they did when they were dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from sia.core.events.types import Action, Algorithm, ForceValue, Frozen, Mode, TrainingPlan
+
+EffectKind = Literal["meta", "episode", "evaluate", "feedback", "train"]
+
+
+# ---------------------------------------------------------------- requests
+
+
+class EffectRequest(Frozen):
+    """Fields every request carries: the task it runs on and the seed its handler draws from."""
+
+    kind: ClassVar[EffectKind]
+    added_later: ClassVar[frozenset[str]] = frozenset()
+    """Keys a later decider version added: recorded only when they have content."""
+
+    task: str
+    task_hash: str
+    seed: int = 0
+    """Derived by `decide` from the run seed and the rest of the request."""
+
+    def record(self, *, with_seed: bool = True) -> dict[str, Any]:
+        """The recorded (and hashed) JSON form."""
+        data = self.model_dump(mode="json")
+        if not with_seed:
+            del data["seed"]
+        for key in self.added_later:
+            if not data.get(key):
+                del data[key]
+        return data
+
+
+class MetaRequest(EffectRequest):
+    kind: ClassVar[EffectKind] = "meta"
+    provider: str
+    attempt: int
+    problems: tuple[str, ...] = ()
+
+
+class EpisodeRequest(EffectRequest):
+    kind: ClassVar[EffectKind] = "episode"
+    generation: int
+    sample_id: str
+    harness_hash: str
+    adapter_hash: str | None
+    target: str
+
+
+class EvaluateRequest(EffectRequest):
+    kind: ClassVar[EffectKind] = "evaluate"
+    generation: int
+    predictions: tuple[tuple[str, str | None], ...]
+    """(sample id, prediction) pairs: dev samples first, then the generation's rollouts."""
+
+
+class NoSignalRecord(Frozen):
+    algorithm: str
+    params: dict[str, Any] = {}
+    reason: str
+
+
+class HistoryEntry(Frozen):
+    """One earlier generation as the Feedback Agent sees it."""
+
+    generation: int
+    score: float | None
+    harness_hash: str
+    adapter_hash: str | None
+    action: Action | None
+    algorithm: str | None
+    no_signal: tuple[NoSignalRecord, ...] = ()
+    """Recorded only when there is any (decider version 2 on)."""
+
+
+class EpisodeRef(Frozen):
+    """A recorded episode a Feedback or train request points at (its trajectory is a blob)."""
+
+    episode_id: str
+    sample_id: str
+    trajectory_hash: str | None
+
+
+class FeedbackEpisode(EpisodeRef):
+    status: str
+    prediction: str | None
+    reward: float
+
+
+class TrainEpisode(EpisodeRef):
+    reward: float
+
+
+class RewardShapeView(Frozen):
+    kind: str
+    recommended: str | None
+    reason: str
+
+
+class FeedbackRequest(EffectRequest):
+    kind: ClassVar[EffectKind] = "feedback"
+    added_later: ClassVar[frozenset[str]] = frozenset({"rollouts", "no_signal"})
+    generation: int
+    provider: str
+    mode: Mode
+    harness_hash: str | None
+    adapter_hash: str | None
+    history: tuple[HistoryEntry, ...]
+    best_generation: int | None
+    episodes: tuple[FeedbackEpisode, ...]
+    """The dev episodes of this generation, with their rewards."""
+    reward_shape: RewardShapeView
+    force: ForceValue | None = None
+    rollouts: tuple[EpisodeRef, ...] = ()
+    """The train rollouts a weight update would learn from (decider version 2 on)."""
+    no_signal: tuple[NoSignalRecord, ...] = ()
+    """Weight updates already found to have no learning signal in this generation."""
+
+    def record(self, *, with_seed: bool = True) -> dict[str, Any]:
+        data = super().record(with_seed=with_seed)
+        for entry in data["history"]:
+            if not entry.get("no_signal"):
+                entry.pop("no_signal", None)
+        return data
+
+
+class TrainRequest(EffectRequest):
+    kind: ClassVar[EffectKind] = "train"
+    generation: int
+    trainer: str
+    target: str
+    algorithm: Algorithm
+    params: dict[str, Any] = {}
+    initial_adapter_hash: str | None
+    harness_hash: str | None
+    episodes: tuple[TrainEpisode, ...]
+
+
+REQUEST_MODELS: dict[str, type[EffectRequest]] = {
+    model.kind: model for model in (MetaRequest, EpisodeRequest, EvaluateRequest, FeedbackRequest, TrainRequest)
+}
+
+
+class RequestInvalid(ValueError):
+    """A recorded request that does not fit its kind (or names no known kind)."""
+
+
+def parse_request(kind: str, request: dict[str, Any]) -> EffectRequest:
+    """The typed form of a recorded request."""
+    model = REQUEST_MODELS.get(kind)
+    if model is None:
+        raise RequestInvalid(f"no request model for effect kind {kind!r} (known: {', '.join(REQUEST_MODELS)})")
+    try:
+        return model.model_validate(request)
+    except ValueError as exc:
+        raise RequestInvalid(f"{kind} request does not fit its schema: {exc}") from exc
+
+
+# ---------------------------------------------------------------- results
+
+
+class EffectAnswer(Frozen):
+    """What a handler returns; recorded as its JSON form in EffectCompleted."""
+
+    def record(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class MetaResult(EffectAnswer):
+    harness_hash: str | None
+    valid: bool
+    problems: tuple[str, ...] = ()
+
+
+class EpisodeResult(EffectAnswer):
+    status: str
+    prediction: str | None = None
+    trajectory_hash: str | None = None
+    error: str | None = None
+
+
+class EvaluateResult(EffectAnswer):
+    score: float
+    rewards: tuple[float, ...]
+    n: int
+    n_answered: int
+    failures: dict[str, int] = {}
+    metrics: dict[str, float] = {}
+
+
+class FeedbackResult(EffectAnswer):
+    action: Action
+    rationale: str
+    evidence: tuple[str, ...] = ()
+    digest_hash: str | None = None
+    digest_summary: str = ""
+    harness_hash: str | None = None
+    plan: TrainingPlan | None = None
+    rollback_to: int | None = None
+    provider: str = "builtin"
+    forced: bool = False
+    reward_shape: dict[str, Any] | None = None
+    """The shape of the rewards the trainer would see, as the handler classified them."""
+
+
+class TrainResult(EffectAnswer):
+    """An adapter (job_id, adapter_hash, config_hash), or `no_signal`: why there is none."""
+
+    algorithm: str
+    job_id: str | None = None
+    adapter_hash: str | None = None
+    config_hash: str | None = None
+    metrics: dict[str, float] = {}
+    no_signal: str | None = None
+
+
+RESULT_MODELS: dict[str, type[EffectAnswer]] = {
+    "meta": MetaResult, "episode": EpisodeResult, "evaluate": EvaluateResult,
+    "feedback": FeedbackResult, "train": TrainResult,
+}
