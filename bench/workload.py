@@ -27,7 +27,7 @@ from sia.core.events.types import (
     HarnessProposed,
     RunConfig,
     RunCreated,
-    TaskSnapshot,
+    TaskIdentity,
     Usage,
 )
 
@@ -57,7 +57,7 @@ def events(count: int, episodes: int = 200, seed: int = 0) -> Iterator[BaseEvent
 
     yield from budgeted(iter([RunCreated(
         config=RunConfig(task="bench", max_generations=10**6, patience=10**6),
-        task=TaskSnapshot(name="bench", task_hash=content_hash("bench"), dev_ids=dev_ids))]))
+        task=TaskIdentity(name="bench", task_hash=content_hash("bench"), dev_ids=dev_ids))]))
     harness = content_hash("harness-0")
     meta = {"task": "bench", "attempt": 1, "seed": 1}
     meta_id = effect_id_for("meta", content_hash(meta))

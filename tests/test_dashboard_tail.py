@@ -102,10 +102,10 @@ def test_lineage_marks_the_path_and_a_fork_draws_from_where_it_leaves(tmp_path: 
 
 def test_the_episode_view_shows_calls_tokens_logprobs_reward_and_the_stderr_tail() -> None:
     from sia.interface.dashboard.pages import STDERR_TAIL, episode_page
-    from sia.core.events.types import TaskSnapshot
+    from sia.core.events.types import TaskIdentity
     from sia.core.reducers.state import Episode, Generation, LoopState
 
-    task = TaskSnapshot(name="t", task_hash="h", dev_ids=("a", "b"))
+    task = TaskIdentity(name="t", task_hash="h", dev_ids=("a", "b"))
     state = LoopState(config=toy_config(mode="H"), task=task,
                       generations=(Generation(0, "h0", None, score=0.5, rewards=(0.0, 1.0), completed=True),))
     trajectory = {"sample_id": "b", "outcome": {"status": "ok", "answer": "x", "stderr_tail": "\n".join(

@@ -36,12 +36,12 @@ from sia.core.events.types import (
     RunCreated,
     RunFailed,
     RunPaused,
-    TaskSnapshot,
+    TaskIdentity,
     TrainingNoSignal,
     TrainingPlan,
     Usage,
 )
-from sia.core.reducers.loop import apply_event
+from sia.core.reducers.loop import evolve_unrecorded
 from sia.core.reducers.state import LoopState
 from tests.conftest import toy_config
 
@@ -59,7 +59,7 @@ def given(*events: BaseEvent | list[BaseEvent]) -> LoopState:
     """The state a run is in after `events` (lists are spliced in order)."""
     state = LoopState()
     for event in _flat(events):
-        state = apply_event(state, event, state.seq + 1, "run")._replace(seq=state.seq + 1)
+        state = evolve_unrecorded(state, event, state.seq + 1, "run")._replace(seq=state.seq + 1)
     return state
 
 
@@ -67,12 +67,12 @@ def _flat(events: tuple[BaseEvent | list[BaseEvent], ...]) -> list[BaseEvent]:
     return [e for item in events for e in (item if isinstance(item, list) else [item])]
 
 
-def task_with_rollouts() -> TaskSnapshot:
+def task_with_rollouts() -> TaskIdentity:
     return toy_task().model_copy(update={"train_ids": TRAIN_IDS,
                                          "rollouts_per_generation": ROLLOUTS})
 
 
-def created(task: TaskSnapshot | None = None, version: int = DECIDER_VERSION,
+def created(task: TaskIdentity | None = None, version: int = DECIDER_VERSION,
             **config: Any) -> RunCreated:
     return RunCreated(config=toy_config(**{"max_generations": 5, **config}),
                       task=task or toy_task(), decider_version=version)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sia.core.decide import DECIDER_VERSION, decide
 from sia.core.events.mapper import MAPPER
-from sia.core.events.types import RunConfig, RunCreated, TaskSnapshot
-from sia.core.reducers.loop import apply_event, fold
+from sia.core.events.types import RunConfig, RunCreated, TaskIdentity
+from sia.core.reducers.loop import evolve_unrecorded, fold
 from sia.core.reducers.state import LoopState
 from tests.cli import sia, sia_json
 
@@ -57,10 +57,10 @@ def test_new_runs_record_the_current_version(tmp_path: Path) -> None:
 
 
 def test_a_run_from_a_newer_decider_is_refused_naming_the_version(tmp_path: Path) -> None:
-    newer = RunCreated(config=RunConfig(task="toy"), task=TaskSnapshot(name="toy", task_hash="t",
+    newer = RunCreated(config=RunConfig(task="toy"), task=TaskIdentity(name="toy", task_hash="t",
                                                                        dev_ids=("a",)),
                        decider_version=DECIDER_VERSION + 1)
-    state = apply_event(LoopState(), newer, 1, "future")
+    state = evolve_unrecorded(LoopState(), newer, 1, "future")
     try:
         decide(state)
     except Exception as exc:  # noqa: BLE001 - the type and message are what is tested

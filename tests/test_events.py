@@ -36,7 +36,7 @@ from sia.core.events.types import (
     RunForked,
     RunPaused,
     RunResumed,
-    TaskSnapshot,
+    TaskIdentity,
     TrainingJobSubmitted,
     TrainingNoSignal,
     TrainingPlan,
@@ -93,7 +93,7 @@ def _one_of_each() -> list[BaseEvent]:
     config = RunConfig(task="toy")
     usage = Usage(tokens_in=3, dollars=0.5)
     return [
-        RunCreated(config=config, task=TaskSnapshot(name="toy", task_hash="h", dev_ids=("a",)),
+        RunCreated(config=config, task=TaskIdentity(name="toy", task_hash="h", dev_ids=("a",)),
                    decider_version=2),
         RunForked(parent_run_id="p", fork_seq=4, overrides={"seed": "1"}, config=config),
         RunPaused(reason="Ctrl-C"),
@@ -137,7 +137,7 @@ def test_one_event_of_each_class_round_trips_through_the_mapper() -> None:
 
 def test_events_are_frozen_and_strict() -> None:
     event = RunCreated(config=RunConfig(task="toy"),
-                       task=TaskSnapshot(name="toy", task_hash="h", dev_ids=("a",)))
+                       task=TaskIdentity(name="toy", task_hash="h", dev_ids=("a",)))
     with pytest.raises(Exception):
         event.config = RunConfig(task="other")  # type: ignore[misc]
     with pytest.raises(Exception):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sia.core.events.types import TaskSnapshot
+from sia.core.events.types import TaskIdentity
 from sia.interface.task_commands import app
 from sia.tasks.loader import TaskError, bundled_task_names, load_task, validate_task
 
@@ -149,7 +149,7 @@ def test_evaluate_test_returns_aggregates_only(task_dir: Path) -> None:
 
 def test_snapshot_and_hash(task_dir: Path) -> None:
     snapshot = load_task(task_dir).snapshot()
-    assert isinstance(snapshot, TaskSnapshot)
+    assert isinstance(snapshot, TaskIdentity)
     assert snapshot.name == "mini" and snapshot.reward_kind == "binary"
     assert snapshot.dev_ids == ("d1", "d2") and snapshot.train_ids == ("t1", "t2")
     assert snapshot.rollouts_per_generation == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from sia.core.events.envelope import StoredEvent
-from sia.core.events.types import RunConfig, TaskSnapshot
+from sia.core.events.types import RunConfig, TaskIdentity
 from sia.interface.progress import (
     PROGRESS_LOGGER,
     Column,
@@ -32,7 +32,7 @@ def _episode(sample_id: str) -> Episode:
 
 
 def test_status_line_counts_dev_episodes_apart_from_train_rollouts() -> None:
-    task = TaskSnapshot(name="t", task_hash="h", dev_ids=("d1", "d2", "d3"),
+    task = TaskIdentity(name="t", task_hash="h", dev_ids=("d1", "d2", "d3"),
                         train_ids=("t1", "t2", "t3", "t4"), rollouts_per_generation=2)
     generation = Generation(0, "harness", None, episodes=tuple(
         _episode(s) for s in ("d1", "d2", "t1", "t2")))

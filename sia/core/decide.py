@@ -56,7 +56,7 @@ from sia.core.events.types import (
     RunFailed,
     TrainingNoSignal,
 )
-from sia.core.reducers.loop import apply_event
+from sia.core.reducers.loop import evolve_unrecorded
 from sia.core.reducers.state import Generation, LoopState
 from sia.core.reward_shape import classify_episode_scores
 
@@ -99,7 +99,7 @@ def decide(state: LoopState) -> list[BaseEvent]:
             break
         batch.extend(events)
         for event in events:
-            state = apply_event(state, event, state.seq + 1, state.run_id)._replace(seq=state.seq + 1)
+            state = evolve_unrecorded(state, event, state.seq + 1, state.run_id)._replace(seq=state.seq + 1)
         if state.pending or state.status != "running":
             break
     return batch

@@ -21,7 +21,7 @@ from rich.table import Table
 from sia.core.config import ConfigError, apply_overrides, parse_assignments
 from sia.core.decide import UnknownDeciderVersion
 from sia.core.events.mapper import EventDecodeError
-from sia.core.events.types import RunConfig, TaskSnapshot
+from sia.core.events.types import RunConfig, TaskIdentity
 from sia.core.reducers.loop import FoldError
 from sia.core.reducers.state import LoopState
 from sia.store.base import EventStore, StoreError
@@ -100,7 +100,7 @@ def emit_json(value: Any) -> None:
 # ---------------------------------------------------------------- driving runs
 
 
-def _runtime(store: EventStore, config: RunConfig, task: TaskSnapshot | None, concurrency: int,
+def _runtime(store: EventStore, config: RunConfig, task: TaskIdentity | None, concurrency: int,
              cache: str, observer: Callable[..., None] | None = None,
              settings: Any = None) -> Any:
     from sia.runtime.loop import Runtime

@@ -45,7 +45,7 @@ from sia.core.events.types import (
     RunForked,
     RunPaused,
     RunResumed,
-    TaskSnapshot,
+    TaskIdentity,
     Usage,
 )
 from sia.runtime.failpoints import Failpoints
@@ -114,7 +114,7 @@ class Runtime:
 
     # ---------------------------------------------------------------- starting runs
 
-    def create(self, config: RunConfig, task: TaskSnapshot, run_id: str | None = None) -> str:
+    def create(self, config: RunConfig, task: TaskIdentity, run_id: str | None = None) -> str:
         run_id = run_id or new_run_id(config.task)
         self.store.create_run(run_id, [MAPPER.encode(RunCreated(config=config, task=task,
                                                                 decider_version=DECIDER_VERSION))])

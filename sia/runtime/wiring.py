@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sia.core.effect_models import EpisodeRef
-from sia.core.events.types import RunConfig, TaskSnapshot
+from sia.core.events.types import RunConfig, TaskIdentity
 from sia.effects.base import HandlerRegistry
 from sia.runtime.settings import Settings, provider_of
 from sia.store.home import blobs_path, sia_home
@@ -25,7 +25,7 @@ class BackendUnavailable(ValueError):
     pass
 
 
-def handlers_for(config: RunConfig, task: TaskSnapshot | None = None, *,
+def handlers_for(config: RunConfig, task: TaskIdentity | None = None, *,
                  home: Path | None = None, settings: Settings | None = None) -> HandlerRegistry:
     roles = {config.meta, config.feedback, config.target, config.trainer}
     if roles == {"deterministic"}:
@@ -92,7 +92,7 @@ def require_sandbox(config: RunConfig) -> None:
         raise BackendUnavailable(str(exc)) from None
 
 
-def open_task(snapshot: TaskSnapshot, home: Path) -> Task:
+def open_task(snapshot: TaskIdentity, home: Path) -> Task:
     from sia.tasks.loader import TaskError, load_task
 
     try:

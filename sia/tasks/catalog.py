@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sia.core.events.types import TaskSnapshot
+from sia.core.events.types import TaskIdentity
 
 
 class UnknownTask(ValueError):
@@ -18,7 +18,7 @@ class UnknownTask(ValueError):
 
 @dataclass(frozen=True)
 class ResolvedTask:
-    snapshot: TaskSnapshot
+    snapshot: TaskIdentity
     defaults: dict[str, str] = field(default_factory=dict)
     """Config settings this task needs unless the user overrides them."""
 

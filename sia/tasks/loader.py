@@ -4,7 +4,7 @@
 problem it found, each a sentence naming the file (and line or field) at fault. A loaded
 `Task` serves public samples, scores predictions with the task's evaluator (labels stay
 inside this object), evaluates the held-out split (aggregates only) and describes itself
-as the `TaskSnapshot` a run records.
+as the `TaskIdentity` a run records.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sia.core.events.types import TaskSnapshot
+from sia.core.events.types import TaskIdentity
 from sia.harness.contract import validate_harness
 from sia.tasks.format import (
     BUILDER_FILE,
@@ -396,9 +396,9 @@ class Task:
 
     # -- identity and corpus
 
-    def snapshot(self) -> TaskSnapshot:
+    def snapshot(self) -> TaskIdentity:
         train_ids = tuple(s["id"] for s in self._splits["train"])
-        return TaskSnapshot(
+        return TaskIdentity(
             name=self.spec.name,
             task_hash=self._task_hash,
             dev_ids=tuple(s["id"] for s in self._splits["dev"]),

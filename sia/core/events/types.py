@@ -109,7 +109,7 @@ class RunConfig(Frozen):
     a user chose explicitly (`--set sandbox=process`) where bwrap is unusable."""
 
 
-class TaskSnapshot(Frozen):
+class TaskIdentity(Frozen):
     """What a run knows about its task: public identity only, never held-out labels.
 
     Each generation runs every dev sample (scored) and, in mode WH, a seeded subset of
@@ -150,7 +150,7 @@ class BaseEvent(Frozen):
 class RunCreated(BaseEvent):
     type: Literal["RunCreated"] = "RunCreated"
     config: RunConfig
-    task: TaskSnapshot
+    task: TaskIdentity
     decider_version: int = Field(default=1, ge=1)
     """The version of `sia.core.decide` that drives this run (logs from before versioning are 1).
     A run keeps its version for life, forks included, so its log always replays."""

@@ -2,7 +2,7 @@
 
 Each reducer is pure (no I/O, no clock, no randomness) and returns the *changes* its event
 makes to the state, as a dict of fields; `evolve` applies them with the event's seq and
-hash in a single copy. `decide` reuses `apply_event` to look ahead at the events it is
+hash in a single copy. `decide` reuses `evolve_unrecorded` to look ahead at the events it is
 about to emit, so the two can never disagree about what an event means.
 """
 
@@ -71,16 +71,18 @@ def evolve(state: LoopState, recorded: RecordedEvent) -> LoopState:
         raise FoldError(recorded.seq, f"out of order: expected seq {state.seq + 1}")
     if recorded.prev_hash != state.last_hash:
         raise FoldError(recorded.seq, "prev_hash does not link to the folded history")
-    changes = changes_of(state, recorded.event, recorded.seq, recorded.run_id)
+    changes = _changes(state, recorded.event, recorded.seq, recorded.run_id)
     return state._replace(**changes, seq=recorded.seq, last_hash=recorded.hash)
 
 
-def apply_event(state: LoopState, event: BaseEvent, seq: int, run_id: str | None) -> LoopState:
-    """The state after `event`, without checking its place in a log (for look-ahead)."""
-    return state._replace(**changes_of(state, event, seq, run_id))
+def evolve_unrecorded(state: LoopState, event: BaseEvent, seq: int, run_id: str | None) -> LoopState:
+    """The state after an event not yet recorded (no place in a log to check): `decide`
+    looks ahead through the batch it is building with it."""
+    return state._replace(**_changes(state, event, seq, run_id))
 
 
-def changes_of(state: LoopState, event: BaseEvent, seq: int, run_id: str | None) -> Changes:
+def _changes(state: LoopState, event: BaseEvent, seq: int, run_id: str | None) -> Changes:
+    """What `event` changes in `state`: the one dispatch to the per-type reducers below."""
     reducer = _REDUCERS.get(type(event))
     if reducer is None:
         raise FoldError(seq, f"no reducer for {event.type}")

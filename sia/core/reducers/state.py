@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from sia.core.events.canonical import GENESIS_HASH, content_hash
-from sia.core.events.types import RunConfig, RunStatus, TaskSnapshot, TrainingPlan, Usage
+from sia.core.events.types import RunConfig, RunStatus, TaskIdentity, TrainingPlan, Usage
 
 EMPTY: Any = MappingProxyType({})
 """The default for mapping fields: shared, so it must be (and is) read-only."""
@@ -152,7 +152,7 @@ class LoopState(NamedTuple):
     last_hash: str = GENESIS_HASH
     status: RunStatus = "new"
     config: RunConfig | None = None
-    task: TaskSnapshot | None = None
+    task: TaskIdentity | None = None
     parent_run_id: str | None = None
     fork_seq: int | None = None
     overrides: dict[str, str] = EMPTY
