@@ -12,6 +12,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from sia.llm.turns import Turn, TurnRequest
 from sia.llm.types import LLMRequest, LLMResponse
 
 
@@ -26,6 +27,17 @@ class Provider(Protocol):
     def check_credentials(self) -> None:
         """Raise MissingCredentials now if `complete` would, so a run can refuse to start."""
         ...
+
+
+@runtime_checkable
+class ToolUseProvider(Provider, Protocol):
+    """A provider that can also take one assistant turn of a tool-using conversation.
+
+    `next_turn` raises the same `sia.llm.errors` kinds as `complete`, plus
+    `MalformedToolCall` when the model's turn holds a call that cannot be run.
+    """
+
+    def next_turn(self, request: TurnRequest) -> Turn: ...
 
 
 ProviderFactory = Callable[..., Provider]

@@ -13,6 +13,12 @@ the call is repeated once with `max_completion_tokens`, which this provider then
 Either way the answer text is parsed as one JSON object. Usage is normalised to
 Anthropic's split: `input_tokens` excludes the prompt tokens the endpoint reports as
 served from its cache.
+
+`next_turn` takes one turn of a tool-using conversation through function calling:
+`tools` of type "function", `tool_choice` "any" sent as "required", each tool result as a
+`tool` message (a failed call's content prefixed `error: `, there being no error flag),
+arguments sent and parsed as JSON text; arguments that do not parse as a JSON object fail
+with `MalformedToolCall`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,20 @@ from sia.llm.errors import (
     PermanentLLMError,
     TransientLLMError,
     from_http_status,
+)
+from sia.llm.pricing import usage_dollars
+from sia.llm.turns import (
+    AssistantMessage,
+    ChatMessage,
+    MalformedToolCall,
+    StopReason,
+    ToolCall,
+    ToolResultsMessage,
+    ToolSpec,
+    Turn,
+    TurnRequest,
+    UserMessage,
+    checked_call,
 )
 from sia.llm.types import LLMRequest, LLMResponse, ResponseSchema, Usage
 
@@ -100,15 +120,39 @@ class OpenAIProvider:
                 self.structured_mode = mode
             return response
 
+    def next_turn(self, request: TurnRequest) -> Turn:
+        """The assistant's next turn of a tool-using conversation (see `sia.llm.turns`).
+
+        A malformed tool call in the reply raises `MalformedToolCall`, carrying the turn's usage.
+        """
+        if request.provider != self.name:
+            raise PermanentLLMError(f"openai: request is for provider {request.provider!r}")
+        model = request.model or self.default_model
+        if not model:
+            raise PermanentLLMError("openai: the request names no model and no default_model is set")
+        client = self._clients.get(self._key())
+        try:
+            completion = self._call(client, build_turn_params(request, model, self.max_tokens_field))
+        except _Refused as refused:
+            if refused.kind != "max_tokens_field" or self.max_tokens_field == "max_completion_tokens":
+                raise refused.error from None
+            self.max_tokens_field = "max_completion_tokens"
+            return self.next_turn(request)
+        return to_turn(request, model, completion)
+
     @staticmethod
     def _can_fall_back(request: LLMRequest, mode: StructuredMode) -> bool:
         return request.response_schema is not None and mode == "json_schema"
 
     def _create(self, client: openai.OpenAI, request: LLMRequest, model: str,
                 mode: StructuredMode) -> Any:
+        return self._call(client, build_params(request, model, mode, self.strict_schema,
+                                               self.max_tokens_field))
+
+    def _call(self, client: openai.OpenAI, params: dict[str, Any]) -> Any:
+        """One `chat.completions.create` call; a permanent refusal comes back as `_Refused`."""
         try:
-            return client.chat.completions.create(
-                **build_params(request, model, mode, self.strict_schema, self.max_tokens_field))
+            return client.chat.completions.create(**params)
         except openai.APIStatusError as exc:
             error = from_http_status(self.name, exc.status_code, exc.response.headers, exc.body,
                                      fallback=exc.message)
@@ -228,20 +272,120 @@ def to_response(request: LLMRequest, completion: Any) -> LLMResponse:
             raise UnstructuredReply(
                 f"openai: the reply for schema {request.response_schema.name!r} is not a JSON object "
                 f"({exc}; finish_reason={choice.finish_reason}): {text[:200]!r}") from None
-    usage = completion.usage
-    prompt = usage.prompt_tokens if usage else 0
-    details = getattr(usage, "prompt_tokens_details", None) if usage else None
-    cached = min(prompt, (getattr(details, "cached_tokens", None) or 0) if details else 0)
     try:
         return LLMResponse(
             text=text,
             structured=structured,
-            usage=Usage(input_tokens=prompt - cached,
-                        output_tokens=usage.completion_tokens if usage else 0,
-                        cache_read_tokens=cached),
+            usage=usage_of(completion),
             model=completion.model or request.model or "",
             stop_reason=choice.finish_reason,
             raw_id=completion.id or "",
         )
     except ValidationError as exc:
         raise PermanentLLMError(f"openai: unrecordable response {completion.id}: {exc}") from None
+
+
+def usage_of(completion: Any) -> Usage:
+    """The completion's usage in Anthropic's split: `input_tokens` excludes cached prompt tokens."""
+    usage = completion.usage
+    prompt = usage.prompt_tokens if usage else 0
+    details = getattr(usage, "prompt_tokens_details", None) if usage else None
+    cached = min(prompt, (getattr(details, "cached_tokens", None) or 0) if details else 0)
+    return Usage(input_tokens=prompt - cached, output_tokens=usage.completion_tokens if usage else 0,
+                 cache_read_tokens=cached)
+
+
+TOOL_ERROR_PREFIX = "error: "
+"""Chat completions have no error flag on a tool message; a failed call's result starts with this."""
+
+_TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+_STOP_REASONS: dict[str, StopReason] = {
+    "stop": "end_turn", "tool_calls": "tool_use", "function_call": "tool_use",
+    "length": "max_tokens", "content_filter": "refusal",
+}
+
+
+def build_turn_params(request: TurnRequest, model: str,
+                      max_tokens_field: str = "max_tokens") -> dict[str, Any]:
+    """The `chat.completions.create` keyword arguments for one turn of a tool-using conversation."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": request.system}] if request.system else []
+    for message in request.messages:
+        messages += wire_messages(message)
+    params: dict[str, Any] = {"model": model, "messages": messages, max_tokens_field: request.max_tokens}
+    if request.tools:
+        params["tools"] = [wire_tool(tool) for tool in request.tools]
+        params["tool_choice"] = _TOOL_CHOICES[request.tool_choice]
+    if request.temperature is not None:
+        params["temperature"] = request.temperature
+    if request.seed is not None:
+        params["seed"] = request.seed
+    return params
+
+
+def wire_tool(tool: ToolSpec) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "parameters": tool.input_schema}
+    if tool.description:
+        function["description"] = tool.description
+    return {"type": "function", "function": function}
+
+
+def wire_messages(message: ChatMessage) -> list[dict[str, Any]]:
+    """One message as chat messages: tool results become one `tool` message per call.
+
+    Reasoning blocks are Anthropic's and are not sent; arguments travel as JSON text.
+    """
+    if isinstance(message, UserMessage):
+        return [{"role": "user", "content": message.text}]
+    if isinstance(message, ToolResultsMessage):
+        return [{"role": "tool", "tool_call_id": result.call_id,
+                 "content": f"{TOOL_ERROR_PREFIX}{result.content}" if result.is_error else result.content}
+                for result in message.results]
+    wired: dict[str, Any] = {"role": "assistant", "content": message.text or None}
+    if message.tool_calls:
+        wired["tool_calls"] = [
+            {"id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": json.dumps(call.arguments, sort_keys=True)}}
+            for call in message.tool_calls]
+    return [wired]
+
+
+def to_turn(request: TurnRequest, model: str, completion: Any) -> Turn:
+    """Map an SDK `ChatCompletion` to a Turn; unparseable arguments or an unoffered tool fail."""
+    if not completion.choices:
+        raise PermanentLLMError(f"openai: completion {completion.id} has no choices")
+    choice = completion.choices[0]
+    usage = usage_of(completion)
+    cost = usage_dollars(request.model or completion.model or model, usage)
+    calls: list[ToolCall] = []
+    problems: list[str] = []
+    for wired in choice.message.tool_calls or []:
+        call, problem = _tool_call(request, wired, choice.finish_reason)
+        if call is not None:
+            calls.append(call)
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise MalformedToolCall("openai", problems, usage, cost, completion.id or "")
+    try:
+        return Turn(
+            message=AssistantMessage(text=choice.message.content or "", tool_calls=tuple(calls)),
+            stop_reason=_STOP_REASONS.get(choice.finish_reason or "", "other"),
+            raw_stop_reason=choice.finish_reason,
+            usage=usage, dollars=cost, model=completion.model or model, raw_id=completion.id or "",
+        )
+    except ValidationError as exc:
+        raise PermanentLLMError(f"openai: unrecordable turn {completion.id}: {exc}") from None
+
+
+def _tool_call(request: TurnRequest, wired: Any, finish_reason: str | None) -> tuple[ToolCall | None, str]:
+    """The call, or why it cannot be run (arguments cut off at the token limit say so)."""
+    function = getattr(wired, "function", None)
+    if wired.type != "function" or function is None:
+        return None, f"call {wired.id} is of type {wired.type!r}; only function calls are offered"
+    try:
+        arguments = json.loads(function.arguments or "{}", parse_constant=_no_constant)
+    except ValueError as exc:
+        cut = " (cut off at max_tokens)" if finish_reason == "length" else ""
+        return None, (f"call {wired.id} to {function.name}: arguments are not JSON{cut} ({exc}): "
+                      f"{function.arguments[:200]!r}")
+    return checked_call(request, wired.id, function.name, arguments)

@@ -86,6 +86,13 @@ class Usage(_Frozen):
     def total_input_tokens(self) -> int:
         return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
 
+    def __add__(self, other: Usage) -> Usage:
+        """Field by field, so the usage of a conversation is the sum of its turns'."""
+        return Usage(input_tokens=self.input_tokens + other.input_tokens,
+                     output_tokens=self.output_tokens + other.output_tokens,
+                     cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+                     cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens)
+
 
 class LLMResponse(_Frozen):
     """What came back. `structured` is set exactly when the request carried a response schema."""

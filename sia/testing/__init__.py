@@ -8,7 +8,18 @@ records every request, and stops when its `with` block ends.
 """
 
 from sia.testing.anthropic_server import AnthropicServer
-from sia.testing.loopback import Fault, RecordedRequest, Reply, Script
+from sia.testing.loopback import (
+    CallTools,
+    Conversation,
+    ConversationMismatch,
+    Fault,
+    FinalAnswer,
+    RecordedRequest,
+    Reply,
+    Script,
+    ScriptedCall,
+)
 from sia.testing.openai_server import OpenAIServer
 
-__all__ = ["AnthropicServer", "Fault", "OpenAIServer", "RecordedRequest", "Reply", "Script"]
+__all__ = ["AnthropicServer", "CallTools", "Conversation", "ConversationMismatch", "Fault", "FinalAnswer",
+           "OpenAIServer", "RecordedRequest", "Reply", "Script", "ScriptedCall"]

@@ -16,11 +16,20 @@ The answer comes from `responder(request_json)`, returning:
   * `dict` — the input of a tool call to the tool `tool_choice` forces (or the only tool);
   * `Reply` — full control (text and/or tool call, stop reason, usage);
   * `list` — raw content blocks, sent as they are.
+
+`converse(*turns)` scripts a tool conversation instead (see `sia.testing.loopback.Conversation`).
+Tool use is checked as the API checks it, with its wording: every `tool_use` answered by a
+`tool_result` in the next message, no result without its call, tools defined whenever the
+conversation holds either. Always-thinking models start each answer with a signed thinking
+block and refuse a continued tool conversation whose last assistant turn does not start
+with it, or returns it with a signature that does not match.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import itertools
 import json
 import re
 import threading
@@ -29,12 +38,18 @@ from typing import Any
 
 from sia.testing.loopback import (
     JSON,
+    CallTools,
+    Conversation,
     Fault,
+    FinalAnswer,
+    IssuedCall,
     LoopbackServer,
     ProtocolError,
     RecordedRequest,
     Reply,
     Route,
+    SeenResult,
+    ToolExchange,
     estimate_tokens,
 )
 
@@ -72,6 +87,12 @@ thinking return a 400 on them); forced tool use is incompatible with thinking.""
 
 FORCED_TOOL_WITH_THINKING = "Thinking may not be enabled when tool_choice forces tool use."
 """The API's 400 message for `tool_choice` "any"/"tool" while thinking is on."""
+
+
+CACHE_LOOKBACK_BLOCKS = 20
+"""How many blocks back from a breakpoint the API looks for an earlier cache entry (the
+prompt caching guide: "the system automatically checks for cache hits at all previous
+content block boundaries", up to about 20 blocks before each explicit breakpoint)."""
 
 
 def min_cache_tokens_for(model: str) -> int:
@@ -121,6 +142,12 @@ class AnthropicServer(LoopbackServer):
         """Environment that points a provider, or a `sia` subprocess, at this server."""
         return {"ANTHROPIC_BASE_URL": self.base_url, "ANTHROPIC_API_KEY": self.api_key or "test-key"}
 
+    def converse(self, *turns: CallTools | FinalAnswer) -> Conversation:
+        """Answer the next requests with a scripted tool conversation (see `Conversation`)."""
+        conversation = Conversation(turns, tool_exchange, id_prefix="toolu_loopback_")
+        self.responder = conversation
+        return conversation
+
     @property
     def message_requests(self) -> list[JSON]:
         """The JSON bodies of every `POST /v1/messages` received, faulted or not."""
@@ -139,6 +166,8 @@ class AnthropicServer(LoopbackServer):
         version = request.headers["anthropic-version"]
         _check_body(body, version)
         content, stop_reason, usage_override = _answer(self.responder(body), body)
+        if _thinks(body):
+            content = [_thinking_block(len(self.message_requests)), *content]
         has_tool = any(block.get("type") == "tool_use" for block in content)
         message = {
             "id": f"msg_loopback_{self._next():06d}",
@@ -166,22 +195,25 @@ class AnthropicServer(LoopbackServer):
             raise ProtocolError(400, "content-type must be application/json")
 
     def _usage(self, body: JSON, content: list[JSON]) -> dict[str, Any]:
-        """Token counts, with the cached prefix simulated: write once, read after."""
-        prefix, rest = _split_at_breakpoint(body)
-        prefix_tokens = estimate_tokens(prefix)
-        written = read = 0
+        """Token counts, with prompt caching simulated as the API does it: the prefix up to each
+        breakpoint is written to the cache; a request reads the longest prefix cached before
+        that ends at a breakpoint or up to `CACHE_LOOKBACK_BLOCKS` blocks before one, and
+        writes the rest up to its last breakpoint, as a conversation does turn after turn."""
+        prefixes, marked, rest = _prompt_blocks(body)
         minimum = self.min_cache_tokens or min_cache_tokens_for(body["model"])
-        if prefix and prefix_tokens >= minimum:
-            key = hashlib.sha256(f"{body['model']}\0{prefix}".encode()).hexdigest()
+        last = prefixes[marked[-1]] if marked else ""
+        written = read = 0
+        if marked and estimate_tokens(last) >= minimum:
+            looked_at = sorted({cut for mark in marked
+                                for cut in range(max(0, mark - CACHE_LOOKBACK_BLOCKS + 1), mark + 1)})
+            model = body["model"]
             with self._count_lock:
-                if key in self._cached_prefixes:
-                    read = prefix_tokens
-                else:
-                    self._cached_prefixes.add(key)
-                    written = prefix_tokens
-        uncached = estimate_tokens(rest) + (0 if (written or read) else prefix_tokens)
-        out_text = "".join(block.get("text", "") or json.dumps(block.get("input", {}))
-                           for block in content)
+                hits = [cut for cut in looked_at if _cache_key(model, prefixes[cut]) in self._cached_prefixes]
+                self._cached_prefixes.update(_cache_key(model, prefixes[mark]) for mark in marked)
+            read = estimate_tokens(prefixes[hits[-1]]) if hits else 0
+            written = estimate_tokens(last) - read
+        uncached = estimate_tokens(rest) + (0 if (written or read) else estimate_tokens(last))
+        out_text = "".join(_block_text(block) for block in content)
         return {
             "input_tokens": max(1, uncached),
             "output_tokens": max(1, estimate_tokens(out_text)),
@@ -208,7 +240,56 @@ def _answer(answer: Any, body: JSON) -> tuple[list[JSON], str | None, dict[str, 
     if answer.tool_input is not None:
         blocks.append({"type": "tool_use", "id": f"toolu_loopback_{len(blocks):02d}",
                        "name": answer.tool_name or _forced_tool(body), "input": dict(answer.tool_input)})
+    blocks += [{"type": "tool_use", "id": call.id, "name": call.name, "input": _input_of(call)}
+               for call in answer.tool_calls]
     return blocks, answer.stop_reason, dict(answer.usage or {})
+
+
+def _input_of(call: IssuedCall) -> Any:
+    """A call's `input`: raw arguments text is sent as the JSON value it encodes, or as a string."""
+    if not isinstance(call.arguments, str):
+        return dict(call.arguments)
+    try:
+        return json.loads(call.arguments)
+    except ValueError:
+        return call.arguments
+
+
+def tool_exchange(body: JSON) -> ToolExchange:
+    """The `tool_use` blocks of assistant messages and the `tool_result` blocks of user messages."""
+    calls: list[IssuedCall] = []
+    results: list[SeenResult] = []
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for block in content:
+            if block.get("type") == "tool_use":
+                calls.append(IssuedCall(block["id"], block["name"], block["input"]))
+            elif block.get("type") == "tool_result":
+                results.append(SeenResult(block["tool_use_id"], _text_of(block.get("content", "")),
+                                          bool(block.get("is_error", False))))
+    offered = frozenset(str(tool.get("name")) for tool in body.get("tools") or [])
+    return ToolExchange(tuple(calls), tuple(results), offered)
+
+
+THINKING_KEY = b"loopback-thinking-signature"
+
+
+def _thinking_block(number: int) -> JSON:
+    """The block an always-thinking model starts each answer with, signed so its return can be checked."""
+    text = f"(loopback thinking {number})"
+    return {"type": "thinking", "thinking": text, "signature": _signature(text)}
+
+
+def _signature(text: str) -> str:
+    return hmac.new(THINKING_KEY, text.encode(), hashlib.sha256).hexdigest()
+
+
+def _thinks(body: JSON) -> bool:
+    thinking = body.get("thinking")
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    return str(body["model"]).startswith(ADAPTIVE_ONLY_MODELS) or kind in ("enabled", "adaptive")
 
 
 def _forced_tool(body: JSON) -> str:
@@ -223,13 +304,30 @@ def _forced_tool(body: JSON) -> str:
 
 
 def _text_of(content: Any) -> str:
+    """The text a content value holds, tool calls and results included (for token estimates)."""
     if isinstance(content, str):
         return content
-    return "".join(block.get("text", "") if isinstance(block, dict) else "" for block in content or [])
+    return "".join(_block_text(block) for block in content or [] if isinstance(block, dict))
 
 
-def _split_at_breakpoint(body: JSON) -> tuple[str, str]:
-    """The prompt as text, split after the last block that carries `cache_control`.
+def _block_text(block: JSON) -> str:
+    kind = block.get("type")
+    if kind == "tool_use":
+        return f"{block.get('name', '')}{json.dumps(block.get('input'), sort_keys=True)}"
+    if kind == "tool_result":
+        return _text_of(block.get("content", ""))
+    if kind == "thinking":
+        return str(block.get("thinking", ""))
+    return str(block.get("text", ""))
+
+
+def _cache_key(model: str, prefix: str) -> str:
+    return hashlib.sha256(f"{model}\0{prefix}".encode()).hexdigest()
+
+
+def _prompt_blocks(body: JSON) -> tuple[list[str], list[int], str]:
+    """The prompt as text cut after each of its blocks: the prefix ending at each block, the
+    indices of the blocks that carry `cache_control`, and the text after the last of those.
 
     The prefix runs tools → system → messages, as the API caches it.
     """
@@ -247,11 +345,10 @@ def _split_at_breakpoint(body: JSON) -> tuple[str, str]:
             pieces += [(_text_of([block]), bool(block.get("cache_control"))) for block in content]
         else:
             pieces.append((_text_of(content), False))
+    prefixes = list(itertools.accumulate(text for text, _ in pieces))
     marked = [i for i, (_, has_mark) in enumerate(pieces) if has_mark]
-    if not marked:
-        return "", "".join(text for text, _ in pieces)
-    cut = marked[-1] + 1
-    return "".join(t for t, _ in pieces[:cut]), "".join(t for t, _ in pieces[cut:])
+    start = marked[-1] + 1 if marked else 0
+    return prefixes, marked, "".join(t for t, _ in pieces[start:])
 
 
 def _check_cache_control(where: str, block: Any) -> None:
@@ -275,6 +372,67 @@ def _check_thinking(body: JSON) -> None:
     forced = (body.get("tool_choice") or {}).get("type") in ("any", "tool")
     if thinks and forced:
         raise ProtocolError(400, FORCED_TOOL_WITH_THINKING)
+
+
+_TOOL_USE_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+
+
+def _check_tool_blocks(messages: list[JSON], tool_names: list[str]) -> None:
+    """Tool calls and results as the API checks them, with its wording: `tool_use` only from the
+    assistant, each answered by a `tool_result` in the very next message, no result without its
+    call, thinking blocks returned with the signature they were given, tools defined."""
+    blocks = [(i, j, block) for i, message in enumerate(messages)
+              if isinstance(message.get("content"), list)
+              for j, block in enumerate(message["content"]) if isinstance(block, dict)]
+    if any(block.get("type") in ("tool_use", "tool_result") for _, _, block in blocks) and not tool_names:
+        raise ProtocolError(400, "Requests which include `tool_use` or `tool_result` blocks must define tools.")
+    asked: dict[int, list[str]] = {}
+    for i, j, block in blocks:
+        kind, role = block.get("type"), messages[i]["role"]
+        if kind == "tool_use":
+            if role != "assistant":
+                raise ProtocolError(400, f"messages.{i}.content.{j}: `tool_use` blocks may only appear in "
+                                         "`assistant` messages")
+            if not _TOOL_USE_ID.match(str(block.get("id", ""))) or not isinstance(block.get("input"), dict):
+                raise ProtocolError(400, f"messages.{i}.content.{j}.tool_use: needs an `id` matching "
+                                         "'^[a-zA-Z0-9_-]+$', a `name` and an object `input`")
+            asked.setdefault(i, []).append(block["id"])
+        elif kind == "tool_result":
+            previous = asked.get(i - 1, [])
+            if role != "user" or block.get("tool_use_id") not in previous:
+                raise ProtocolError(400, f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
+                                         f"`tool_result` blocks: {block.get('tool_use_id')}. Each `tool_result` "
+                                         "block must have a corresponding `tool_use` block in the previous message.")
+        elif kind == "thinking" and block.get("signature") != _signature(str(block.get("thinking", ""))):
+            raise ProtocolError(400, f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block")
+    for i, ids in asked.items():
+        following = messages[i + 1] if i + 1 < len(messages) else None
+        content = following.get("content") if following else None
+        answered = {block.get("tool_use_id") for block in content if isinstance(block, dict)} \
+            if isinstance(content, list) else set()
+        missing = [call_id for call_id in ids if call_id not in answered]
+        if missing:
+            raise ProtocolError(400, f"messages.{i + 1}: `tool_use` ids were found without `tool_result` "
+                                     f"blocks immediately after: {', '.join(missing)}. Each `tool_use` block "
+                                     "must have a corresponding `tool_result` block in the next message.")
+
+
+def _check_thinking_returned(body: JSON) -> None:
+    """A thinking model's last assistant turn that called tools must start with its thinking block."""
+    if not _thinks(body):
+        return
+    messages = body["messages"]
+    last = next((i for i in reversed(range(len(messages))) if messages[i]["role"] == "assistant"), None)
+    content = messages[last].get("content") if last is not None else None
+    if not isinstance(content, list) or not any(
+            isinstance(b, dict) and b.get("type") == "tool_use" for b in content):
+        return
+    first = content[0].get("type") if isinstance(content[0], dict) else None
+    if first not in ("thinking", "redacted_thinking"):
+        raise ProtocolError(400, f"messages.{last}.content.0.type: Expected `thinking` or "
+                                 f"`redacted_thinking`, but found `{first}`. When `thinking` is enabled, a final "
+                                 "`assistant` message must start with a thinking block (preceeding the "
+                                 "lastmost set of `tool_use` and `tool_result` blocks).")
 
 
 def _check_body(body: JSON, version: str) -> None:
@@ -333,7 +491,9 @@ def _check_body(body: JSON, version: str) -> None:
             raise ProtocolError(400, f"tool_choice.name: no tool named {choice.get('name')!r} in tools")
         if kind in ("any", "tool") and not names:
             raise ProtocolError(400, "tool_choice: tools must be provided when tool_choice is 'any' or 'tool'")
+    _check_tool_blocks(messages, names)
     _check_thinking(body)
+    _check_thinking_returned(body)
     if version < NEW_API_VERSION and "temperature" in body:
         temperature = body["temperature"]
         if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 1:

@@ -4,7 +4,9 @@ A subclass names its routes and turns a request into `(status, headers, json bod
 this module does the socket work. Faults are queued and served, one per request, before
 the next request is handed to the route, which is how a test scripts "429 then 500 then
 success". Every request is recorded first, so a test can inspect what the SDK sent even
-when it was answered with a fault.
+when it was answered with a fault. A `Conversation` scripts a tool-using exchange turn by
+turn (`CallTools`, then `FinalAnswer`) and refuses a request that does not carry the
+results of the calls it made.
 """
 
 from __future__ import annotations
@@ -78,15 +80,144 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class IssuedCall:
+    """A tool call as the server sends it: `arguments` is an object, or raw text, to script a
+    malformed call: OpenAI's `arguments` string as it is; Anthropic's `input` as the JSON
+    value the text encodes (a list, a number), or as a string when it encodes none."""
+
+    id: str
+    name: str
+    arguments: Mapping[str, Any] | str
+
+
+@dataclass(frozen=True)
 class Reply:
     """A scripted answer with full control. `tool_input` answers with a tool call
-    (Anthropic) or a JSON content (OpenAI); `usage` overrides the server's token estimate."""
+    (Anthropic) or a JSON content (OpenAI); `tool_calls` with real tool calls on either
+    protocol; `usage` overrides the server's token estimate."""
 
     text: str = ""
     tool_input: Mapping[str, Any] | None = None
     tool_name: str | None = None
     stop_reason: str | None = None
     usage: Mapping[str, int] | None = None
+    tool_calls: tuple[IssuedCall, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScriptedCall:
+    """A call a scripted turn makes; the conversation gives it an id. A `str` `arguments` is
+    raw arguments text (not JSON, or JSON that is not an object), to script a malformed call
+    (see `IssuedCall`)."""
+
+    name: str
+    arguments: Mapping[str, Any] | str = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CallTools:
+    """A scripted turn that calls tools (with optional text before the calls)."""
+
+    calls: tuple[ScriptedCall, ...]
+    text: str = ""
+    usage: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class FinalAnswer:
+    """A scripted turn that answers in text and calls nothing."""
+
+    text: str
+    usage: Mapping[str, int] | None = None
+    stop_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class SeenResult:
+    """A tool result as a request carried it. OpenAI has no error flag: `is_error` is False there."""
+
+    call_id: str
+    content: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True)
+class ToolExchange:
+    """The tool calls (assistant turns) and tool results a request's conversation carries, in order."""
+
+    calls: tuple[IssuedCall, ...]
+    results: tuple[SeenResult, ...]
+    offered: frozenset[str] = frozenset()
+    """The names of the tools the request defines."""
+
+    def result_for(self, call_id: str) -> SeenResult | None:
+        return next((result for result in self.results if result.call_id == call_id), None)
+
+
+class ConversationMismatch(Exception):
+    """A request that does not continue the scripted conversation as the script played it."""
+
+
+class Conversation:
+    """A responder that plays a scripted tool conversation, one turn per request.
+
+    Before answering turn k it checks that the request carries every call turns 0..k-1
+    made, as made (ids, names, object arguments), each with a tool result: proof the
+    client echoed the assistant turns and sent the results. A request that does not is
+    refused (the server records a responder error and answers 500 with `x-should-retry:
+    false`) and does not advance the script; so does a request after the last turn. A turn
+    scripted to be malformed (raw-text arguments, or a tool the request does not define) is
+    one a client must reject whole, so its calls are not expected back.
+    `requests` and `exchanges` hold what each answered request carried, in order.
+    """
+
+    def __init__(self, turns: tuple[CallTools | FinalAnswer, ...],
+                 exchange_of: Callable[[JSON], ToolExchange], id_prefix: str) -> None:
+        self.turns = turns
+        self._exchange_of = exchange_of
+        self._id_prefix = id_prefix
+        self._lock = threading.Lock()
+        self.requests: list[JSON] = []
+        self.exchanges: list[ToolExchange] = []
+        self.issued: list[IssuedCall] = []
+        """Every call the script has made so far, with the ids it gave them."""
+
+    def __call__(self, request: JSON) -> Reply:
+        with self._lock:
+            number = len(self.requests)
+            if number >= len(self.turns):
+                raise ConversationMismatch(f"conversation script exhausted after {number} turns")
+            exchange = self._exchange_of(request)
+            self._check(number, exchange)
+            self.requests.append(request)
+            self.exchanges.append(exchange)
+            turn = self.turns[number]
+            if isinstance(turn, FinalAnswer):
+                return Reply(text=turn.text, usage=turn.usage, stop_reason=turn.stop_reason)
+            calls = tuple(IssuedCall(f"{self._id_prefix}{number:02d}_{i:02d}", call.name, call.arguments)
+                          for i, call in enumerate(turn.calls))
+            if not any(isinstance(c.arguments, str) or c.name not in exchange.offered for c in calls):
+                self.issued += calls
+            return Reply(text=turn.text, usage=turn.usage, tool_calls=calls)
+
+    @property
+    def finished(self) -> bool:
+        with self._lock:
+            return len(self.requests) == len(self.turns)
+
+    def _check(self, number: int, exchange: ToolExchange) -> None:
+        echoed = [(call.id, call.name) for call in exchange.calls]
+        expected = [(call.id, call.name) for call in self.issued]
+        if echoed != expected:
+            raise ConversationMismatch(f"turn {number}: the request carries tool calls {echoed}, "
+                                       f"but the script made {expected}")
+        for sent, made in zip(exchange.calls, self.issued):
+            if not isinstance(made.arguments, str) and dict(made.arguments) != sent.arguments:
+                raise ConversationMismatch(f"turn {number}: call {made.id} came back with arguments "
+                                           f"{sent.arguments!r}, but was made with {dict(made.arguments)!r}")
+        missing = [call.id for call in self.issued if exchange.result_for(call.id) is None]
+        if missing:
+            raise ConversationMismatch(f"turn {number}: no tool result for calls {missing}")
 
 
 class Script:

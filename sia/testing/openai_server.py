@@ -16,25 +16,37 @@ in `usage.prompt_tokens_details.cached_tokens`.
 The answer comes from `responder(request_json)`, returning:
   * `str` — the message content;
   * `dict` — a JSON object, sent as the content's JSON text (a structured answer);
-  * `Reply` — full control (text or `tool_input` as JSON, `stop_reason` as finish_reason, usage).
+  * `Reply` — full control (text or `tool_input` as JSON, `tool_calls`, `stop_reason` as
+    finish_reason, usage).
+
+`converse(*turns)` scripts a tool conversation instead (see `sia.testing.loopback.Conversation`).
+Requests with tools are checked as the API checks them: function tools, a `tool_choice` only
+with tools, and every assistant `tool_calls` answered by `tool` messages right after it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from sia.testing.loopback import (
     JSON,
+    CallTools,
+    Conversation,
     Fault,
+    FinalAnswer,
+    IssuedCall,
     LoopbackServer,
     ProtocolError,
     RecordedRequest,
     Reply,
     Route,
+    SeenResult,
+    ToolExchange,
     estimate_tokens,
 )
 
@@ -106,6 +118,12 @@ class OpenAIServer(LoopbackServer):
         """Environment that points a provider, or a `sia` subprocess, at this server."""
         return {"OPENAI_BASE_URL": self.api_base, "OPENAI_API_KEY": self.api_key or "test-key"}
 
+    def converse(self, *turns: CallTools | FinalAnswer) -> Conversation:
+        """Answer the next requests with a scripted tool conversation (see `Conversation`)."""
+        conversation = Conversation(turns, tool_exchange, id_prefix="call_loopback_")
+        self.responder = conversation
+        return conversation
+
     @property
     def completion_requests(self) -> list[JSON]:
         return [r.body for r in self.requests
@@ -150,8 +168,12 @@ class OpenAIServer(LoopbackServer):
         reply = answer if isinstance(answer, Reply) else (
             Reply(text=answer) if isinstance(answer, str) else Reply(tool_input=answer))
         content = reply.text if reply.tool_input is None else json.dumps(dict(reply.tool_input))
+        message: JSON = {"role": "assistant", "content": content, "refusal": None}
+        if reply.tool_calls:
+            message = {**message, "content": content or None,
+                       "tool_calls": [_wire_call(call) for call in reply.tool_calls]}
         prompt, cached = self._prompt_tokens(body)
-        completion = max(1, estimate_tokens(content))
+        completion = max(1, estimate_tokens(_message_text(message)))
         usage: dict[str, Any] = {
             "prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion,
@@ -164,8 +186,8 @@ class OpenAIServer(LoopbackServer):
             "object": "chat.completion",
             "created": CREATED,
             "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": reply.stop_reason or "stop", "logprobs": None,
-                         "message": {"role": "assistant", "content": content, "refusal": None}}],
+            "choices": [{"index": 0, "logprobs": None, "message": message,
+                         "finish_reason": reply.stop_reason or ("tool_calls" if reply.tool_calls else "stop")}],
             "usage": usage,
             "system_fingerprint": "fp_loopback",
         }
@@ -187,8 +209,12 @@ class OpenAIServer(LoopbackServer):
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or message.get("role") not in _ROLES:
                 raise ProtocolError(400, f"Invalid value for 'messages[{i}].role'")
-            if not isinstance(message.get("content"), (str, list)):
+            content = message.get("content")
+            calls_only = message["role"] == "assistant" and bool(message.get("tool_calls")) and content is None
+            if not isinstance(content, (str, list)) and not calls_only:
                 raise ProtocolError(400, f"Invalid type for 'messages[{i}].content'")
+        _check_tool_messages(messages)
+        _check_tools(body)
         for name in ("max_tokens", "max_completion_tokens"):
             value = body.get(name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -204,8 +230,7 @@ class OpenAIServer(LoopbackServer):
     def _check_context(self, body: JSON) -> None:
         if self.context_window is None:
             return
-        asked = sum(estimate_tokens(m["content"] if isinstance(m["content"], str) else json.dumps(m["content"]))
-                    for m in body["messages"])
+        asked = sum(estimate_tokens(_message_text(m)) for m in body["messages"])
         if asked > self.context_window:
             raise InvalidRequest(
                 f"This model's maximum context length is {self.context_window} tokens. However, your "
@@ -230,8 +255,7 @@ class OpenAIServer(LoopbackServer):
 
     def _prompt_tokens(self, body: JSON) -> tuple[int, int]:
         """`(prompt_tokens, cached_tokens)`: a leading system prompt seen before counts as cached."""
-        texts = [m["content"] if isinstance(m["content"], str) else json.dumps(m["content"])
-                 for m in body["messages"]]
+        texts = [_message_text(m) for m in body["messages"]]
         prompt = max(1, sum(estimate_tokens(t) for t in texts))
         first = body["messages"][0]
         if first["role"] not in ("system", "developer") or not isinstance(first["content"], str):
@@ -244,6 +268,109 @@ class OpenAIServer(LoopbackServer):
             seen = key in self._seen_prefixes
             self._seen_prefixes.add(key)
         return prompt, prefix_tokens if seen else 0
+
+
+def _message_text(message: JSON) -> str:
+    """A message's content and tool calls as text, for token estimates."""
+    content = message.get("content")
+    text = content if isinstance(content, str) else ("" if content is None else json.dumps(content))
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        text += f"{function.get('name', '')}{function.get('arguments', '')}"
+    return text
+
+
+def _wire_call(call: IssuedCall) -> JSON:
+    arguments = call.arguments if isinstance(call.arguments, str) else json.dumps(dict(call.arguments))
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}}
+
+
+def tool_exchange(body: JSON) -> ToolExchange:
+    """The `tool_calls` of assistant messages (arguments parsed when they are JSON) and the
+    `tool` messages answering them."""
+    calls: list[IssuedCall] = []
+    results: list[SeenResult] = []
+    for message in body.get("messages") or []:
+        for call in message.get("tool_calls") or []:
+            raw = call["function"]["arguments"]
+            try:
+                arguments = json.loads(raw)
+            except ValueError:
+                arguments = raw
+            calls.append(IssuedCall(call["id"], call["function"]["name"], arguments))
+        if message.get("role") == "tool":
+            content = message.get("content")
+            results.append(SeenResult(message["tool_call_id"],
+                                      content if isinstance(content, str) else json.dumps(content)))
+    offered = frozenset(str((tool.get("function") or {}).get("name")) for tool in body.get("tools") or [])
+    return ToolExchange(tuple(calls), tuple(results), offered)
+
+
+_TOOL_CHOICE_MODES = ("auto", "none", "required")
+
+
+def _check_tools(body: JSON) -> None:
+    """`tools` and `tool_choice` as the Chat Completions API validates them."""
+    tools = body.get("tools")
+    names: list[str] = []
+    for i, tool in enumerate(tools or []):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
+            raise InvalidRequest(f"Invalid value for 'tools[{i}]': expected a function tool", f"tools[{i}]", None)
+        name = function.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            raise InvalidRequest(f"Invalid 'tools[{i}].function.name': string does not match pattern. "
+                                 "Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+                                 f"tools[{i}].function.name", "invalid_value")
+        if "parameters" in function and not isinstance(function["parameters"], dict):
+            raise InvalidRequest(f"Invalid type for 'tools[{i}].function.parameters'",
+                                 f"tools[{i}].function.parameters", "invalid_type")
+        names.append(name)
+    choice = body.get("tool_choice")
+    if choice is None:
+        return
+    if not tools:
+        raise InvalidRequest("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' "
+                             "are specified.", "tool_choice", None)
+    if isinstance(choice, str):
+        if choice not in _TOOL_CHOICE_MODES:
+            raise InvalidRequest(f"Invalid value: '{choice}'. Supported values are: 'none', 'auto', and "
+                                 "'required'.", "tool_choice", "invalid_value")
+    elif not isinstance(choice, dict) or (choice.get("function") or {}).get("name") not in names:
+        raise InvalidRequest("Invalid value for 'tool_choice': no function of that name in 'tools'.",
+                             "tool_choice", "invalid_value")
+
+
+def _unanswered(call_ids: list[str]) -> InvalidRequest:
+    return InvalidRequest("An assistant message with 'tool_calls' must be followed by tool messages "
+                          "responding to each 'tool_call_id'. The following tool_call_ids did not "
+                          f"have response messages: {', '.join(call_ids)}", "messages", None)
+
+
+def _check_tool_messages(messages: list[JSON]) -> None:
+    """Every assistant `tool_calls` is answered by `tool` messages right after it, and every
+    `tool` message answers one of them (OpenAI's wording)."""
+    open_ids: list[str] = []
+    for i, message in enumerate(messages):
+        if message["role"] == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or call_id not in open_ids:
+                raise InvalidRequest("Invalid parameter: messages with role 'tool' must be a response to a "
+                                     "preceeding message with 'tool_calls'.", f"messages.[{i}].role", None)
+            open_ids.remove(call_id)
+            continue
+        if open_ids:
+            raise _unanswered(open_ids)
+        for j, call in enumerate(message.get("tool_calls") or []):
+            function = call.get("function") if isinstance(call, dict) else None
+            if (not isinstance(function, dict) or not isinstance(call.get("id"), str)
+                    or call.get("type") != "function" or not isinstance(function.get("name"), str)
+                    or not isinstance(function.get("arguments"), str)):
+                raise ProtocolError(400, f"Invalid value for 'messages[{i}].tool_calls[{j}]': expected "
+                                         "{id, type: 'function', function: {name, arguments: string}}")
+            open_ids.append(call["id"])
+    if open_ids:
+        raise _unanswered(open_ids)
 
 
 __all__ = ["MAX_TOKENS_UNSUPPORTED", "Fault", "InvalidRequest", "OpenAIServer", "Reply", "default_responder"]
