@@ -53,6 +53,16 @@ def test_the_main_job_edits_the_harness_then_trains_and_both_raise_the_dev_score
     assert all(d["provider"] == "builtin" for d in decisions)
 
 
+def test_the_final_answer_is_scored_once_on_held_out_test(main_run: tuple[Path, str, float]) -> None:
+    home, run, _ = main_run
+    (scored,) = events(home, run, "TestScored")
+    shown = sia_json(home, "show", run)
+    assert scored["generation"] == shown["best_generation"] and scored["n"] == 32
+    assert shown["test_score"] == scored["score"] is not None
+    assert [e["kind"] for e in events(home, run, "EffectRequested")].count("test") == 1
+    assert f"test {scored['score']:.4f} on 32 held-out samples" in sia(home, "tree", run).stdout
+
+
 def test_the_main_run_replays_and_reports(main_run: tuple[Path, str, float], tmp_path: Path) -> None:
     home, run, _ = main_run
     check = sia(home, "replay", run, "--check")

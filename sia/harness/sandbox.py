@@ -247,19 +247,22 @@ def _supervise(child: subprocess.Popen[bytes], read_end: int,
     """
     chunks: list[bytes] = []
     kept = 0
+    channel_open = True
     timed_out = False
     os.set_blocking(read_end, False)
     exited = os.pidfd_open(child.pid) if hasattr(os, "pidfd_open") else None
     try:
         while True:
-            kept = _drain(read_end, chunks, kept)
+            if channel_open:
+                kept, channel_open = _drain(read_end, chunks, kept)
             if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 break
             now = time.perf_counter()
             if now >= deadline:
                 timed_out = True
                 break
-            watched = [read_end] if exited is None else [read_end, exited]
+            # A channel at its end is always readable: watching it would spin until the exit.
+            watched = ([read_end] if channel_open else []) + ([] if exited is None else [exited])
             select.select(watched, [], [], min(0.02 if exited is None else 1.0, deadline - now))
     finally:
         if exited is not None:
@@ -271,15 +274,18 @@ def _supervise(child: subprocess.Popen[bytes], read_end: int,
     return b"".join(chunks), child.returncode, usage, timed_out
 
 
-def _drain(fd: int, chunks: list[bytes], kept: int) -> int:
-    """Read what is available without blocking; keep at most RESULT_CAP bytes."""
+def _drain(fd: int, chunks: list[bytes], kept: int) -> tuple[int, bool]:
+    """Read what is available without blocking; keep at most RESULT_CAP bytes.
+
+    Returns the bytes kept and whether the channel is still open (no end of file yet).
+    """
     while True:
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
-            return kept
+            return kept, True
         if not data:
-            return kept
+            return kept, False
         if kept < RESULT_CAP:
             chunks.append(data[: RESULT_CAP - kept])
             kept += len(chunks[-1])

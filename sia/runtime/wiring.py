@@ -56,6 +56,7 @@ def handlers_for(config: RunConfig, task: TaskIdentity | None = None, *,
 
     from sia.effects.episode import EpisodeHandler, SmokeCheck
     from sia.effects.evaluate import EvaluateHandler
+    from sia.effects.held_out import HeldOutTestHandler
     from sia.effects.targets import TargetPool
     from sia.effects.train import TrainHandler
     from sia.store.blobs import FileBlobStore
@@ -68,6 +69,7 @@ def handlers_for(config: RunConfig, task: TaskIdentity | None = None, *,
     registry.register(_feedback(config.feedback, served, check, settings))
     registry.register(EpisodeHandler(served, targets, isolation=config.sandbox))
     registry.register(EvaluateHandler(served))
+    registry.register(HeldOutTestHandler(served, targets, isolation=config.sandbox))
     registry.register(TrainHandler(served, model, home, backend=config.trainer))
     registry.close_with(targets.close)
     return registry
@@ -92,19 +94,19 @@ def require_sandbox(config: RunConfig) -> None:
         raise BackendUnavailable(str(exc)) from None
 
 
-def open_task(snapshot: TaskIdentity, home: Path) -> Task:
+def open_task(identity: TaskIdentity, home: Path) -> Task:
     from sia.tasks.loader import TaskError, load_task
 
     try:
-        task = load_task(snapshot.source or snapshot.name,
-                         data=Path(snapshot.data) if snapshot.data else None,
+        task = load_task(identity.source or identity.name,
+                         data=Path(identity.data) if identity.data else None,
                          cache=home / "tasks")
     except TaskError as exc:
-        raise BackendUnavailable(f"task {snapshot.name}: {exc}") from None
-    if task.snapshot().task_hash != snapshot.task_hash:
+        raise BackendUnavailable(f"task {identity.name}: {exc}") from None
+    if task.identity().task_hash != identity.task_hash:
         raise BackendUnavailable(
-            f"task {snapshot.name} changed since this run recorded it (hash "
-            f"{snapshot.task_hash[:12]} recorded, {task.snapshot().task_hash[:12]} now)")
+            f"task {identity.name} changed since this run recorded it (hash "
+            f"{identity.task_hash[:12]} recorded, {task.identity().task_hash[:12]} now)")
     return task
 
 

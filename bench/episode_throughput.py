@@ -1,0 +1,237 @@
+"""Episode throughput under concurrency (issue I): episodes/s against a slow model server.
+
+    python bench/episode_throughput.py [--episodes 64] [--latency 0.2] [--concurrency 1 8 32]
+                                       [--sandbox process bwrap] [--repeats 1]
+
+A loopback vLLM-compatible server answers every completion after a fixed `--latency`
+(many at once: one thread per connection). For each sandbox and concurrency, a fresh sia
+home runs one generation of a task with `--episodes` dev samples whose reference
+harness makes exactly one model call, through the real pieces: the `Runtime` with the
+handlers `sia run` wires (built-in Meta, the episode handler, the sandbox, the per-episode
+gateway, `RemoteBackend` over the `openai` SDK), an SQLite store, the effect cache off.
+
+The clock runs from the commit of the episodes' `EffectRequested` batch to the commit of
+the last episode's outcome. With every episode waiting `latency` on the model and
+nothing else, `concurrency` of them at a time finish in episodes × latency ÷ concurrency
+(the ideal); the ratio is ideal ÷ measured. Target: ≥ 0.8 at concurrency 32.
+
+Every episode also costs CPU (a Python child, its sandbox, the gateway, the SDK call and
+the commits): the cores finish at most cores ÷ CPU per episode episodes a second, so in
+steady state the ratio is at most cores × latency ÷ (concurrency × CPU per episode). The
+bench reports the CPU the whole process tree spent per episode and that ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sia.core.events.envelope import StoredEvent
+from sia.core.events.types import RunConfig
+from sia.core.reducers.state import LoopState
+from sia.runtime.loop import Runtime
+from sia.runtime.settings import Settings
+from sia.runtime.wiring import handlers_for
+from sia.store.sqlite import SqliteEventStore
+from sia.tasks.loader import load_task
+from sia.testing.loopback import JSON, LoopbackServer, ProtocolError, RecordedRequest, Route
+
+SERVED_NAME = "bench-model"
+CORES = os.cpu_count() or 1
+LISTEN_BACKLOG = 1024
+ANSWER = "yes"
+HARNESS = ('"""One model call per episode."""\n\n\n'
+           "def solve(sample, model):\n"
+           "    return model.complete(sample['question'], max_tokens=4, temperature=0.0)\n")
+
+
+class FixedLatencyServer(LoopbackServer):
+    """vLLM's `/v1/completions` as `RemoteBackend` reads it, every answer after `latency_s`.
+
+    Each prompt is answered `ANSWER`, ended by EOS (which vLLM keeps as the last token id);
+    token ids are the prompt's bytes, since nothing here is trained.
+    """
+
+    EOS = 0
+
+    def __init__(self, latency_s: float) -> None:
+        super().__init__()
+        self.latency_s = latency_s
+        self.responder = lambda request: None  # unused: every answer is ANSWER
+
+    def start(self) -> FixedLatencyServer:
+        """Serve with a listen queue as deep as a real server's (uvicorn: 2048): socketserver's
+        5 drops the SYNs of the SDK's many first connections, which then wait out a 1 s retry."""
+        super().start()
+        assert self._httpd is not None
+        self._httpd.socket.listen(LISTEN_BACKLOG)
+        return self
+
+    def __enter__(self) -> FixedLatencyServer:
+        return self.start()
+
+    def routes(self) -> dict[tuple[str, str], Route]:
+        return {("POST", "/v1/completions"): self._completions,
+                ("GET", "/v1/models"): lambda request: (200, {}, {"object": "list", "data": [
+                    {"id": SERVED_NAME, "object": "model", "owned_by": "bench"}]}),
+                ("GET", "/version"): lambda request: (200, {}, {"version": "0.12.0"})}
+
+    def error_body(self, status: int, message: str, error_type: str | None) -> tuple[dict[str, str], JSON]:
+        return {}, {"error": {"message": message, "type": error_type or "BadRequestError",
+                              "param": None, "code": status}}
+
+    def _completions(self, request: RecordedRequest) -> tuple[int, dict[str, str], JSON]:
+        body = request.body if isinstance(request.body, dict) else {}
+        prompt = body.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not (isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts)):
+            raise ProtocolError(400, "prompt must be a string or a list of strings")
+        n = int(body.get("n") or 1)
+        time.sleep(self.latency_s)
+        answer_ids = [*ANSWER.encode(), self.EOS]
+        choices = [{"index": index, "text": ANSWER, "finish_reason": "stop", "stop_reason": None,
+                    "logprobs": {"tokens": [], "token_logprobs": [0.0] * len(answer_ids),
+                                 "top_logprobs": [], "text_offset": []},
+                    "prompt_token_ids": list(prompts[index // n].encode()), "token_ids": answer_ids}
+                   for index in range(len(prompts) * n)]
+        return 200, {}, {"id": "cmpl-bench", "object": "text_completion", "created": 0,
+                         "model": SERVED_NAME, "choices": choices,
+                         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+
+
+def write_task(folder: Path, episodes: int) -> Path:
+    """A task of `episodes` dev samples whose reference harness makes one model call."""
+    def rows(prefix: str, count: int) -> list[dict[str, Any]]:
+        return [{"id": f"{prefix}-{i:04d}", "question": f"Is {i} a number?"} for i in range(count)]
+
+    splits = {"dev": rows("dev", episodes), "train": rows("train", 2), "test": rows("test", 2)}
+    (folder / "public").mkdir(parents=True, exist_ok=True)
+    (folder / "private").mkdir(exist_ok=True)
+    (folder / "task.toml").write_text(
+        'name = "throughput"\ndescription = "Answer yes: a bench task whose harness makes one '
+        f'model call."\n\n[reward]\nkind = "binary"\n\n[splits]\ntrain = 2\ndev = {episodes}\n'
+        "test = 2\n")
+    for split, samples in splits.items():
+        path = folder / ("private/test.jsonl" if split == "test" else f"public/{split}.jsonl")
+        path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    (folder / "private/labels.jsonl").write_text("".join(
+        json.dumps({"id": s["id"], "label": ANSWER}) + "\n" for s in sum(splits.values(), [])))
+    (folder / "evaluator.py").write_text(
+        "def reward(sample, prediction, label):\n"
+        "    return float(prediction.strip().lower() == label)\n")
+    (folder / "reference_harness.py").write_text(HARNESS)
+    return folder
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (the sandboxes), so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class EpisodeClock:
+    """A runtime observer: wall and CPU time from the commit of the episodes' requests to
+    the commit of the last episode's outcome."""
+
+    def __init__(self) -> None:
+        self.requested: set[str] = set()
+        self.settled: set[str] = set()
+        self.failures: list[str] = []
+        self.started: tuple[float, float] | None = None
+        self.ended: tuple[float, float] | None = None
+
+    def __call__(self, state: LoopState, stored: list[StoredEvent]) -> None:
+        for event in stored:
+            if event.type not in ("EffectRequested", "EffectCompleted", "EffectFailed"):
+                continue
+            payload = json.loads(event.payload)
+            if payload.get("kind") != "episode":
+                continue
+            if event.type == "EffectRequested":
+                self.started = self.started or (time.perf_counter(), cpu_s())
+                self.requested.add(payload["effect_id"])
+            elif payload["effect_id"] in self.requested:
+                self.settled.add(payload["effect_id"])
+                self.ended = (time.perf_counter(), cpu_s())
+                outcome = payload.get("result") or {}
+                if event.type == "EffectFailed" or outcome.get("status") != "ok":
+                    self.failures.append(str(payload.get("error") or outcome.get("error")))
+
+
+def measure(root: Path, task_dir: Path, server: FixedLatencyServer, sandbox: str,
+            concurrency: int, episodes: int) -> dict[str, Any]:
+    """One generation of the task at `concurrency`, in a fresh home; its episode throughput."""
+    home = Path(tempfile.mkdtemp(prefix=f"{sandbox}-{concurrency}-", dir=root))
+    task = load_task(str(task_dir), cache=home / "tasks")
+    config = RunConfig(task=task.name, mode="H", max_generations=1, target=f"vllm:{SERVED_NAME}",
+                       sandbox=sandbox)  # type: ignore[arg-type]
+    settings = Settings(providers={"vllm": {"base_url": server.base_url + "/v1", "api_key_env": None}})
+    clock = EpisodeClock()
+    store = SqliteEventStore(home / "sia.db", blob_root=home / "blobs")
+    try:
+        registry = handlers_for(config, task.identity(), home=home, settings=settings)
+        runtime = Runtime(store, registry, concurrency=concurrency, cache="off", home=home,
+                          observer=clock)
+        runtime.drive(runtime.create(config, task.identity()), max_batches=2)  # Meta, then episodes
+    finally:
+        store.close()
+    if clock.started is None or clock.ended is None or len(clock.settled) != episodes or clock.failures:
+        raise SystemExit(f"{sandbox} x{concurrency}: {len(clock.settled)} of {episodes} episodes "
+                         f"settled, {len(clock.failures)} not ok: {clock.failures[:3]}")
+    seconds, cpu = clock.ended[0] - clock.started[0], clock.ended[1] - clock.started[1]
+    ideal = episodes * server.latency_s / concurrency
+    cpu_per_episode = cpu / episodes
+    return {"sandbox": sandbox, "concurrency": concurrency, "episodes": episodes,
+            "seconds": round(seconds, 3), "episodes_per_s": round(episodes / seconds, 2),
+            "ideal_seconds": round(ideal, 3), "ideal_episodes_per_s": round(episodes / ideal, 2),
+            "ratio": round(ideal / seconds, 3), "cpu_ms_per_episode": round(1000 * cpu_per_episode, 1),
+            "cpu_ceiling": round(min(1.0, CORES * server.latency_s / (concurrency * cpu_per_episode)), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=64)
+    parser.add_argument("--latency", type=float, default=0.2, help="seconds per completion")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--sandbox", nargs="+", default=["process", "bwrap"],
+                        choices=["process", "bwrap"])
+    parser.add_argument("--repeats", type=int, default=1, help="runs per cell; the median is kept (of two, the better)")
+    args = parser.parse_args()
+    os.environ.pop("OPENAI_API_KEY", None)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="sia-bench-throughput-") as tmp, \
+            FixedLatencyServer(args.latency) as server:
+        root = Path(tmp)
+        task_dir = write_task(root / "task", args.episodes)
+        load_before = round(os.getloadavg()[0], 2)
+        print(f"{args.episodes} episodes, {args.latency * 1000:g} ms per model call, "
+              f"{CORES} cores, load {load_before:.2f}")
+        print(f"{'sandbox':<9}{'conc.':>6}{'seconds':>9}{'ep/s':>8}{'ideal ep/s':>12}{'ratio':>8}"
+              f"{'CPU ms/ep':>11}{'CPU ceiling':>13}")
+        for sandbox in args.sandbox:
+            for concurrency in args.concurrency:
+                runs = [measure(root, task_dir, server, sandbox, concurrency, args.episodes)
+                        for _ in range(args.repeats)]
+                row = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]
+                row["ratios"] = [r["ratio"] for r in runs]
+                rows.append(row)
+                print(f"{sandbox:<9}{concurrency:>6}{row['seconds']:>9.2f}{row['episodes_per_s']:>8.1f}"
+                      f"{row['ideal_episodes_per_s']:>12.1f}{row['ratio']:>8.2f}"
+                      f"{row['cpu_ms_per_episode']:>11.1f}{row['cpu_ceiling']:>13.2f}", flush=True)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    result = {"episodes": args.episodes, "latency_s": args.latency, "cores": CORES,
+              "load_before": load_before, "load_after": round(os.getloadavg()[0], 2), "rows": rows}
+    name = f"episode_throughput_{round(args.latency * 1000)}ms.json"
+    (out / name).write_text(json.dumps(result, indent=2))
+    print(f"wrote bench/results/{name}")
+
+
+if __name__ == "__main__":
+    main()
