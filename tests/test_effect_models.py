@@ -24,7 +24,8 @@ from sia.core.interpret import ResultInvalid, interpret
 
 
 def test_every_effect_kind_has_one_request_and_one_result_model() -> None:
-    assert set(REQUEST_MODELS) == set(RESULT_MODELS) == {"meta", "episode", "evaluate", "feedback", "train"}
+    assert set(REQUEST_MODELS) == set(RESULT_MODELS) == {"meta", "episode", "evaluate", "feedback", "train",
+                                                         "candidate", "test"}
 
 
 @pytest.mark.parametrize("text", ["stop", "edit_harness", "update_weights", *(f"update_weights:{a}" for a in ALGORITHMS)])

@@ -67,7 +67,7 @@ def test_lawbench_built_from_a_small_file(lawbench_data: Path, tmp_path: Path) -
     assert sample["options"] == official and len(official) == 189  # LawBench's list, not the labels'
     assert task.options_of(sample["id"]) == sample["options"]
     assert not list(Path(task.root).glob("public"))  # built into the cache, not the package
-    snapshot = task.snapshot()
+    snapshot = task.identity()
     assert snapshot.data == str(lawbench_data.resolve()) and snapshot.source == "lawbench"
     assert snapshot.rollouts_per_generation == 12 and snapshot.reward_kind == "categorical"
 
@@ -108,7 +108,7 @@ def test_lawbench_with_the_real_file(tmp_path: Path) -> None:
     for sample in task.samples("dev"):
         assert sample["question"].startswith("事实") and "罪名:" not in sample["question"]
     again = load_task("lawbench", data=LAWBENCH_FILE, cache=tmp_path / "other")
-    assert again.snapshot() == task.snapshot()  # the seeded split is reproducible
+    assert again.identity() == task.identity()  # the seeded split is reproducible
     result = task.evaluate([(i, "[罪名]盗窃<eoa>") for i in task.ids("dev")])
     assert 0.0 < result["score"] < 0.5 and result["metrics"]["f1"] == pytest.approx(result["score"])
 
@@ -126,7 +126,7 @@ def custom_kernel(x, mask, weights):
 def test_trimul_reference_answer_scores_about_one_and_wrong_code_scores_zero() -> None:
     task = load_task("trimul")
     assert task.split_sizes() == {"train": 4, "dev": 2, "test": 2}
-    assert task.snapshot().reward_kind == "continuous"
+    assert task.identity().reward_kind == "continuous"
     reference = run_reference(task, "tm-dev-1")
     result = task.evaluate([("tm-dev-1", f"Here it is:\n```python\n{reference}```\n"),
                             ("tm-dev-2", WRONG_KERNEL),

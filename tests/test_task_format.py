@@ -148,18 +148,18 @@ def test_evaluate_test_returns_aggregates_only(task_dir: Path) -> None:
 
 
 def test_snapshot_and_hash(task_dir: Path) -> None:
-    snapshot = load_task(task_dir).snapshot()
+    snapshot = load_task(task_dir).identity()
     assert isinstance(snapshot, TaskIdentity)
     assert snapshot.name == "mini" and snapshot.reward_kind == "binary"
     assert snapshot.dev_ids == ("d1", "d2") and snapshot.train_ids == ("t1", "t2")
     assert snapshot.rollouts_per_generation == 2
     assert snapshot.source == str(task_dir.resolve()) and snapshot.data is None
     assert len(snapshot.task_hash) == 64
-    assert load_task(task_dir).snapshot() == snapshot
+    assert load_task(task_dir).identity() == snapshot
     # the hash covers private content too: changing a held-out label changes it
     labels = task_dir / "private/labels.jsonl"
     labels.write_text(labels.read_text().replace('"x1", "label": "red"', '"x1", "label": "green"'))
-    assert load_task(task_dir).snapshot().task_hash != snapshot.task_hash
+    assert load_task(task_dir).identity().task_hash != snapshot.task_hash
 
 
 def test_default_pretraining_corpus_is_public_prompts(task_dir: Path) -> None:
@@ -171,7 +171,7 @@ def test_default_pretraining_corpus_is_public_prompts(task_dir: Path) -> None:
 def test_rollouts_are_capped_at_the_train_size(task_dir: Path) -> None:
     toml = task_dir / "task.toml"
     toml.write_text(toml.read_text().replace("rollouts_per_generation = 2", "rollouts_per_generation = 50"))
-    assert load_task(task_dir).snapshot().rollouts_per_generation == 2
+    assert load_task(task_dir).identity().rollouts_per_generation == 2
 
 
 def test_a_reference_harness_is_served(task_dir: Path) -> None:
@@ -370,15 +370,15 @@ def test_data_task_builds_into_the_cache(data_task: Path, tmp_path: Path) -> Non
     task = load_task(data_task, data=data, cache=cache)
     assert task.split_sizes() == {"train": 2, "dev": 1, "test": 1}
     assert task.evaluate([("banana", "yellow")])["score"] == 1.0
-    snapshot = task.snapshot()
+    snapshot = task.identity()
     assert snapshot.data == str(data.resolve()) and snapshot.dev_ids == ("banana",)
     built = [p for p in cache.iterdir() if not p.name.startswith(".")]
     assert len(built) == 1 and not list(data_task.glob("public"))  # nothing written into the task folder
     stamp = (built[0] / "public/dev.jsonl").stat().st_mtime_ns
-    assert load_task(data_task, data=data, cache=cache).snapshot() == snapshot  # reused, not rebuilt
+    assert load_task(data_task, data=data, cache=cache).identity() == snapshot  # reused, not rebuilt
     assert (built[0] / "public/dev.jsonl").stat().st_mtime_ns == stamp
     data.write_text(json.dumps({"apple": "red", "cherry": "red", "lime": "green", "plum": "purple"}))
-    changed = load_task(data_task, data=data, cache=cache).snapshot()
+    changed = load_task(data_task, data=data, cache=cache).identity()
     assert changed.task_hash != snapshot.task_hash and changed.dev_ids == ("apple",)
 
 

@@ -101,7 +101,7 @@ def test_reward_is_exact_category_after_normalising(task) -> None:
 
 
 def test_snapshot(task) -> None:
-    snapshot = task.snapshot()
+    snapshot = task.identity()
     assert snapshot.name == "wordcat" and snapshot.source == "wordcat" and snapshot.data is None
     assert snapshot.reward_kind == "binary" and snapshot.rollouts_per_generation == 64
     assert len(snapshot.dev_ids) == 32 and len(snapshot.train_ids) == 64
@@ -169,4 +169,4 @@ def test_generate_writes_a_loadable_task(tmp_path: Path) -> None:
     recipe.generate(folder, seed=5)
     task = load_task(folder)
     assert task.split_sizes() == {"train": 64, "dev": 32, "test": 32}
-    assert task.snapshot().task_hash != load_task("wordcat").snapshot().task_hash
+    assert task.identity().task_hash != load_task("wordcat").identity().task_hash

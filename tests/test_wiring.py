@@ -14,7 +14,7 @@ from sia.runtime.wiring import BackendUnavailable, handlers_for
 
 @pytest.fixture
 def wordcat(tmp_path: Path):  # type: ignore[no-untyped-def]
-    return load_task("wordcat", cache=tmp_path / "tasks").snapshot()
+    return load_task("wordcat", cache=tmp_path / "tasks").identity()
 
 
 def test_the_default_roles_are_served(wordcat, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -44,7 +44,7 @@ def test_unservable_configs_are_refused(wordcat, tmp_path: Path, monkeypatch: py
 def test_a_task_changed_since_the_run_recorded_it_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "mytask"
     shutil.copytree(BUNDLED_ROOT / "wordcat", folder, ignore=shutil.ignore_patterns("__pycache__"))
-    snapshot = load_task(str(folder), cache=tmp_path / "tasks").snapshot()
+    snapshot = load_task(str(folder), cache=tmp_path / "tasks").identity()
     description = folder / "task.toml"
     description.write_text(description.read_text().replace("a tiny offline task", "a changed task"))
     with pytest.raises(BackendUnavailable, match="changed since this run recorded it"):

@@ -14,6 +14,12 @@ episodes and applies rules, in order:
    no learning signal, or that update already had none in this generation;
 5. otherwise turn the next harness knob (more votes, lower temperature);
 6. nothing left to try, or a near-perfect score → stop.
+
+When the run searches (`search.candidates` > 1) it proposes that many different
+decisions instead: the one the rules above take, then single-knob neighbours of each
+parent harness (the incumbent, or each generation on the Pareto front) and, in mode WH,
+weight updates with the algorithms that suit the reward shape, never one already tried
+in this generation.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any, Protocol
 from sia.agents.reward_view import RewardShapeOf, with_trainer_view
 from sia.agents.template import Knobs, read_knobs, render
 from sia.core.effect_models import FeedbackEpisode, FeedbackRequest, FeedbackResult, MetaRequest, MetaResult
+from sia.core.events.types import Candidate
 from sia.effects.base import EffectContext, EffectResult
 
 UNPARSEABLE_SHARE = 0.3
@@ -147,6 +154,70 @@ def decide_feedback(request: FeedbackRequest, current: Knobs | None, diagnosis: 
     return {**decision, "action": "stop", "rationale": note + "no rule has anything left to try"}
 
 
+ALGORITHMS_BY_SHAPE: dict[str, tuple[str, ...]] = {
+    "binary": ("grpo", "best_of_n", "entropic", "reinforce_kl", "dpo"),
+    "continuous": ("ppo_gae", "grpo", "reinforce_kl", "entropic", "best_of_n"),
+}
+"""The algorithms a search tries for a reward shape, most suitable first (after the recommended one)."""
+
+
+def knob_neighbours(knobs: Knobs) -> list[Knobs]:
+    """Harnesses one knob away from `knobs`, the changes most likely to help first."""
+    options: list[Knobs] = [
+        knobs.with_(prompt="fields", extract="option", samples=max(5, knobs.samples), fallback="first_option"),
+        knobs.with_(samples=min(15, knobs.samples + 4)),
+        knobs.with_(temperature=0.7 if knobs.temperature > 0.7 else 1.0),
+        knobs.with_(fallback="first_option" if knobs.fallback == "none" else "none"),
+        knobs.with_(temperature=0.4),
+        knobs.with_(samples=max(1, knobs.samples - 2)),
+        knobs.with_(extract="option" if knobs.extract != "option" else "first_line"),
+        knobs.with_(prompt="bare" if knobs.prompt == "fields" else "fields"),
+        knobs.with_(max_tokens=knobs.max_tokens * 2),
+    ]
+    return [k for k in dict.fromkeys(options) if k != knobs]
+
+
+def propose_candidates(request: FeedbackRequest, current: Knobs | None, diagnosis: Diagnosis,
+                       knobs_at: Callable[[int], Knobs | None]) -> list[dict[str, Any]]:
+    """Up to `request.candidates` different decisions (pure), as candidate fields with the
+    harness *source* under "harness" (the handler stores it and drops repeats)."""
+    limit = request.candidates or 1
+    primary = decide_feedback(request, current, diagnosis, knobs_at)
+    proposals: list[dict[str, Any]] = []
+    if primary["action"] != "stop":
+        proposals.append({"action": primary["action"], "rationale": primary["rationale"],
+                          "harness": primary.get("harness"), "plan": primary.get("plan"),
+                          "parent_generation": primary.get("rollback_to")})
+    bases: list[tuple[int | None, Knobs]] = [(None, current or Knobs())]
+    if request.parents:
+        bases = [(g, knobs_at(g) or Knobs()) for g in request.parents]
+    harnesses = [(parent, knobs) for parent, base in bases for knobs in knob_neighbours(base)]
+    tried = {t.algorithm for t in request.tried
+             if t.generation == request.generation and t.action == "update_weights"}
+    tried |= {n.algorithm for n in request.no_signal}
+    recommended = request.reward_shape.recommended
+    algorithms: list[str] = []
+    if request.mode == "WH" and recommended is not None:
+        preferred = ALGORITHMS_BY_SHAPE.get(request.reward_shape.kind, ALGORITHMS_BY_SHAPE["binary"])
+        algorithms = [a for a in dict.fromkeys((recommended, *preferred)) if a not in tried]
+    while len(proposals) < 4 * limit and (harnesses or algorithms):
+        if harnesses:
+            parent, knobs = harnesses.pop(0)
+            origin = "the incumbent" if parent is None else f"generation {parent}"
+            proposals.append({"action": "edit_harness", "harness": render(knobs), "plan": None,
+                              "parent_generation": parent,
+                              "rationale": f"a harness one knob from {origin}'s: samples {knobs.samples}, "
+                                           f"temperature {knobs.temperature}, extract {knobs.extract}, "
+                                           f"prompt {knobs.prompt}, fallback {knobs.fallback}"})
+        if algorithms:
+            algorithm = algorithms.pop(0)
+            proposals.append({"action": "update_weights", "harness": None, "parent_generation": None,
+                              "plan": {"algorithm": algorithm, "params": {}},
+                              "rationale": f"update the weights with {algorithm} "
+                                           f"({request.reward_shape.reason})"})
+    return proposals
+
+
 def _next_knobs(current: Knobs | None, diagnosis: Diagnosis) -> Knobs | None:
     knobs = current or Knobs()
     if knobs.extract != "option" or knobs.prompt != "fields":
@@ -194,6 +265,8 @@ class BuiltinFeedback:
         assert request.harness_hash is not None
         current = read_knobs(ctx.blobs.get_text(request.harness_hash))
         diagnosis = diagnose(request.episodes, self.options_of(request))
+        if request.candidates:
+            return EffectResult(self._candidates(request, current, diagnosis, knobs_at, shape, ctx))
         decision = decide_feedback(request, current, diagnosis, knobs_at)
         harness = decision.pop("harness", None)
         if harness is not None:
@@ -202,3 +275,36 @@ class BuiltinFeedback:
         if shape is not None:
             decision["reward_shape"] = shape
         return EffectResult(FeedbackResult.model_validate(decision))
+
+    @staticmethod
+    def _candidates(request: FeedbackRequest, current: Knobs | None, diagnosis: Diagnosis,
+                    knobs_at: Callable[[int], Knobs | None], shape: dict[str, Any] | None,
+                    ctx: EffectContext) -> FeedbackResult:
+        """The proposals, stored, without repeats of each other or of anything tried."""
+        seen = {t.harness_hash for t in request.tried if t.harness_hash}
+        seen |= {entry.harness_hash for entry in request.history}
+        plans: set[str] = set()
+        candidates: list[Candidate] = []
+        for proposal in propose_candidates(request, current, diagnosis, knobs_at):
+            harness_hash = None
+            if proposal["harness"] is not None:
+                harness_hash = ctx.blobs.put_text(proposal["harness"])
+                if harness_hash in seen:
+                    continue
+                seen.add(harness_hash)
+            if proposal["plan"] is not None:
+                if proposal["plan"]["algorithm"] in plans:
+                    continue
+                plans.add(proposal["plan"]["algorithm"])
+            candidates.append(Candidate(action=proposal["action"], rationale=proposal["rationale"],
+                                        harness_hash=harness_hash, plan=proposal["plan"],
+                                        parent_generation=proposal["parent_generation"]))
+            if len(candidates) == request.candidates:
+                break
+        if not candidates:
+            return FeedbackResult(action="stop", rationale="no candidate left that was not tried",
+                                  digest_summary=diagnosis.summary, reward_shape=shape)
+        return FeedbackResult(action=candidates[0].action, candidates=tuple(candidates),
+                              rationale=f"{len(candidates)} candidates for round {request.round}",
+                              digest_summary=diagnosis.summary, reward_shape=shape,
+                              evidence=tuple(e.episode_id for e in request.episodes[:5]))

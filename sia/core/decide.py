@@ -31,6 +31,8 @@ from __future__ import annotations
 from typing import Any
 
 from sia.core.effect_models import (
+    CandidateOutcome,
+    CandidateRequest,
     EffectRequest,
     EpisodeRef,
     EpisodeRequest,
@@ -41,12 +43,15 @@ from sia.core.effect_models import (
     MetaRequest,
     NoSignalRecord,
     RewardShapeView,
+    TestRequest,
     TrainEpisode,
     TrainRequest,
 )
 from sia.core.events.canonical import content_hash
 from sia.core.events.types import (
+    AgentLimits,
     BaseEvent,
+    CandidateChosen,
     EffectRequested,
     GenerationCompleted,
     GenerationStarted,
@@ -57,10 +62,10 @@ from sia.core.events.types import (
     TrainingNoSignal,
 )
 from sia.core.reducers.loop import evolve_unrecorded
-from sia.core.reducers.state import Generation, LoopState
+from sia.core.reducers.state import Generation, LoopState, SearchRound
 from sia.core.reward_shape import classify_episode_scores
 
-DECIDER_VERSION = 3
+DECIDER_VERSION = 4
 """The version of the transitions below that a new run records in RunCreated.
 
 A recorded run is always decided by the version it was created with (as Temporal's
@@ -73,6 +78,9 @@ under `replay --check` after `decide` changes; a run recorded by a newer sia is 
    recorded as TrainingNoSignal and asked about again.
 3. a rollback restores the adapter the target generation ran with, as it restores that
    generation's harness (versions 1 and 2 restored the adapter trained after it).
+4. the final answer (the best generation's harness and adapter) is scored once on the
+   held-out test split before the run completes, and a run with `search.candidates` > 1
+   explores that many candidates per generation, each on its own fork, behind a keep-best gate.
 """
 
 
@@ -137,16 +145,24 @@ def step(state: LoopState) -> list[BaseEvent]:
                                     best_generation=best_generation(state))]
 
     decision = current.decision
+    if decision is None and exploring(state):
+        return explore_step(state, current)
     if decision is None:
         reason = stop_reason(state)
         if reason:
-            return [completed(state, reason)]
+            return finish(state, reason)
+        if searching(state):
+            return search_step(state, current)
         failure = failed_effect(state, "feedback", current.index)
         if failure:
             return [RunFailed(error=f"feedback for generation {current.index} failed: {failure}")]
         return [request_feedback(state, current)]
 
     if current.no_signal and current.no_signal[-1].decision_seq == decision.seq:
+        if exploring(state):
+            return [RunCompleted(reason=f"candidate {config.search.explore}: its weight update had no "
+                                        f"learning signal: {current.no_signal[-1].reason}",
+                                 best_generation=state.best_generation, best_score=state.best_score)]
         if len(current.no_signal) < MAX_NO_SIGNAL:
             failure = failed_effect(state, "feedback", current.index)
             if failure:
@@ -156,7 +172,7 @@ def step(state: LoopState) -> list[BaseEvent]:
                                   adapter_hash=state.adapter_hash)]
 
     if decision.action == "stop":
-        return [completed(state, f"the Feedback Agent decided to stop: {decision.rationale}")]
+        return finish(state, f"the Feedback Agent decided to stop: {decision.rationale}")
 
     if decision.rollback_to is not None and not current.rolled_back:
         target = rollback_target(state, decision.rollback_to)
@@ -183,6 +199,113 @@ def step(state: LoopState) -> list[BaseEvent]:
 
     return [GenerationStarted(generation=current.index + 1, harness_hash=state.harness_hash,
                               adapter_hash=state.adapter_hash)]
+
+
+# ---------------------------------------------------------------- search
+
+
+def searching(state: LoopState) -> bool:
+    """Whether this run explores several candidates per generation (decider version 4 on)."""
+    assert state.config is not None
+    return state.decider_version >= 4 and state.config.search.candidates > 1
+
+
+def exploring(state: LoopState) -> bool:
+    """Whether this run is one candidate's branch of a search."""
+    assert state.config is not None
+    return state.decider_version >= 4 and state.config.search.explore is not None
+
+
+def explore_step(state: LoopState, current: Generation) -> list[BaseEvent]:
+    """A candidate's branch: adopt its candidate, run one generation, stop at its dev score."""
+    assert state.config is not None
+    index = state.config.search.explore
+    if not current.rounds:
+        return [RunCompleted(reason=f"candidate {index} explored: dev score {current.score}",
+                             best_generation=state.best_generation, best_score=state.best_score)]
+    search = current.rounds[-1]
+    if search.decided or index is None or not 0 <= index < len(search.candidates):
+        return [RunFailed(error=f"this branch explores candidate {index}, which round {search.round} "
+                                f"of generation {current.index} does not offer")]
+    return [CandidateChosen(generation=current.index, round=search.round, index=index,
+                            reason=f"this branch explores candidate {index}")]
+
+
+def search_step(state: LoopState, current: Generation) -> list[BaseEvent]:
+    """One generation's search: ask for candidates, explore each, adopt the best or ask again."""
+    assert state.config is not None
+    rounds = current.rounds
+    search = rounds[-1] if rounds else None
+    if search is None or search.decided:
+        rejected = len(rounds)
+        if rejected >= state.config.patience:
+            return finish(state, f"no candidate beat the incumbent in {rejected} rounds of generation "
+                                 f"{current.index} (patience {state.config.patience})")
+        failure = failed_effect(state, "feedback", current.index)
+        if failure:
+            return [RunFailed(error=f"feedback for generation {current.index} failed: {failure}")]
+        return [request_feedback(state, current, search_round=len(rounds))]
+    missing = [i for i in range(len(search.candidates)) if search.outcome(i) is None]
+    if missing:
+        return [request_candidate(state, current, search, i) for i in missing]
+    return [choose(state, current, search)]
+
+
+def choose(state: LoopState, current: Generation, search: SearchRound) -> CandidateChosen:
+    """The keep-best gate: adopt the best candidate only if it strictly beats the incumbent."""
+    incumbent = state.best_score
+    scored = [o for o in search.outcomes if o.score is not None]
+    if not scored:
+        errors = "; ".join(f"{o.index}: {o.error}" for o in search.outcomes)
+        return CandidateChosen(generation=current.index, round=search.round, index=None,
+                               reason=f"every candidate's branch failed ({errors}); the incumbent is kept")
+    best = max(scored, key=lambda o: (o.score, -o.index))
+    assert best.score is not None
+    if incumbent is None or best.score > incumbent:
+        return CandidateChosen(generation=current.index, round=search.round, index=best.index,
+                               reason=f"candidate {best.index} scored {best.score:.4f} on dev, above the "
+                                      f"incumbent's {incumbent if incumbent is None else round(incumbent, 4)}")
+    return CandidateChosen(generation=current.index, round=search.round, index=None,
+                           reason=f"no candidate beat the incumbent's {incumbent:.4f} (best: candidate "
+                                  f"{best.index} at {best.score:.4f}); the incumbent is kept")
+
+
+def pareto_parents(state: LoopState) -> tuple[int, ...]:
+    """Generations best on at least one dev sample and dominated by none (GEPA's front)."""
+    assert state.task is not None
+    n = len(state.task.dev_ids)
+    scored = [(g.index, g.rewards[:n]) for g in state.generations if g.completed and len(g.rewards) >= n]
+    if not scored:
+        return ()
+    tops = [max(rewards[i] for _, rewards in scored) for i in range(n)]
+    leaders = [(index, rewards) for index, rewards in scored
+               if any(rewards[i] == tops[i] for i in range(n))]
+
+    def dominated(rewards: tuple[float, ...]) -> bool:
+        return any(all(o >= r for o, r in zip(other, rewards)) and other != rewards
+                   for _, other in leaders)
+
+    return tuple(index for index, rewards in leaders if not dominated(rewards))
+
+
+def tried_candidates(state: LoopState) -> tuple[CandidateOutcome, ...]:
+    """Every candidate of every earlier round, with what became of it."""
+    tried: list[CandidateOutcome] = []
+    for generation in state.generations:
+        for search in generation.rounds:
+            for index, candidate in enumerate(search.candidates):
+                outcome = search.outcome(index)
+                chosen = search.decided and search.chosen == index
+                note = ("adopted" if chosen else search.reason if search.decided else "being explored")
+                if outcome is not None and outcome.error:
+                    note = f"its branch failed: {outcome.error}"
+                tried.append(CandidateOutcome(
+                    generation=generation.index, round=search.round, index=index, action=candidate.action,
+                    harness_hash=candidate.harness_hash,
+                    algorithm=candidate.plan.algorithm if candidate.plan else None,
+                    parent_generation=candidate.parent_generation,
+                    score=outcome.score if outcome else None, chosen=chosen, note=note))
+    return tuple(tried)
 
 
 # ---------------------------------------------------------------- which samples run
@@ -229,6 +352,9 @@ def stop_reason(state: LoopState) -> str | None:
     ):
         if limit is not None and used >= limit:
             return f"budget exhausted: {name} {used:g} >= {limit:g}"
+    episodes = episodes_spent(state)
+    if budget.episodes is not None and episodes >= budget.episodes:
+        return f"budget exhausted: episodes {episodes} >= {budget.episodes}"
     if state.best_generation is not None:
         stale = state.current.index - state.best_generation
         if stale >= config.patience:
@@ -236,9 +362,28 @@ def stop_reason(state: LoopState) -> str | None:
     return None
 
 
+def episodes_spent(state: LoopState) -> int:
+    """Episodes executed for this run: its own (cache hits are free) and its candidates'."""
+    own = state.ledger.by_kind.get("episode")
+    return (own.effects - own.cache_hits if own else 0) + state.candidate_episodes
+
+
 def completed(state: LoopState, reason: str) -> RunCompleted:
     best = state.best_generation
     return RunCompleted(reason=reason, best_generation=best, best_score=state.best_score)
+
+
+def finish(state: LoopState, reason: str) -> list[BaseEvent]:
+    """End the run; from decider version 4, first score the final answer on held-out test."""
+    task, best = state.task, state.best_generation
+    assert task is not None
+    if (state.decider_version < 4 or not task.test_size or best is None or state.test is not None
+            or exploring(state)):
+        return [completed(state, reason)]
+    failure = failed_effect(state, "test", best)
+    if failure:
+        return [completed(state, f"{reason}; the held-out test score could not be measured: {failure}")]
+    return [request_test(state, state.generations[best])]
 
 
 def rollback_target(state: LoopState, index: int) -> Generation | None:
@@ -291,7 +436,12 @@ def request_meta(state: LoopState) -> EffectRequested:
     assert state.config is not None
     return request_effect(state, MetaRequest(
         **_task_fields(state), provider=state.config.meta, attempt=state.meta_attempts + 1,
-        problems=state.meta_problems))
+        problems=state.meta_problems, limits=agent_limits(state)))
+
+
+def agent_limits(state: LoopState) -> AgentLimits | None:
+    assert state.config is not None
+    return state.config.agent if state.decider_version >= 4 else None
 
 
 def request_episode(state: LoopState, generation: Generation, sample_id: str) -> EffectRequested:
@@ -309,7 +459,7 @@ def request_evaluation(state: LoopState, generation: Generation) -> EffectReques
         predictions=tuple((s, by_sample[s].prediction) for s in episode_ids(state, generation.index))))
 
 
-def request_feedback(state: LoopState, generation: Generation) -> EffectRequested:
+def request_feedback(state: LoopState, generation: Generation, search_round: int | None = None) -> EffectRequested:
     config = state.config
     assert config is not None and state.task is not None
     # The dev scores' shape, as recorded runs were asked; a Feedback handler that can score
@@ -342,7 +492,32 @@ def request_feedback(state: LoopState, generation: Generation) -> EffectRequeste
         rollouts=tuple(EpisodeRef(episode_id=e.episode_id, sample_id=e.sample_id,
                                   trajectory_hash=e.trajectory_hash)
                        for e in generation.episodes if e.sample_id in rollouts),
-        no_signal=no_signal_records(generation)))
+        no_signal=no_signal_records(generation), limits=agent_limits(state),
+        **search_fields(state, search_round)))
+
+
+def search_fields(state: LoopState, search_round: int | None) -> dict[str, Any]:
+    """What a search round asks the Feedback Agent beyond a line's request."""
+    if search_round is None:
+        return {}
+    assert state.config is not None
+    return {"candidates": state.config.search.candidates, "round": search_round,
+            "tried": tried_candidates(state),
+            "parents": pareto_parents(state) if state.config.search.parents == "pareto" else ()}
+
+
+def request_candidate(state: LoopState, generation: Generation, search: SearchRound,
+                      index: int) -> EffectRequested:
+    return request_effect(state, CandidateRequest(
+        **_task_fields(state), generation=generation.index, round=search.round, index=index,
+        fork_seq=search.seq, candidate=search.candidates[index]))
+
+
+def request_test(state: LoopState, generation: Generation) -> EffectRequested:
+    assert state.config is not None
+    return request_effect(state, TestRequest(
+        **_task_fields(state), generation=generation.index, harness_hash=generation.harness_hash,
+        adapter_hash=generation.adapter_hash, target=state.config.target))
 
 
 def request_training(state: LoopState, generation: Generation) -> EffectRequested:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from sia.core.events.types import Action, Algorithm, ForceValue, Frozen, Mode, TrainingPlan
+from sia.core.events.types import Action, AgentLimits, Algorithm, Candidate, ForceValue, Frozen, Mode, TrainingPlan
 
-EffectKind = Literal["meta", "episode", "evaluate", "feedback", "train"]
+EffectKind = Literal["meta", "episode", "evaluate", "feedback", "train", "candidate", "test"]
 
 
 # ---------------------------------------------------------------- requests
@@ -25,7 +25,7 @@ class EffectRequest(Frozen):
 
     kind: ClassVar[EffectKind]
     added_later: ClassVar[frozenset[str]] = frozenset()
-    """Keys a later decider version added: recorded only when they have content."""
+    """Keys a later decider version added: recorded only when set (not None, not empty)."""
 
     task: str
     task_hash: str
@@ -38,16 +38,19 @@ class EffectRequest(Frozen):
         if not with_seed:
             del data["seed"]
         for key in self.added_later:
-            if not data.get(key):
+            if data.get(key) in (None, [], {}):
                 del data[key]
         return data
 
 
 class MetaRequest(EffectRequest):
     kind: ClassVar[EffectKind] = "meta"
+    added_later: ClassVar[frozenset[str]] = frozenset({"limits"})
     provider: str
     attempt: int
     problems: tuple[str, ...] = ()
+    limits: AgentLimits | None = None
+    """How far an LLM agent may investigate (decider version 4 on)."""
 
 
 class EpisodeRequest(EffectRequest):
@@ -109,9 +112,26 @@ class RewardShapeView(Frozen):
     reason: str
 
 
+class CandidateOutcome(Frozen):
+    """A candidate of an earlier search round and what became of it."""
+
+    generation: int
+    round: int
+    index: int
+    action: Action
+    harness_hash: str | None
+    algorithm: str | None
+    parent_generation: int | None
+    score: float | None
+    chosen: bool
+    note: str
+    """Why it was not adopted (or that it was)."""
+
+
 class FeedbackRequest(EffectRequest):
     kind: ClassVar[EffectKind] = "feedback"
-    added_later: ClassVar[frozenset[str]] = frozenset({"rollouts", "no_signal"})
+    added_later: ClassVar[frozenset[str]] = frozenset(
+        {"rollouts", "no_signal", "candidates", "round", "tried", "parents", "limits"})
     generation: int
     provider: str
     mode: Mode
@@ -127,6 +147,17 @@ class FeedbackRequest(EffectRequest):
     """The train rollouts a weight update would learn from (decider version 2 on)."""
     no_signal: tuple[NoSignalRecord, ...] = ()
     """Weight updates already found to have no learning signal in this generation."""
+    candidates: int | None = None
+    """Set when the run searches: propose up to this many different decisions."""
+    round: int | None = None
+    """The search round of this generation the candidates are for (0 first)."""
+    tried: tuple[CandidateOutcome, ...] = ()
+    """Every candidate of earlier rounds and generations, with its dev score: not to repeat."""
+    limits: AgentLimits | None = None
+    """How far an LLM agent may investigate (decider version 4 on)."""
+    parents: tuple[int, ...] = ()
+    """Generations a candidate may start from (`search.parents = pareto`): the Pareto front
+    of per-sample dev scores. Empty: the incumbent only."""
 
     def record(self, *, with_seed: bool = True) -> dict[str, Any]:
         data = super().record(with_seed=with_seed)
@@ -148,8 +179,32 @@ class TrainRequest(EffectRequest):
     episodes: tuple[TrainEpisode, ...]
 
 
+class CandidateRequest(EffectRequest):
+    """Explore one candidate on its own fork of the run, up to its dev score."""
+
+    kind: ClassVar[EffectKind] = "candidate"
+    generation: int
+    round: int
+    index: int
+    fork_seq: int
+    """Where the branch forks: just after the candidates were proposed."""
+    candidate: Candidate
+
+
+class TestRequest(EffectRequest):
+    """Score the final answer (a generation's harness and adapter) on the held-out split."""
+
+    __test__: ClassVar[bool] = False
+    kind: ClassVar[EffectKind] = "test"
+    generation: int
+    harness_hash: str
+    adapter_hash: str | None
+    target: str
+
+
 REQUEST_MODELS: dict[str, type[EffectRequest]] = {
-    model.kind: model for model in (MetaRequest, EpisodeRequest, EvaluateRequest, FeedbackRequest, TrainRequest)
+    model.kind: model for model in (MetaRequest, EpisodeRequest, EvaluateRequest, FeedbackRequest,
+                                    TrainRequest, CandidateRequest, TestRequest)
 }
 
 
@@ -213,6 +268,8 @@ class FeedbackResult(EffectAnswer):
     forced: bool = False
     reward_shape: dict[str, Any] | None = None
     """The shape of the rewards the trainer would see, as the handler classified them."""
+    candidates: tuple[Candidate, ...] = ()
+    """When the request asked for candidates: the different decisions proposed."""
 
 
 class TrainResult(EffectAnswer):
@@ -226,7 +283,27 @@ class TrainResult(EffectAnswer):
     no_signal: str | None = None
 
 
+class CandidateResult(EffectAnswer):
+    """A candidate branch's outcome: its dev score (None when the branch failed)."""
+
+    run_id: str
+    score: float | None
+    rewards: tuple[float, ...] = ()
+    harness_hash: str | None = None
+    adapter_hash: str | None = None
+    episodes: int = 0
+    error: str | None = None
+
+
+class TestResult(EffectAnswer):
+    __test__: ClassVar[bool] = False
+    score: float | None
+    n: int
+    n_answered: int
+    metrics: dict[str, float] = {}
+
+
 RESULT_MODELS: dict[str, type[EffectAnswer]] = {
     "meta": MetaResult, "episode": EpisodeResult, "evaluate": EvaluateResult,
-    "feedback": FeedbackResult, "train": TrainResult,
+    "feedback": FeedbackResult, "train": TrainResult, "candidate": CandidateResult, "test": TestResult,
 }

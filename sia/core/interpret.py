@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from sia.core.effect_models import (
+    CandidateRequest,
+    CandidateResult,
     EpisodeRequest,
     EpisodeResult,
     EvaluateRequest,
@@ -23,6 +25,8 @@ from sia.core.effect_models import (
     MetaRequest,
     MetaResult,
     RequestInvalid,
+    TestRequest,
+    TestResult,
     TrainRequest,
     TrainResult,
     parse_request,
@@ -31,10 +35,14 @@ from sia.core.events.types import (
     EPISODE_STATUSES,
     AdapterCheckpointed,
     BaseEvent,
+    Candidate,
+    CandidateEvaluated,
+    CandidatesProposed,
     EpisodeRecorded,
     EvaluationRecorded,
     FeedbackDecided,
     HarnessProposed,
+    TestScored,
     TrainingNoSignal,
 )
 
@@ -68,6 +76,10 @@ def interpret_failure(kind: str, effect_id: str, request: dict[str, Any], error:
         return [EpisodeRecorded(generation=typed.generation, episode_id=effect_id,
                                 sample_id=typed.sample_id, status="error", prediction=None,
                                 trajectory_hash=None, error=error)]
+    if kind == "candidate":
+        asked = CandidateRequest.model_validate(request)
+        return [CandidateEvaluated(generation=asked.generation, round=asked.round, index=asked.index,
+                                   run_id="", score=None, error=error)]
     return []
 
 
@@ -95,6 +107,13 @@ def _evaluate(effect_id: str, request: EvaluateRequest, result: dict[str, Any]) 
 
 def _feedback(effect_id: str, request: FeedbackRequest, result: dict[str, Any]) -> list[BaseEvent]:
     r = FeedbackResult.model_validate(result)
+    if request.candidates is not None and (r.candidates or r.action != "stop"):
+        # A handler that proposes one decision where several were asked proposes one candidate.
+        candidates = r.candidates or (Candidate(action=r.action, rationale=r.rationale, harness_hash=r.harness_hash,
+                                                plan=r.plan, parent_generation=r.rollback_to),)
+        return [CandidatesProposed(generation=request.generation, round=request.round or 0,
+                                   candidates=candidates[: request.candidates], provider=r.provider,
+                                   digest_summary=r.digest_summary)]
     return [FeedbackDecided(
         generation=request.generation, action=r.action, rationale=r.rationale,
         evidence=r.evidence, digest_hash=r.digest_hash, digest_summary=r.digest_summary,
@@ -117,10 +136,26 @@ def _train(effect_id: str, request: TrainRequest, result: dict[str, Any]) -> lis
                                 algorithm=r.algorithm, metrics=r.metrics)]
 
 
+def _candidate(effect_id: str, request: CandidateRequest, result: dict[str, Any]) -> list[BaseEvent]:
+    r = CandidateResult.model_validate(result)
+    return [CandidateEvaluated(generation=request.generation, round=request.round, index=request.index,
+                               run_id=r.run_id, score=r.score, rewards=r.rewards, harness_hash=r.harness_hash,
+                               adapter_hash=r.adapter_hash, episodes=r.episodes, error=r.error)]
+
+
+def _test(effect_id: str, request: TestRequest, result: dict[str, Any]) -> list[BaseEvent]:
+    r = TestResult.model_validate(result)
+    return [TestScored(generation=request.generation, harness_hash=request.harness_hash,
+                       adapter_hash=request.adapter_hash, score=r.score, n=r.n, n_answered=r.n_answered,
+                       metrics=r.metrics)]
+
+
 _INTERPRETERS: dict[str, Callable[[str, Any, dict[str, Any]], list[BaseEvent]]] = {
     "meta": _meta,
     "episode": _episode,
     "evaluate": _evaluate,
     "feedback": _feedback,
     "train": _train,
+    "candidate": _candidate,
+    "test": _test,
 }

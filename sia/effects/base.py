@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from sia.core.effect_models import EffectAnswer
 from sia.core.events.types import BaseEvent, Usage
+from sia.core.reducers.state import AgentStep
 from sia.store.blobs import BlobStore
 
 
@@ -47,6 +48,9 @@ class EffectContext:
     job_id: str | None = None
     call_id: str | None = None
     """Set when a previous attempt recorded TrainingJobSubmitted: re-attach, don't re-submit."""
+    journal: tuple[AgentStep, ...] = ()
+    """The steps an earlier attempt of this effect recorded (AgentStepRecorded): an agent
+    replays them from their blobs instead of asking the model or running the tool again."""
     report: Callable[[BaseEvent], object] = field(default=lambda event: None)
 
 
@@ -61,10 +65,16 @@ class HandlerRegistry:
     """Which handler serves each effect kind in this process."""
 
     def __init__(self, handlers: dict[str, EffectHandler] | None = None,
-                 name: str = "custom") -> None:
+                 name: str = "custom", *, owns_handlers: bool = True) -> None:
         self.handlers: dict[str, EffectHandler] = dict(handlers or {})
         self.name = name
+        self.owns_handlers = owns_handlers
         self._resources: list[Callable[[], None]] = []
+
+    def borrowed(self) -> HandlerRegistry:
+        """The same handlers for a nested runtime (a search's branch): closing it releases
+        nothing, as the handlers' owner is still running."""
+        return HandlerRegistry(self.handlers, name=self.name, owns_handlers=False)
 
     def register(self, handler: EffectHandler) -> None:
         self.handlers[handler.kind] = handler
@@ -75,6 +85,8 @@ class HandlerRegistry:
 
     def close(self) -> None:
         """Release what handlers hold across effects (model gateways, servers, processes)."""
+        if not self.owns_handlers:
+            return
         for handler in self.handlers.values():
             close = getattr(handler, "close", None)
             if callable(close):

@@ -29,7 +29,7 @@ from sia.core.effect_models import (
     TrainResult,
 )
 from sia.core.events.canonical import canonical_json, content_hash
-from sia.core.events.types import Action, TrainingJobSubmitted, TrainingPlan, Usage
+from sia.core.events.types import Action, Candidate, TrainingJobSubmitted, TrainingPlan, Usage
 from sia.effects.base import EffectContext, EffectResult, HandlerRegistry
 from sia.tasks.toy import TOY_DEV_IDS, toy_task
 
@@ -106,6 +106,8 @@ class DeterministicFeedback:
     kind = "feedback"
 
     def run(self, request: FeedbackRequest, ctx: EffectContext) -> EffectResult:
+        if request.candidates:
+            return self._candidates(request, ctx)
         history, best = request.history, request.best_generation
         scores = [entry.score or 0.0 for entry in history]
         rollback = best if best is not None and scores[-1] < scores[best] else None
@@ -125,6 +127,31 @@ class DeterministicFeedback:
                            evidence=tuple(e.episode_id for e in request.episodes[:3]),
                            digest_hash=content_hash(episodes), digest_summary=f"{len(episodes)} episodes",
                            rollback_to=rollback, harness_hash=harness_hash, plan=plan),
+            Usage(tokens_in=850, tokens_out=150, dollars=dollars("deterministic", 850, 150), wall_s=3.0))
+
+    @staticmethod
+    def _candidates(request: FeedbackRequest, ctx: EffectContext) -> EffectResult:
+        """Harness edits of growing strength beyond any tried, and (mode WH) weight updates."""
+        assert request.harness_hash is not None and request.candidates is not None
+        strength = _strength(ctx.blobs.get_text(request.harness_hash))
+        tried = {t.harness_hash for t in request.tried}
+        candidates: list[Candidate] = []
+        step = 1
+        while len(candidates) < request.candidates:
+            if request.mode == "WH" and len(candidates) % 2 == 1:
+                algorithm = ("grpo", "best_of_n", "entropic", "reinforce_kl")[(len(candidates) // 2) % 4]
+                candidates.append(Candidate(action="update_weights", rationale=f"train with {algorithm}",
+                                            plan=TrainingPlan(algorithm=algorithm, params={"lr": 1e-4})))
+                continue
+            sha = ctx.blobs.put_text(_harness(strength + step))
+            step += 1
+            if sha not in tried:
+                candidates.append(Candidate(action="edit_harness", harness_hash=sha,
+                                            rationale=f"harness strength {strength + step - 1}"))
+        _count(ctx)
+        return EffectResult(
+            FeedbackResult(action=candidates[0].action, provider="deterministic", candidates=tuple(candidates),
+                           rationale=f"{len(candidates)} candidates", digest_summary=f"round {request.round}"),
             Usage(tokens_in=850, tokens_out=150, dollars=dollars("deterministic", 850, 150), wall_s=3.0))
 
     @staticmethod

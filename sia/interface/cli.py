@@ -151,9 +151,12 @@ def run(
     max_gen: Annotated[int, typer.Option("--max-gen", help="Generations to run.")] = 3,
     seed: Annotated[int, typer.Option(help="Run seed; every handler seed derives from it.")] = 0,
     budget: Annotated[list[str], typer.Option(
-        help="Spend limit, e.g. --budget dollars=5 --budget tokens=2e6 (tokens|dollars|wall_s|gpu_s).")] = [],
+        help="Spend limit, e.g. --budget dollars=5 --budget episodes=400 "
+             "(tokens|dollars|wall_s|gpu_s|episodes).")] = [],
     set_: Annotated[list[str], typer.Option("--set", help="Any setting as key=value.")] = [],
     concurrency: Annotated[int, typer.Option(help="Episodes run at once.")] = 2,
+    candidates: Annotated[int, typer.Option(help="Candidates explored per generation, each on its own "
+                                            "fork; the best is kept only if it beats the incumbent.")] = 1,
     cache: Annotated[str, typer.Option(help="Effect cache: off | read | readwrite.")] = "readwrite",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display.")] = False,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Name the run (default: task-time-random).")] = None,
@@ -175,13 +178,13 @@ def run(
         for notice in notices:
             err.print(f"[yellow]{notice}[/yellow]")
     overrides.update({**resolved.defaults, "mode": mode, "max_generations": str(max_gen),
-                      "seed": str(seed)})
+                      "seed": str(seed), "search.candidates": str(candidates)})
     overrides.update({f"budget.{k}": v for k, v in parse_assignments(budget).items()})
     overrides.update(parse_assignments(set_))
-    config = apply_overrides(RunConfig(task=resolved.snapshot.name), overrides)
+    config = apply_overrides(RunConfig(task=resolved.identity.name), overrides)
     with opened_store(settings) as store:
-        runtime = _runtime(store, config, resolved.snapshot, concurrency, cache, settings=settings)
-        run_id = runtime.create(config, resolved.snapshot, run_id=run_id)
+        runtime = _runtime(store, config, resolved.identity, concurrency, cache, settings=settings)
+        run_id = runtime.create(config, resolved.identity, run_id=run_id)
         err.print(f"run {run_id} started (meta={config.meta}, feedback={config.feedback}, "
                   f"target={config.target}, trainer={config.trainer})")
         _drive(store, run_id, load(store, run_id), concurrency, cache, quiet)
@@ -344,12 +347,24 @@ def show(
         elapsed = generation_elapsed(store.read(run_id, upto=at))
     out.print(summary_table(state, elapsed, out.width))
     for key in ("seq", "state_hash", "outcome_hash", "status", "parent_run_id", "fork_seq",
-                "best_generation", "best_score", "harness_hash", "adapter_hash", "sandbox",
+                "best_generation", "best_score", "test_score", "harness_hash", "adapter_hash", "sandbox",
                 "stop_reason", "error"):
         if view[key] is not None:
             out.print(f"{key:>16}: {view[key]}")
     if view["pending_effects"]:
         out.print(f"{'pending':>16}: {len(view['pending_effects'])} effects")
+
+
+@app.command()
+def tree(run_id: str) -> None:
+    """The run as an archive: generations, each search round's candidates with their branches
+    and dev scores, the path taken, and the held-out test score."""
+    from sia.interface.views import search_tree
+
+    with opened_store() as store:
+        state = load(store, run_id)
+    for line in search_tree(state):
+        out.print(line, highlight=False, markup=False)
 
 
 @app.command()

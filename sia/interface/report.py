@@ -25,6 +25,7 @@ from sia.interface.views import (
     generation_elapsed,
     generation_rows,
     sandbox_of,
+    search_tree,
     score_series,
     scored_generations,
 )
@@ -196,6 +197,7 @@ def write_report(store: EventStore, run_id: str, out_dir: Path) -> tuple[Path, P
             + "<h3>Decisions</h3>"
             + _table(audit, ["generation", "provider", "action", "algorithm", "recommended_algorithm", "forced",
                              "rollback_to", "rationale", "evidence", "score_before", "delta"])
+            + "<h3>Archive</h3><pre>" + html.escape("\n".join(search_tree(state))) + "</pre>"
             + "<h3>Harness diffs</h3>" + _harness_diffs(store, state)
         )
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sia report {html.escape(run_id)}"

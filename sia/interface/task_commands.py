@@ -50,7 +50,7 @@ def _first_line(text: str, width: int = 90) -> str:
 
 
 def _toy_dev_size() -> int:
-    return len(resolve_task(TOY).snapshot.dev_ids)
+    return len(resolve_task(TOY).identity.dev_ids)
 
 
 @app.command("list")
@@ -132,7 +132,7 @@ def show(task: Annotated[str, typer.Argument(help="A task name (sia tasks list) 
     typer.echo(f"hash        {loaded.task_hash}")
     _echo_spec(spec)
     typer.echo("splits      " + ", ".join(f"{k} {v}" for k, v in loaded.split_sizes().items()))
-    typer.echo(f"rollouts    {loaded.snapshot().rollouts_per_generation} train samples per generation")
+    typer.echo(f"rollouts    {loaded.identity().rollouts_per_generation} train samples per generation")
     _echo_limits(spec)
     has_reference = loaded.reference_harness() is not None
     typer.echo(f"reference   {'reference_harness.py' if has_reference else 'no reference harness'}")

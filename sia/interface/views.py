@@ -54,7 +54,46 @@ def show(state: LoopState) -> dict[str, Any]:
         "ledger": to_jsonable(state.ledger),
         "config": config.model_dump(mode="json") if config else None,
         "sandbox": sandbox_of(state),
+        "test_score": state.test.score if state.test else None,
+        "test": to_jsonable(state.test) if state.test else None,
+        "search": [to_jsonable(r) for g in state.generations for r in g.rounds],
     }
+
+
+def search_tree(state: LoopState) -> list[str]:
+    """The run as an archive: each generation, its search rounds, every candidate's branch
+    and dev score, and the path the run took (what `sia tree` and the report draw)."""
+    config = state.config
+    lines = [f"{state.run_id}  {state.status}"
+             + (f"  (search: {config.search.candidates} candidates, parents {config.search.parents})"
+                if config and config.search.candidates > 1 else "")]
+    for generation in state.generations:
+        best = "  ★ best" if generation.index == state.best_generation else ""
+        adapter = short(generation.adapter_hash) if generation.adapter_hash else "base"
+        lines.append(f"gen {generation.index}  dev {_score(generation.score)}  harness "
+                     f"{short(generation.harness_hash)}  adapter {adapter}{best}")
+        for search in generation.rounds:
+            lines.append(f"│ round {search.round}: {search.reason or 'exploring'}")
+            for index, candidate in enumerate(search.candidates):
+                outcome = search.outcome(index)
+                last = index == len(search.candidates) - 1
+                what = candidate.action + (f"({candidate.plan.algorithm})" if candidate.plan else "")
+                origin = "" if candidate.parent_generation is None else f" from gen {candidate.parent_generation}"
+                mark = "  ← adopted" if search.chosen == index else ""
+                score = "…" if outcome is None else ("failed" if outcome.score is None else _score(outcome.score))
+                branch = f"  [{outcome.run_id}]" if outcome is not None and outcome.run_id else ""
+                lines.append(f"│ {'└' if last else '├'}─ c{index} {what}{origin}  dev {score}{mark}{branch}")
+        if generation.decision is not None and not generation.rounds:
+            lines.append(f"│ → {generation.decision.action}"
+                         + (f"({generation.decision.algorithm})" if generation.decision.algorithm else ""))
+    if state.test is not None:
+        lines.append(f"test {_score(state.test.score)} on {state.test.n} held-out samples "
+                     f"(gen {state.test.generation}, measured once)")
+    return lines
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def sandbox_of(state: LoopState) -> str | None:

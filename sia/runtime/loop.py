@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -48,13 +48,15 @@ from sia.core.events.types import (
     TaskIdentity,
     Usage,
 )
+from sia.core.config import apply_overrides
 from sia.runtime.failpoints import Failpoints
+from sia.runtime.search import CandidateHandler
 from sia.core.effect_models import parse_request
 from sia.core.interpret import ResultInvalid, interpret, interpret_failure
 from sia.core.reducers.loop import evolve, fold
 from sia.core.reducers.snapshot import REDUCER_VERSION, decode_state, encode_state
 from sia.core.reducers.state import LoopState, PendingEffect
-from sia.store.base import CacheEntry, EventStore, LeaseHeld, Snapshot, new_holder
+from sia.store.base import CacheEntry, EventStore, LeaseHeld, Snapshot, UnknownRun, new_holder
 from sia.store.home import sia_home
 
 CacheMode = Literal["off", "read", "readwrite"]
@@ -111,6 +113,32 @@ class Runtime:
         self._state = LoopState()
         self._run_id = ""
         self._snapshot_seq = 0
+        if "candidate" not in self.registry.handlers:
+            self.registry.register(CandidateHandler(self))
+
+    # ---------------------------------------------------------------- a search's branches
+
+    def exists(self, run_id: str) -> bool:
+        try:
+            self.store.get_run(run_id)
+        except UnknownRun:
+            return False
+        return True
+
+    def branch(self, parent_run_id: str, at: int, overrides: dict[str, str], run_id: str) -> str:
+        """Fork `parent_run_id` after `at` with `overrides` applied to its configuration there."""
+        state = load_state(self.store, parent_run_id, at)
+        assert state.config is not None
+        return self.fork(parent_run_id, at, apply_overrides(state.config, overrides), overrides, run_id)
+
+    def drive_branch(self, run_id: str) -> LoopState:
+        """Drive a branch to its end with a runtime of its own (this one is busy with the
+        parent), sharing this one's handlers, store, cache and concurrency."""
+        state = load_state(self.store, run_id)
+        candidates = state.config.search.candidates if state.config else 1
+        nested = replace(self, registry=self.registry.borrowed(), observer=None,
+                         concurrency=max(1, self.concurrency // max(1, candidates)))
+        return nested.drive(run_id)
 
     # ---------------------------------------------------------------- starting runs
 
@@ -213,8 +241,8 @@ class Runtime:
             try:
                 for index, (effect, future) in enumerate(zip(pending, futures)):
                     events = future.result()
-                    self._append(events)
                     self._remember(effect, events)
+                    self._append(events)
                     if index < len(pending) - 1:
                         self.failpoints.reach("mid_batch")
             except BaseException:
@@ -223,7 +251,10 @@ class Runtime:
                 raise
 
     def _remember(self, effect: PendingEffect, events: list[BaseEvent]) -> None:
-        """Put a freshly executed result into the shared cache (never a cache hit's copy)."""
+        """Put a freshly executed result into the shared cache (never a cache hit's copy),
+        before its events are appended: a kill between the two leaves a result this run
+        finds again on resume (and records as its own), never a completion the cache lacks,
+        which a search's parent would then run a second time."""
         if self.cache != "readwrite":
             return
         for event in events:
@@ -241,6 +272,8 @@ class Runtime:
             # Effect ids are content-addressed (`effect_id_for`), so the id is the cache key:
             # the same request on any branch, in any run of this home, is one entry.
             hit = self.store.cache_get(effect.effect_id)
+            if hit is not None and hit.run_id == self._run_id:  # executed here, killed before its append
+                return self._outcome(effect, json.loads(hit.result), Usage.model_validate_json(hit.usage))
             if hit is not None:
                 return self._outcome(effect, json.loads(hit.result), Usage(), cached_from=hit.effect_id)
         events: list[BaseEvent] = []
@@ -299,6 +332,7 @@ class Runtime:
             run_id=self._run_id, effect_id=effect.effect_id, kind=effect.kind,
             seed=int(effect.request.get("seed", 0)), attempt=attempt, blobs=self.store.blobs,
             home=self.home, job_id=effect.job_id, call_id=effect.call_id,
+            journal=self._state.pending.get(effect.effect_id, effect).steps,  # an earlier attempt's too
             report=lambda event: self._append([event]),
         )
 

@@ -18,7 +18,7 @@ class UnknownTask(ValueError):
 
 @dataclass(frozen=True)
 class ResolvedTask:
-    snapshot: TaskIdentity
+    identity: TaskIdentity
     defaults: dict[str, str] = field(default_factory=dict)
     """Config settings this task needs unless the user overrides them."""
 
@@ -42,7 +42,7 @@ def resolve_task(name: str, data: Path | None = None, cache: Path | None = None)
     from sia.tasks.loader import TaskError, load_task
 
     try:
-        return ResolvedTask(load_task(name, data=data, cache=cache).snapshot())
+        return ResolvedTask(load_task(name, data=data, cache=cache).identity())
     except TaskError as exc:  # one line: the CLI prints it as its error
         raise UnknownTask("; ".join(" ".join(p.split()) for p in exc.problems)) from None
 

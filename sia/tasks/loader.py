@@ -396,7 +396,7 @@ class Task:
 
     # -- identity and corpus
 
-    def snapshot(self) -> TaskIdentity:
+    def identity(self) -> TaskIdentity:
         train_ids = tuple(s["id"] for s in self._splits["train"])
         return TaskIdentity(
             name=self.spec.name,
@@ -407,6 +407,7 @@ class Task:
             rollouts_per_generation=min(self.spec.rollouts_per_generation, len(train_ids)),
             source=self.source,
             data=str(self.data) if self.data is not None else None,
+            test_size=len(self._splits["test"]),
         )
 
     def pretraining_corpus(self, seed: int | None = None) -> list[str]:

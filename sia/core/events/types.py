@@ -4,11 +4,12 @@ Events are facts. Three sources append them, and each type has exactly one sourc
 
 * the shell (a user command): RunCreated, RunForked, RunPaused, RunResumed;
 * `decide` (the pure state machine): GenerationStarted, EffectRequested, HarnessEdited,
-  RolledBack, GenerationCompleted, RunCompleted, RunFailed;
+  RolledBack, CandidateChosen, GenerationCompleted, RunCompleted, RunFailed;
 * an effect's outcome, through the pure `interpret` (the runtime appends it in the same
   transaction as the EffectCompleted it came from): HarnessProposed, EpisodeRecorded,
-  EvaluationRecorded, FeedbackDecided, TrainingJobSubmitted, AnswerRefused, AdapterCheckpointed,
-  plus EffectCompleted / EffectFailed themselves.
+  EvaluationRecorded, FeedbackDecided, CandidatesProposed, CandidateEvaluated, TestScored,
+  TrainingJobSubmitted, AnswerRefused, AgentStepRecorded, AdapterCheckpointed, plus
+  EffectCompleted / EffectFailed.
 
 Large payloads (harness source, trajectories, adapters) live in the blob store; events
 carry their sha256. Each class has a `schema_version`; older stored versions are brought
@@ -86,6 +87,35 @@ class Budget(Frozen):
     dollars: float | None = None
     wall_s: float | None = None
     gpu_s: float | None = None
+    episodes: int | None = Field(default=None, ge=1)
+    """Episodes executed (cache hits are free), a search's candidate branches included."""
+
+
+class AgentLimits(Frozen):
+    """How far an LLM agent may investigate before it must answer, per decision."""
+
+    max_turns: int = Field(default=12, ge=1)
+    max_tokens: int | None = Field(default=400_000, ge=1)
+    max_dollars: float | None = Field(default=2.0, gt=0)
+
+
+ParentPolicy = Literal["incumbent", "pareto"]
+
+
+class SearchConfig(Frozen):
+    """How many candidates each generation explores, and what they start from.
+
+    With `candidates` > 1 the Feedback Agent proposes that many decisions per generation,
+    each explored on its own fork of the run and scored on dev; the run adopts the best
+    one only if it strictly beats the incumbent (the keep-best gate), else it asks again.
+    """
+
+    candidates: int = Field(default=1, ge=1, le=16)
+    parents: ParentPolicy = "incumbent"
+    """`pareto`: candidates may start from any archived variant that is best on some dev
+    sample (GEPA's parent selection), not only from the incumbent."""
+    explore: int | None = None
+    """Set on a candidate's own fork only: the index of the candidate that branch explores."""
 
 
 class RunConfig(Frozen):
@@ -107,6 +137,8 @@ class RunConfig(Frozen):
     sandbox: Literal["bwrap", "process"] = "bwrap"
     """Where harness code runs: the bubblewrap OS sandbox, or the weaker process sandbox
     a user chose explicitly (`--set sandbox=process`) where bwrap is unusable."""
+    search: SearchConfig = SearchConfig()
+    agent: AgentLimits = AgentLimits()
 
 
 class TaskIdentity(Frozen):
@@ -127,6 +159,8 @@ class TaskIdentity(Frozen):
     """Where the task was loaded from (a bundled name or a folder), for handlers."""
     data: str | None = None
     """A user data path the task was built from (e.g. LawBench's 3-3.json)."""
+    test_size: int = 0
+    """Held-out samples the final answer is scored on once, at the end (0: none)."""
 
 
 class Usage(Frozen):
@@ -322,6 +356,25 @@ class AnswerRefused(BaseEvent):
     problems: tuple[str, ...]
 
 
+class AgentStepRecorded(BaseEvent):
+    """One step of an agent's investigation inside an effect (a model turn or a tool call),
+    recorded as it completes: a run killed mid-investigation resumes the effect from its
+    journal instead of asking the model again, and the audit shows every step.
+
+    The step itself (the turn, or the call and its result) is a blob; `usage` is what it
+    cost, counted in the effect's own usage when it completes (never twice)."""
+
+    type: Literal["AgentStepRecorded"] = "AgentStepRecorded"
+    effect_id: str
+    index: int = Field(ge=0)
+    kind: Literal["turn", "tool"]
+    name: str
+    """The model's name for a turn, the tool's for a tool call."""
+    blob_hash: str
+    summary: str = ""
+    usage: Usage = Usage()
+
+
 class AdapterCheckpointed(BaseEvent):
     type: Literal["AdapterCheckpointed"] = "AdapterCheckpointed"
     generation: int
@@ -342,6 +395,71 @@ class TrainingNoSignal(BaseEvent):
     algorithm: Algorithm
     reason: str
     job_id: str | None = None
+    metrics: dict[str, float] = {}
+
+
+class Candidate(Frozen):
+    """One decision a search explores: what the Feedback Agent proposed, from which parent."""
+
+    action: Action
+    rationale: str
+    harness_hash: str | None = None
+    plan: TrainingPlan | None = None
+    parent_generation: int | None = None
+    """The generation whose harness and adapter it starts from (None: the incumbent)."""
+
+
+class CandidatesProposed(BaseEvent):
+    """The Feedback Agent's candidates for a generation (one search round)."""
+
+    type: Literal["CandidatesProposed"] = "CandidatesProposed"
+    generation: int
+    round: int
+    candidates: tuple[Candidate, ...]
+    provider: str = "builtin"
+    digest_summary: str = ""
+
+
+class CandidateEvaluated(BaseEvent):
+    """A candidate's branch, run to its dev score."""
+
+    type: Literal["CandidateEvaluated"] = "CandidateEvaluated"
+    generation: int
+    round: int
+    index: int
+    run_id: str
+    """The candidate's own fork of the run, where its episodes are recorded."""
+    score: float | None
+    rewards: tuple[float, ...] = ()
+    harness_hash: str | None = None
+    adapter_hash: str | None = None
+    episodes: int = 0
+    """Episodes the branch executed (for the episode budget)."""
+    error: str | None = None
+
+
+class CandidateChosen(BaseEvent):
+    """The search round's outcome: the candidate adopted (None: the incumbent is kept)."""
+
+    type: Literal["CandidateChosen"] = "CandidateChosen"
+    generation: int
+    round: int
+    index: int | None
+    reason: str
+
+
+class TestScored(BaseEvent):
+    """The final answer's held-out test score, measured once, at the end of the run."""
+
+    __test__: ClassVar[bool] = False  # a pytest collector must not take it for a test class
+
+    type: Literal["TestScored"] = "TestScored"
+    generation: int
+    harness_hash: str
+    adapter_hash: str | None
+    score: float | None
+    n: int
+    n_answered: int
     metrics: dict[str, float] = {}
 
 
@@ -372,8 +490,13 @@ Event = Annotated[
         RolledBack,
         TrainingJobSubmitted,
         AnswerRefused,
+        AgentStepRecorded,
         AdapterCheckpointed,
         TrainingNoSignal,
+        CandidatesProposed,
+        CandidateEvaluated,
+        CandidateChosen,
+        TestScored,
         GenerationCompleted,
     ],
     Field(discriminator="type"),

@@ -14,8 +14,12 @@ from typing import Any
 from sia.core.events.mapper import RecordedEvent
 from sia.core.events.types import (
     AdapterCheckpointed,
+    AgentStepRecorded,
     AnswerRefused,
     BaseEvent,
+    CandidateChosen,
+    CandidateEvaluated,
+    CandidatesProposed,
     EffectCompleted,
     EffectFailed,
     EffectRequested,
@@ -33,12 +37,15 @@ from sia.core.events.types import (
     RunForked,
     RunPaused,
     RunResumed,
+    TestScored,
     TrainingJobSubmitted,
     TrainingNoSignal,
     Usage,
 )
 from sia.core.reducers.state import (
     ZERO,
+    AgentStep,
+    CandidateRecord,
     Decision,
     Episode,
     FailedEffect,
@@ -46,6 +53,8 @@ from sia.core.reducers.state import (
     LoopState,
     NoSignal,
     PendingEffect,
+    SearchRound,
+    TestRecord,
 )
 
 
@@ -128,7 +137,7 @@ def _run_forked(state: LoopState, e: RunForked, seq: int, run_id: str | None) ->
     return {"run_id": run_id, "parent_run_id": e.parent_run_id, "fork_seq": e.fork_seq,
             "config": e.config, "overrides": {**state.overrides, **e.overrides},
             "status": "running", "stop_reason": None, "error": None,
-            "ledger": state.ledger._replace(own=ZERO)}
+            "ledger": state.ledger._replace(own=ZERO, own_by_kind={})}
 
 
 def _run_paused(state: LoopState, e: RunPaused, seq: int, run_id: str | None) -> Changes:
@@ -200,6 +209,16 @@ def _job_submitted(state: LoopState, e: TrainingJobSubmitted, seq: int, run_id: 
         raise FoldError(seq, f"training job for effect {e.effect_id} that is not pending")
     submitted = pending._replace(job_id=e.job_id, call_id=e.call_id)
     return {"pending": {**state.pending, e.effect_id: submitted}}
+
+
+def _agent_step(state: LoopState, e: AgentStepRecorded, seq: int, run_id: str | None) -> Changes:
+    pending = state.pending.get(e.effect_id)
+    if pending is None:
+        raise FoldError(seq, f"agent step for effect {e.effect_id} that is not pending")
+    if e.index != len(pending.steps):
+        raise FoldError(seq, f"agent step {e.index} of effect {e.effect_id}, expected {len(pending.steps)}")
+    step = AgentStep(e.index, e.kind, e.name, e.blob_hash, e.summary, e.usage)
+    return {"pending": {**state.pending, e.effect_id: pending._replace(steps=pending.steps + (step,))}}
 
 
 def _answer_refused(state: LoopState, e: AnswerRefused, seq: int, run_id: str | None) -> Changes:
@@ -284,6 +303,54 @@ def _adapter_checkpointed(state: LoopState, e: AdapterCheckpointed, seq: int, ru
             "adapter_hash": e.adapter_hash}
 
 
+def _candidates_proposed(state: LoopState, e: CandidatesProposed, seq: int, run_id: str | None) -> Changes:
+    current = _require_generation(state, e.generation, seq, "candidates")
+    if current.rounds and not current.rounds[-1].decided:
+        raise FoldError(seq, f"candidates of round {e.round} before round {current.rounds[-1].round} was decided")
+    search = SearchRound(e.round, seq, e.provider, e.digest_summary, e.candidates)
+    return _current(state, seq, rounds=current.rounds + (search,))
+
+
+def _open_round(state: LoopState, generation: int, round_: int, seq: int, what: str) -> tuple[Generation, SearchRound]:
+    current = _require_generation(state, generation, seq, what)
+    if not current.rounds or current.rounds[-1].round != round_ or current.rounds[-1].decided:
+        raise FoldError(seq, f"{what} for round {round_} of generation {generation}, which is not open")
+    return current, current.rounds[-1]
+
+
+def _candidate_evaluated(state: LoopState, e: CandidateEvaluated, seq: int, run_id: str | None) -> Changes:
+    current, search = _open_round(state, e.generation, e.round, seq, "a candidate's outcome")
+    if not 0 <= e.index < len(search.candidates) or search.outcome(e.index) is not None:
+        raise FoldError(seq, f"candidate {e.index} of round {e.round} is unknown or already evaluated")
+    record = CandidateRecord(e.index, e.run_id, e.score, e.rewards, e.harness_hash, e.adapter_hash,
+                             e.episodes, e.error)
+    search = search._replace(outcomes=search.outcomes + (record,))
+    return {**_current(state, seq, rounds=current.rounds[:-1] + (search,)),
+            "candidate_episodes": state.candidate_episodes + e.episodes}
+
+
+def _candidate_chosen(state: LoopState, e: CandidateChosen, seq: int, run_id: str | None) -> Changes:
+    current, search = _open_round(state, e.generation, e.round, seq, "a choice")
+    search = search._replace(decided=True, chosen=e.index, reason=e.reason)
+    changes: dict[str, Any] = {"rounds": current.rounds[:-1] + (search,)}
+    if e.index is not None:
+        if not 0 <= e.index < len(search.candidates):
+            raise FoldError(seq, f"candidate {e.index} chosen from a round of {len(search.candidates)}")
+        chosen = search.candidates[e.index]
+        changes["decision"] = Decision(
+            generation=e.generation, seq=seq, action=chosen.action, rationale=chosen.rationale,
+            algorithm=chosen.plan.algorithm if chosen.plan else None, recommended_algorithm=None,
+            evidence=(), digest_hash=None, digest_summary=search.digest_summary,
+            harness_hash=chosen.harness_hash, plan=chosen.plan, rollback_to=chosen.parent_generation,
+            provider=search.provider, forced=False)
+    return _current(state, seq, **changes)
+
+
+def _test_scored(state: LoopState, e: TestScored, seq: int, run_id: str | None) -> Changes:
+    return {"test": TestRecord(e.generation, e.harness_hash, e.adapter_hash, e.score, e.n, e.n_answered,
+                               dict(e.metrics))}
+
+
 def _training_no_signal(state: LoopState, e: TrainingNoSignal, seq: int, run_id: str | None) -> Changes:
     current = _require_generation(state, e.generation, seq, "no-signal update")
     decision = current.decision
@@ -307,6 +374,7 @@ _REDUCERS: dict[type[BaseEvent], _Reducer] = {
     EffectFailed: _effect_failed,
     TrainingJobSubmitted: _job_submitted,
     AnswerRefused: _answer_refused,
+    AgentStepRecorded: _agent_step,
     HarnessProposed: _harness_proposed,
     GenerationStarted: _generation_started,
     EpisodeRecorded: _episode_recorded,
@@ -317,4 +385,8 @@ _REDUCERS: dict[type[BaseEvent], _Reducer] = {
     HarnessEdited: _harness_edited,
     AdapterCheckpointed: _adapter_checkpointed,
     TrainingNoSignal: _training_no_signal,
+    CandidatesProposed: _candidates_proposed,
+    CandidateEvaluated: _candidate_evaluated,
+    CandidateChosen: _candidate_chosen,
+    TestScored: _test_scored,
 }

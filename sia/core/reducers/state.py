@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from sia.core.events.canonical import GENESIS_HASH, content_hash
-from sia.core.events.types import RunConfig, RunStatus, TaskIdentity, TrainingPlan, Usage
+from sia.core.events.types import Candidate, RunConfig, RunStatus, TaskIdentity, TrainingPlan, Usage
 
 EMPTY: Any = MappingProxyType({})
 """The default for mapping fields: shared, so it must be (and is) read-only."""
@@ -51,11 +51,13 @@ ZERO = Spend()
 
 
 class Ledger(NamedTuple):
-    """Spend of the whole branch (`total`), of this run's own events (`own`), and by kind."""
+    """Spend of the whole branch (`total`), of this run's own events (`own`), and by kind
+    (of the branch, and of this run's own events)."""
 
     total: Spend = ZERO
     own: Spend = ZERO
     by_kind: dict[str, Spend] = EMPTY
+    own_by_kind: dict[str, Spend] = EMPTY
 
     def add(self, kind: str, usage: Usage, own: bool, *, cache_hit: bool = False,
             failed: bool = False) -> Ledger:
@@ -67,7 +69,23 @@ class Ledger(NamedTuple):
         else:
             mine = self.own.add(usage, cache_hit=cache_hit, failed=failed)
         spent = self.by_kind.get(kind, ZERO).add(usage, cache_hit=cache_hit, failed=failed)
-        return Ledger(total, mine, {**self.by_kind, kind: spent})
+        own_by_kind = self.own_by_kind
+        if own:
+            own_spent = own_by_kind.get(kind, ZERO).add(usage, cache_hit=cache_hit, failed=failed)
+            own_by_kind = {**own_by_kind, kind: own_spent}
+        return Ledger(total, mine, {**self.by_kind, kind: spent}, own_by_kind)
+
+
+class AgentStep(NamedTuple):
+    """A journaled step of an effect's investigation (AgentStepRecorded)."""
+
+    # A NamedTuple field named index shadows the tuple.index method.
+    index: int  # type: ignore[assignment]
+    kind: str
+    name: str
+    blob_hash: str
+    summary: str
+    usage: Usage
 
 
 class PendingEffect(NamedTuple):
@@ -81,6 +99,8 @@ class PendingEffect(NamedTuple):
     attempts: int = 0
     job_id: str | None = None
     call_id: str | None = None
+    steps: tuple[AgentStep, ...] = ()
+    """The investigation so far, when the effect is an agent's: resumed, never repeated."""
 
 
 class FailedEffect(NamedTuple):
@@ -125,6 +145,50 @@ class NoSignal(NamedTuple):
     decision_seq: int
 
 
+class CandidateRecord(NamedTuple):
+    """A candidate's branch, run to its dev score (`score` None: the branch failed)."""
+
+    # A NamedTuple field named index shadows the tuple.index method.
+    index: int  # type: ignore[assignment]
+    run_id: str
+    score: float | None
+    rewards: tuple[float, ...]
+    harness_hash: str | None
+    adapter_hash: str | None
+    episodes: int
+    error: str | None
+
+
+class SearchRound(NamedTuple):
+    """One round of a generation's search: the candidates proposed and what became of them."""
+
+    round: int
+    seq: int
+    """The seq of CandidatesProposed: where each candidate's branch forks."""
+    provider: str
+    digest_summary: str
+    candidates: tuple[Candidate, ...]
+    outcomes: tuple[CandidateRecord, ...] = ()
+    decided: bool = False
+    chosen: int | None = None
+    reason: str = ""
+
+    def outcome(self, index: int) -> CandidateRecord | None:
+        return next((o for o in self.outcomes if o.index == index), None)
+
+
+class TestRecord(NamedTuple):
+    """The final answer's held-out score."""
+
+    generation: int
+    harness_hash: str
+    adapter_hash: str | None
+    score: float | None
+    n: int
+    n_answered: int
+    metrics: dict[str, float] = EMPTY
+
+
 class Generation(NamedTuple):
     # A NamedTuple field named index shadows the tuple.index method.
     index: int  # type: ignore[assignment]
@@ -142,7 +206,7 @@ class Generation(NamedTuple):
     adapter_hash_after: str | None = None
     spend: Spend = ZERO
     no_signal: tuple[NoSignal, ...] = ()
-
+    rounds: tuple[SearchRound, ...] = ()
 
 
 class LoopState(NamedTuple):
@@ -168,6 +232,9 @@ class LoopState(NamedTuple):
     ledger: Ledger = Ledger()
     stop_reason: str | None = None
     error: str | None = None
+    candidate_episodes: int = 0
+    """Episodes the branches of this run's search executed (its own ledger has the rest)."""
+    test: TestRecord | None = None
 
     @property
     def generation(self) -> int | None:
@@ -238,7 +305,8 @@ def outcome_hash(state: LoopState) -> str:
         del view[name]
     ledger = state.ledger
     view["ledger"] = {"total": _unmeasured(ledger.total), "own": _unmeasured(ledger.own),
-                      "by_kind": {k: _unmeasured(s) for k, s in ledger.by_kind.items()}}
+                      "by_kind": {k: _unmeasured(s) for k, s in ledger.by_kind.items()},
+                      "own_by_kind": {k: _unmeasured(s) for k, s in ledger.own_by_kind.items()}}
     for generation, folded in zip(view["generations"], state.generations):
         generation["spend"] = _unmeasured(folded.spend)
     return content_hash(view)

@@ -1,0 +1,91 @@
+"""A search killed with `kill -9` anywhere (in the parent or inside a candidate's branch),
+then resumed: the same end as an uninterrupted twin, and no completed effect runs again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.cli import SIA, sia, sia_json
+from tests.test_crash import executions, settled
+
+pytestmark = pytest.mark.slow
+
+RUN = ["run", "--task", "toy", "--max-gen", "3", "--quiet", "--run-id", "searchy", "--concurrency", "4",
+       "--candidates", "4"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    home = tmp_path_factory.mktemp("reference")
+    counter = home / "counter"
+    sia(home, *RUN, env={"SIA_EFFECT_COUNTER": str(counter)})
+    return {**sia_json(home, "show", "searchy"), "executions": executions(counter).total(),
+            "runs": sorted(r["run_id"] for r in sia_json(home, "runs"))}
+
+
+def all_settled(home: Path, runs: list[str]) -> set[str]:
+    done: set[str] = set()
+    for run in runs:
+        done |= set(settled(recorded_run(home, run)))
+    return done
+
+
+def recorded_run(home: Path, run: str) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in sia(home, "log", run, "--json").stdout.splitlines()]
+
+
+def test_the_reference_search_explores_candidates_on_branches(reference: dict, tmp_path: Path) -> None:
+    branches = [r for r in reference["runs"] if r.startswith("searchy~")]
+    assert len(branches) >= 4 and reference["search"], reference["runs"]
+    home = tmp_path / "home"
+    sia(home, *RUN)
+    drawn = sia(home, "tree", "searchy").stdout
+    assert "round 0" in drawn and "← adopted" in drawn and "searchy~g0r0c0" in drawn
+
+
+@pytest.mark.parametrize("nth", [2, 7, 13, 21])
+def test_kill_inside_the_search_then_resume(nth: int, tmp_path: Path, reference: dict) -> None:
+    home, counter = tmp_path / "home", tmp_path / "counter"
+    env = {"SIA_CRASH_AT": f"after_execution:{nth}", "SIA_EFFECT_COUNTER": str(counter)}
+    crashed = sia(home, *RUN, env=env, check=False)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    log = recorded_run(home, "searchy")
+    assert log[-1]["type"] not in ("RunCompleted", "RunFailed"), "the kill landed before the end"
+    runs = sorted(r["run_id"] for r in sia_json(home, "runs"))
+    before = all_settled(home, runs)
+    ran_before = executions(counter)
+    sia(home, "resume", "searchy", "--quiet", "--concurrency", "4", env={"SIA_EFFECT_COUNTER": str(counter)})
+    final = sia_json(home, "show", "searchy")
+    assert final["outcome_hash"] == reference["outcome_hash"]
+    assert final["state_hash"] == reference["state_hash"]
+    rerun = {e for e in before if (executions(counter) - ran_before)[e]}
+    assert not rerun, f"completed effects ran again after resume: {rerun}"
+    assert sorted(r["run_id"] for r in sia_json(home, "runs")) == reference["runs"]
+    for run in reference["runs"]:
+        assert sia(home, "replay", run, "--check").returncode == 0, run
+        assert sia(home, "verify", run).returncode == 0, run
+
+
+def test_a_random_time_kill_of_a_search_then_resume(tmp_path: Path, reference: dict) -> None:
+    import time
+
+    home, counter = tmp_path / "home", tmp_path / "counter"
+    env = {**os.environ, "SIA_HOME": str(home), "SIA_EFFECT_COUNTER": str(counter)}
+    process = subprocess.Popen([*SIA, *RUN], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = reference["executions"] // 2
+    while executions(counter).total() < target:
+        assert process.poll() is None, "the run ended before the kill"
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    sia(home, "resume", "searchy", "--quiet", "--concurrency", "4", env={"SIA_EFFECT_COUNTER": str(counter)})
+    final = sia_json(home, "show", "searchy")
+    assert final["state_hash"] == reference["state_hash"]
+    assert sia(home, "replay", "searchy", "--check").returncode == 0
