@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sia.agents.digest import GROUPS, MIN_CHARS, build_digest, classify, clip, summarize_trajectory
-from sia.harness.backends import Generation
+from sia.harness.backends import Completion
 from sia.harness.gateway import ModelCall
 
 OPTIONS = ["animal", "color", "fruit", "tool"]
@@ -164,7 +164,7 @@ def test_clip_keeps_head_and_tail_within_the_limit() -> None:
 
 def test_trajectory_summary_reads_gateway_model_calls() -> None:
     calls = [ModelCall(index=i, endpoint="completions", status=200, prompts=[f"prompt {i}: " + "p" * 2000],
-                       generations=[Generation(text=f"answer {i}", prompt_token_ids=[1], token_ids=[2])])
+                       generations=[Completion(text=f"answer {i}", prompt_token_ids=[1], token_ids=[2])])
              for i in range(5)]
     calls.append(ModelCall(index=5, endpoint="chat", status=429, prompts=[], error="budget spent",
                            messages=[{"role": "user", "content": "hi"}]))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sia.harness.backends import (
-    Generation,
+    Completion,
     SamplingParams,
     ScriptedBackend,
     TargetBackend,
@@ -174,7 +174,7 @@ def test_a_harness_over_budget_sees_a_clear_model_error(gateway: ModelGateway) -
 class Broken:
     name = "broken"
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         raise RuntimeError("device lost")
 
 

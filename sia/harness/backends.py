@@ -30,7 +30,7 @@ class SamplingParams(BaseModel):
     seed: int = 0
 
 
-class Generation(BaseModel):
+class Completion(BaseModel):
     """One completion of one prompt, as sampled."""
 
     model_config = ConfigDict(frozen=True)
@@ -49,7 +49,7 @@ class Generation(BaseModel):
 class TargetBackend(Protocol):
     """A target model. `generate` returns `params.n` generations per prompt, prompt-major.
 
-    Generation `j` of prompt `i` is at index `i * params.n + j` and must depend only on
+    Completion `j` of prompt `i` is at index `i * params.n + j` and must depend only on
     the prompt, the parameters and `params.seed` (so a recorded call can be re-run).
     Calls may arrive from several threads at once; a backend serialises them if it must.
     An optional `render_chat(messages) -> str` method turns chat messages into the
@@ -58,7 +58,7 @@ class TargetBackend(Protocol):
 
     name: str
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]: ...
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]: ...
 
 
 class Sampler(Protocol):
@@ -81,14 +81,14 @@ class SamplerBackend:
         self.sampler = sampler
         self.name = sampler.name
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
-        generations: list[Generation] = []
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        generations: list[Completion] = []
         for index, prompt in enumerate(prompts):
             samples = self.sampler.sample(prompt, max_tokens=params.max_tokens,
                                           temperature=params.temperature, n=params.n,
                                           seed=params.seed + index, stop=list(params.stop) or None,
                                           top_p=params.top_p)
-            generations.extend(Generation(text=s.text, prompt_token_ids=list(s.prompt_token_ids),
+            generations.extend(Completion(text=s.text, prompt_token_ids=list(s.prompt_token_ids),
                                           token_ids=list(s.token_ids),
                                           logprobs=None if s.logprobs is None else list(s.logprobs),
                                           finish_reason=s.finish_reason) for s in samples)
@@ -127,10 +127,10 @@ class ScriptedBackend:
             return known
         return len(self.vocabulary) + zlib.crc32(word.encode("utf-8")) % 1_000_000
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         return [self._one(prompt, params, j) for prompt in prompts for j in range(params.n)]
 
-    def _one(self, prompt: str, params: SamplingParams, index: int) -> Generation:
+    def _one(self, prompt: str, params: SamplingParams, index: int) -> Completion:
         prompt_ids = [self.token_id(word) for word in prompt.split()]
         if prompt in self.replies:
             words = self.replies[prompt].split()[: params.max_tokens]
@@ -149,6 +149,6 @@ class ScriptedBackend:
                 reason = "stop"
                 break
             kept.append(word)
-        return Generation(text=" ".join(kept), prompt_token_ids=prompt_ids,
+        return Completion(text=" ".join(kept), prompt_token_ids=prompt_ids,
                           token_ids=[self.token_id(word) for word in kept],
                           logprobs=[round(logprob, 6)] * len(kept), finish_reason=reason)

@@ -37,7 +37,7 @@ from typing import Any, BinaryIO, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sia.harness.backends import Generation, SamplingParams, TargetBackend
+from sia.harness.backends import Completion, SamplingParams, TargetBackend
 
 Endpoint = Literal["completions", "chat"]
 
@@ -72,7 +72,7 @@ class ModelCall(BaseModel):
     prompts: list[str]
     messages: list[dict[str, Any]] | None = None
     params: SamplingParams | None = None
-    generations: list[Generation] = []
+    generations: list[Completion] = []
     error: str | None = None
     latency_s: float = 0.0
 
@@ -307,7 +307,7 @@ class ModelGateway:
         return asked.model_copy(update={"max_tokens": max_tokens})
 
     def _refund(self, episode: _Episode, params: SamplingParams, n_prompts: int,
-                generations: list[Generation]) -> None:
+                generations: list[Completion]) -> None:
         """Replace the held worst case by the tokens actually generated."""
         used = sum(len(g.token_ids) for g in generations)
         with episode.lock:
@@ -318,7 +318,7 @@ class ModelGateway:
             episode.calls.append(call)
 
     def _response(self, endpoint: Endpoint, index: int, params: SamplingParams,
-                  generations: list[Generation]) -> dict[str, Any]:
+                  generations: list[Completion]) -> dict[str, Any]:
         usage = {"prompt_tokens": sum(len(g.prompt_token_ids) for g in generations[:: params.n]),
                  "completion_tokens": sum(len(g.token_ids) for g in generations)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]

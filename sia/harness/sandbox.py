@@ -267,7 +267,7 @@ def _supervise(child: subprocess.Popen[bytes], read_end: int,
     finally:
         if exited is not None:
             os.close(exited)
-    _kill_session(child.pid)
+    kill_session(child.pid)
     _, status, usage = os.wait4(child.pid, 0)
     _drain(read_end, chunks, kept)
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -291,7 +291,7 @@ def _drain(fd: int, chunks: list[bytes], kept: int) -> tuple[int, bool]:
             kept += len(chunks[-1])
 
 
-def _kill_session(pid: int) -> None:
+def kill_session(pid: int) -> None:
     """Kill the child's whole session (its process group): helpers it started die with it.
 
     Called before the child is reaped, so its (zombie) pid still owns the group id and

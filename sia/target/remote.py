@@ -26,10 +26,10 @@ without a chat template (vLLM's 400) is prompted with that plain layout through
 
 Conventions kept identical to the local backend (`sia.target.local`):
 
-* `Generation.token_ids` excludes the token that ended the sample. vLLM includes it
+* `Completion.token_ids` excludes the token that ended the sample. vLLM includes it
   (the EOS with `stop_reason` None, or one of the model's other stop token ids, e.g.
   gpt-oss's `<|call|>`, with `stop_reason` that id); it is dropped here with its
-  log-probability and recorded as `Generation.stop_token_id`, which the trainer appends
+  log-probability and recorded as `Completion.stop_token_id`, which the trainer appends
   for a "stop" finish (with no local model directory there is no config to read the EOS
   from). A stop *string* (`stop_reason` a str) keeps every token, as locally.
 * Choices are prompt-major: vLLM numbers choice `index` = prompt_i * n + j.
@@ -57,7 +57,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sia.harness.backends import Generation, SamplingParams
+from sia.harness.backends import Completion, SamplingParams
 
 VLLM_MIN_VERSION = (0, 12, 0)
 """The oldest vLLM sia supports: the first whose gpt-oss serves LoRA adapters (see module doc)."""
@@ -138,7 +138,7 @@ class RemoteBackend:
                 self._chats.popitem(last=False)
         return text
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         if not prompts:
             return []
         with self._lock:
@@ -156,10 +156,10 @@ class RemoteBackend:
             raise RuntimeError(f"{self._not_served_hint()} (even after publishing it again)") from None
 
     def _generate(self, prompts: list[str], chats: list[tuple[dict[str, Any], ...] | None],
-                  params: SamplingParams) -> list[Generation]:
+                  params: SamplingParams) -> list[Completion]:
         if not any(chats) or self._has_chat_template is False:
             return self._complete(prompts, params)
-        generations: list[Generation] = []
+        generations: list[Completion] = []
         for prompt, messages in zip(prompts, chats, strict=True):
             answered = self._chat(messages, params) if messages else None
             generations += answered if answered is not None else self._complete([prompt], params)
@@ -190,7 +190,7 @@ class RemoteBackend:
         except openai.APIConnectionError as exc:
             raise RuntimeError(f"cannot reach the target server at {self.base_url}: {exc}") from exc
 
-    def _complete(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+    def _complete(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         request: dict[str, Any] = dict(
             model=self._served(), prompt=prompts, max_tokens=params.max_tokens,
             temperature=params.temperature, top_p=params.top_p, n=params.n, seed=params.seed,
@@ -198,7 +198,7 @@ class RemoteBackend:
         if params.stop:
             request["stop"] = list(params.stop)
         response = self._call(lambda client: client.completions.create(**request))
-        generations: list[Generation] = []
+        generations: list[Completion] = []
         for choice in self._ordered(response.choices, len(prompts), params.n):
             extra = dict(choice.model_extra or {})
             logprobs = None
@@ -209,7 +209,7 @@ class RemoteBackend:
                                                 choice.finish_reason, extra.get("stop_reason")))
         return generations
 
-    def _chat(self, messages: tuple[dict[str, Any], ...], params: SamplingParams) -> list[Generation] | None:
+    def _chat(self, messages: tuple[dict[str, Any], ...], params: SamplingParams) -> list[Completion] | None:
         """The chat endpoint's generations, or None when the model has no chat template."""
         import openai
 
@@ -228,7 +228,7 @@ class RemoteBackend:
             return None
         self._has_chat_template = True
         prompt_ids = dict(response.model_extra or {}).get("prompt_token_ids")
-        generations: list[Generation] = []
+        generations: list[Completion] = []
         for choice in self._ordered(response.choices, 1, params.n):
             extra = dict(choice.model_extra or {})
             logprobs = None
@@ -248,7 +248,7 @@ class RemoteBackend:
         return ordered
 
     def _generation(self, text: str, prompt_ids: Any, ids: Any, logprobs: list[float] | None,
-                    reason: Any, stop_reason: Any) -> Generation:
+                    reason: Any, stop_reason: Any) -> Completion:
         if prompt_ids is None or ids is None:
             raise RuntimeError(TOKEN_IDS_REQUIRED.format(url=self.base_url, model=self._served()))
         ids = [int(token) for token in ids]
@@ -260,7 +260,7 @@ class RemoteBackend:
         if reason == "stop" and not isinstance(stop_reason, str) and ids:
             stop_token_id = ids.pop()  # the EOS / stop token: sia's token_ids exclude it (module doc)
             logprobs = None if logprobs is None else logprobs[:-1]
-        return Generation(text=text, prompt_token_ids=[int(t) for t in prompt_ids], token_ids=ids,
+        return Completion(text=text, prompt_token_ids=[int(t) for t in prompt_ids], token_ids=ids,
                           logprobs=logprobs, finish_reason=reason, stop_token_id=stop_token_id)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sia.harness.bwrap import EPISODE_DIR, code_sandbox_options, interpreter, require_bwrap
+from sia.harness.sandbox import kill_session
 from sia.harness.seccomp import episode_filter
 
 RUNNER = Path(__file__).with_name("answer_runner.py")
@@ -258,10 +259,7 @@ class AnswerSandbox:
 
     def close_child(self) -> None:
         if self._child.returncode is None:
-            try:
-                os.killpg(self._child.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_session(self._child.pid)
             self._child.wait()
 
     def _lost_from_exit(self) -> SandboxLost:

@@ -38,10 +38,8 @@ import_error, no_function, incorrect (checked and rejected), timing, timeout, me
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sia.harness.bwrap import require_bwrap
+from sia.harness.sandbox import kill_session
 from sia.tasks.answer_sandbox import AnswerSandbox, SandboxLimits, SandboxLost, timing_problem
 
 Isolation = Literal["bwrap", "process"]
@@ -246,7 +245,8 @@ def run_isolated(kind: str, answer: str, config: dict[str, Any], *, wall_s: floa
             try:
                 code = child.wait(timeout=wall_s + (SCORER_STARTUP_S if isolation == "bwrap" else 0))
             except subprocess.TimeoutExpired:
-                _kill_session(child)
+                kill_session(child.pid)
+                child.wait()
                 return CodeOutcome(0.0, "timeout", f"no result within {wall_s:g} s")
         try:
             outcome = json.loads(result.read_text(encoding="utf-8"))
@@ -256,14 +256,6 @@ def run_isolated(kind: str, answer: str, config: dict[str, Any], *, wall_s: floa
             return CodeOutcome(0.0, "crash", f"evaluation process exited with {code}: {tail}")
     finally:
         shutil.rmtree(home, ignore_errors=True)
-
-
-def _kill_session(child: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    child.wait()
 
 
 def _child(request_path: str, result_path: str) -> None:

@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sia.harness.backends import Generation, SamplerBackend, SamplingParams
+from sia.harness.backends import Completion, SamplerBackend, SamplingParams
 from sia.testing.loopback import JSON, Fault, LoopbackServer, ProtocolError, RecordedRequest, Route
 
 _NOT_FOUND = "NotFoundError"
@@ -334,7 +334,7 @@ class VLLMServer(LoopbackServer):
                               stop=tuple(stop),
                               seed=random.randrange(2**31) if seed is None else seed)
 
-    def _as_vllm(self, backend: Any, generation: Generation,
+    def _as_vllm(self, backend: Any, generation: Completion,
                  params: SamplingParams) -> tuple[list[int], list[float], str, str, int | str | None]:
         """vLLM's view of a local sample: `(token_ids, logprobs, text, finish_reason, stop_reason)`.
 
@@ -368,7 +368,7 @@ class VLLMServer(LoopbackServer):
                 "top_logprobs": [{token: lp} for token, lp in zip(tokens, lps, strict=True)]}
 
 
-def _eos_logprob(backend: Any, generation: Generation, temperature: float) -> float:
+def _eos_logprob(backend: Any, generation: Completion, temperature: float) -> float:
     """The log-probability the sampling distribution gave EOS after the sample."""
     torch = backend.torch
     ids = torch.tensor([[*generation.prompt_token_ids, *generation.token_ids]])
