@@ -21,6 +21,10 @@ from sia.core.events.types import (
     Algorithm,
     BaseEvent,
     Budget,
+    Candidate,
+    CandidateChosen,
+    CandidateEvaluated,
+    CandidatesProposed,
     EffectCompleted,
     EffectFailed,
     EffectRequested,
@@ -36,7 +40,9 @@ from sia.core.events.types import (
     RunCreated,
     RunFailed,
     RunPaused,
+    SearchConfig,
     TaskIdentity,
+    TestScored,
     TrainingNoSignal,
     TrainingPlan,
     Usage,
@@ -586,3 +592,118 @@ def test_a_run_recorded_by_a_newer_decider_is_refused() -> None:
     state = given(created(version=DECIDER_VERSION + 1))
     with pytest.raises(UnknownDeciderVersion, match=f"decider version {DECIDER_VERSION + 1}"):
         decide(state)
+
+
+# ---------------------------------------------------------------- search, and the end of a run (version 4)
+
+
+def _candidate(index: int) -> Candidate:
+    return Candidate(action="edit_harness", rationale=f"candidate {index}", harness_hash=f"c{index}")
+
+
+def round_proposed(generation_: int, round_: int, n: int = 2) -> list[BaseEvent]:
+    return answered("feedback", generation_, CandidatesProposed(
+        generation=generation_, round=round_, candidates=tuple(_candidate(i) for i in range(n))))
+
+
+def candidate_scored(generation_: int, round_: int, index: int, score: float | None) -> list[BaseEvent]:
+    return answered("candidate", generation_, CandidateEvaluated(
+        generation=generation_, round=round_, index=index, run_id=f"run~c{index}", score=score,
+        harness_hash=f"c{index}", episodes=8, error=None if score is not None else "boom"))
+
+
+def searching(**config: Any) -> RunCreated:
+    return created(**{"search": SearchConfig(candidates=2), **config})
+
+
+def test_a_search_asks_for_candidates_naming_how_many_and_the_round() -> None:
+    events = decide(given(searching(), proposed(), generation(0, 0.5, 0)))
+    [request] = requests(events, "feedback")
+    assert (request["candidates"], request["round"]) == (2, 0)
+
+
+def test_each_proposed_candidate_is_explored_from_where_it_was_proposed() -> None:
+    state = given(searching(), proposed(), generation(0, 0.5, 0), round_proposed(0, 0))
+    events = decide(state)
+    asked = requests(events, "candidate")
+    assert [r["index"] for r in asked] == [0, 1]
+    assert {r["fork_seq"] for r in asked} == {state.current.rounds[-1].seq}
+    assert asked[1]["candidate"]["harness_hash"] == "c1"
+
+
+def test_the_best_candidate_above_the_incumbent_is_adopted_and_becomes_the_next_generation() -> None:
+    events = decide(given(searching(), proposed(), generation(0, 0.5, 0), round_proposed(0, 0),
+                          candidate_scored(0, 0, 0, 0.625), candidate_scored(0, 0, 1, 0.75)))
+    assert types(events)[:3] == ["CandidateChosen", "HarnessEdited", "GenerationStarted"]
+    chosen, edited = events[0], events[1]
+    assert isinstance(chosen, CandidateChosen) and chosen.index == 1
+    assert isinstance(edited, HarnessEdited) and edited.to_hash == "c1"
+
+
+def test_no_candidate_above_the_incumbent_keeps_it_and_asks_again_with_what_was_tried() -> None:
+    events = decide(given(searching(), proposed(), generation(0, 0.5, 0), round_proposed(0, 0),
+                          candidate_scored(0, 0, 0, 0.5), candidate_scored(0, 0, 1, None)))
+    assert types(events)[0] == "CandidateChosen" and events[0].index is None
+    [request] = requests(events, "feedback")
+    assert request["round"] == 1
+    assert [(t["index"], t["score"], t["chosen"]) for t in request["tried"]] == [(0, 0.5, False), (1, None, False)]
+    assert "its branch failed: boom" in request["tried"][1]["note"]
+
+
+def test_patience_rounds_without_a_better_candidate_end_the_search() -> None:
+    rounds: list[BaseEvent] = []
+    for r in range(2):
+        rounds += [*round_proposed(0, r), *candidate_scored(0, r, 0, 0.25), *candidate_scored(0, r, 1, 0.25),
+                   CandidateChosen(generation=0, round=r, index=None, reason="kept")]
+    events = decide(given(searching(patience=2), proposed(), generation(0, 0.5, 0), rounds))
+    assert types(events) == ["RunCompleted"]
+    assert "no candidate beat the incumbent in 2 rounds" in events[0].reason
+
+
+def test_a_candidates_branch_adopts_its_candidate_and_stops_after_its_generation() -> None:
+    branch = searching(search=SearchConfig(candidates=2, explore=1))
+    state = given(branch, proposed(), generation(0, 0.5, 0), round_proposed(0, 0))
+    events = decide(state)
+    assert types(events)[:2] == ["CandidateChosen", "HarnessEdited"] and events[0].index == 1
+    done = given(branch, proposed(), generation(0, 0.5, 0), round_proposed(0, 0),
+                 CandidateChosen(generation=0, round=0, index=1, reason="explore"),
+                 HarnessEdited(generation=0, from_hash="h0", to_hash="c1"), generation(1, 0.75, 1, harness="c1"))
+    assert types(decide(done)) == ["RunCompleted"]
+
+
+def test_a_branch_asked_to_explore_a_candidate_its_round_lacks_fails_clearly() -> None:
+    branch = searching(search=SearchConfig(candidates=2, explore=5))
+    events = decide(given(branch, proposed(), generation(0, 0.5, 0), round_proposed(0, 0)))
+    assert types(events) == ["RunFailed"] and "explores candidate 5" in events[0].error
+
+
+def test_a_run_with_a_test_split_scores_its_best_generation_once_before_it_completes() -> None:
+    task = toy_task().model_copy(update={"test_size": 8})
+    end = given(created(task, max_generations=2), proposed(), generation(0, 0.5, 0),
+                decided(0, "edit_harness", harness_hash="h1"), HarnessEdited(generation=0, from_hash="h0", to_hash="h1"),
+                generation(1, 0.25, 0, harness="h1"))
+    [request] = requests(decide(end), "test")
+    assert (request["generation"], request["harness_hash"]) == (0, "h0")
+    scored = given(created(task, max_generations=2), proposed(), generation(0, 0.5, 0),
+                   decided(0, "edit_harness", harness_hash="h1"),
+                   HarnessEdited(generation=0, from_hash="h0", to_hash="h1"), generation(1, 0.25, 0, harness="h1"),
+                   answered("test", 0, TestScored(generation=0, harness_hash="h0", adapter_hash=None, score=0.5,
+                                                  n=8, n_answered=8)))
+    assert types(decide(scored)) == ["RunCompleted"]
+    broken = given(created(task, max_generations=2), proposed(), generation(0, 0.5, 0),
+                   decided(0, "stop"), failed("test", 0, "sandbox gone"))
+    [done] = decide(broken)
+    assert isinstance(done, RunCompleted) and "test score could not be measured: sandbox gone" in done.reason
+
+
+def test_a_run_recorded_before_version_4_completes_without_a_test_score() -> None:
+    task = toy_task().model_copy(update={"test_size": 8})
+    events = decide(given(created(task, version=3, max_generations=1), proposed(), generation(0, 0.5, 0)))
+    assert types(events) == ["RunCompleted"]
+
+
+def test_an_episode_budget_counts_the_searchs_branches() -> None:
+    events = decide(given(searching(budget=Budget(episodes=20)), proposed(), generation(0, 0.5, 0),
+                          round_proposed(0, 0), candidate_scored(0, 0, 0, 0.25), candidate_scored(0, 0, 1, 0.25),
+                          CandidateChosen(generation=0, round=0, index=None, reason="kept")))
+    assert types(events) == ["RunCompleted"] and "budget exhausted: episodes 24 >= 20" in events[0].reason
