@@ -15,8 +15,13 @@ from sia.core.events import types as event_types
 from sia.core.events.types import (
     EVENT_CLASSES,
     AdapterCheckpointed,
+    AgentStepRecorded,
     AnswerRefused,
     BaseEvent,
+    Candidate,
+    CandidateChosen,
+    CandidateEvaluated,
+    CandidatesProposed,
     EffectCompleted,
     EffectFailed,
     EffectRequested,
@@ -37,6 +42,7 @@ from sia.core.events.types import (
     RunPaused,
     RunResumed,
     TaskIdentity,
+    TestScored,
     TrainingJobSubmitted,
     TrainingNoSignal,
     TrainingPlan,
@@ -80,7 +86,7 @@ def _event_classes_defined_in_types() -> set[type[BaseEvent]]:
 def test_every_event_class_is_registered_under_its_own_name() -> None:
     defined = _event_classes_defined_in_types()
     in_union = set(get_args(get_args(Event)[0]))
-    assert len(defined) == 21
+    assert len(defined) == 26
     assert in_union == defined
     assert set(EVENT_CLASSES.values()) == defined
     assert EVENT_CLASSES == {cls.__name__: cls for cls in defined}
@@ -122,6 +128,16 @@ def _one_of_each() -> list[BaseEvent]:
                             algorithm="dpo", metrics={"loss": 0.5}),
         TrainingNoSignal(generation=1, algorithm="best_of_n", reason="constant rewards",
                          job_id="j"),
+        AgentStepRecorded(effect_id="e", index=0, kind="tool", name="read_episode", blob_hash="b",
+                          summary="read ep-3", usage=usage),
+        CandidatesProposed(generation=1, round=0, candidates=(
+            Candidate(action="update_weights", rationale="r", plan=TrainingPlan(algorithm="grpo"),
+                      parent_generation=0),), provider="builtin"),
+        CandidateEvaluated(generation=1, round=0, index=0, run_id="r~g1r0c0", score=0.75, rewards=(1.0, 0.5),
+                           adapter_hash="a", episodes=4),
+        CandidateChosen(generation=1, round=0, index=None, reason="kept"),
+        TestScored(generation=1, harness_hash="h", adapter_hash=None, score=0.5, n=8, n_answered=7,
+                   metrics={"f1": 0.5}),
         GenerationCompleted(generation=1, dev_score=0.5, best_generation=0),
     ]
 

@@ -52,6 +52,7 @@ def test_a_run_with_anthropic_meta_and_feedback(tmp_path: Path) -> None:
         server.fail_next(Fault.rate_limited(retry_after=0), Fault.server_error())
         result = sia(home, "run", "--task", "wordcat", "--mode", "H", "--max-gen", "2", "--quiet",
                      "--set", "meta=anthropic", "--set", "feedback=anthropic:claude-sonnet-4-6",
+                     "--set", "agent.max_turns=1",  # one structured answer (investigations: test_agents_investigation)
                      env={"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": server.base_url},
                      timeout=300)
         requests = len(server.requests)
@@ -65,7 +66,7 @@ def test_a_run_with_an_openai_compatible_endpoint(tmp_path: Path) -> None:
         server.fail_next(Fault.rate_limited(retry_after=0), Fault.server_error())
         result = sia(home, "run", "--task", "wordcat", "--mode", "H", "--max-gen", "2", "--quiet",
                      "--set", "meta=openai:loopback-model",
-                     "--set", "feedback=openai:loopback-model",
+                     "--set", "feedback=openai:loopback-model", "--set", "agent.max_turns=1",
                      env={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": server.api_base},
                      timeout=300)
         requests = len(server.requests)

@@ -19,7 +19,7 @@ def wordcat(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_the_default_roles_are_served(wordcat, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     registry = handlers_for(RunConfig(task="wordcat"), wordcat, home=tmp_path)
-    assert sorted(registry.handlers) == ["episode", "evaluate", "feedback", "meta", "train"]
+    assert sorted(registry.handlers) == ["episode", "evaluate", "feedback", "meta", "test", "train"]
     registry.close()
 
 

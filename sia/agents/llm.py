@@ -1,6 +1,10 @@
 """The LLM-backed Meta and Feedback agents, as effect handlers.
 
-Both ask a `sia.llm` provider for a structured answer (a forced tool call on Anthropic,
+When the request carries `limits` (decider version 4 on), the provider can use tools and
+`limits.max_turns` > 1, an agent investigates before it answers (`sia.agents.investigation`
+with the tools of `sia.agents.tools`): it ends by calling `decide` / `submit_harness`,
+checked exactly as the structured answer below is, and every step is journaled. Otherwise,
+both ask a `sia.llm` provider for a structured answer (a forced tool call on Anthropic,
 a `json_schema` response format on OpenAI-compatible endpoints), check it, and re-ask
 within the same effect — the refusal appended to the conversation — up to
 `max_attempts` times. Every attempt's tokens and dollars are summed into the effect's
@@ -23,9 +27,8 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -33,10 +36,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sia.agents import prompts
 from sia.agents.digest import Digest, build_digest, summarize_trajectory
+from sia.agents.investigation import FinalTool, Investigation, Verdict, describe
+from sia.agents.tools import DraftRun, FeedbackDesk, draft_tool, feedback_tools, read_samples_tool, strip_fences
 from sia.agents.reward_view import RewardShapeOf, with_trainer_view
 from sia.core.config import dollars
 from sia.effects.base import EffectContext, EffectError, EffectResult
-from sia.core.events.types import ALGORITHMS, AnswerRefused, Force, Usage
+from sia.core.events.types import ALGORITHMS, AgentLimits, AnswerRefused, Force, Usage
 from sia.core.effect_models import (
     FeedbackRequest,
     FeedbackResult,
@@ -44,7 +49,17 @@ from sia.core.effect_models import (
     MetaRequest,
     MetaResult,
 )
-from sia.llm import LLMRequest, LLMResponse, Message, MissingCredentials, PermanentLLMError, Provider, ResponseSchema
+from sia.llm import (
+    LLMRequest,
+    LLMResponse,
+    Message,
+    MissingCredentials,
+    PermanentLLMError,
+    Provider,
+    ResponseSchema,
+    ToolSpec,
+    ToolUseProvider,
+)
 from sia.store.blobs import BlobStore
 
 CACHE_WRITE_FACTOR = 1.25
@@ -69,6 +84,18 @@ class PublicTask(Protocol):
 
 Validate = Callable[[str], list[str]]
 TrajectorySummary = Callable[[str | None, BlobStore], str]
+DevRewardsOf = Callable[[str], Mapping[int, Mapping[str, float]]]
+"""A run's dev reward per sample, by generation, from its id (for compare_generations)."""
+
+
+def investigates(provider: Provider, limits: AgentLimits | None) -> AgentLimits | None:
+    """The limits of an investigation with tools, or None for one structured request.
+
+    A run recorded before limits existed (decider versions 1-3), a provider without tool
+    use, and `agent.max_turns = 1` keep the single structured request with re-asks."""
+    if limits is None or limits.max_turns <= 1 or not isinstance(provider, ToolUseProvider):
+        return None
+    return limits
 
 
 def default_trajectory_summary(trajectory_hash: str | None, blobs: BlobStore) -> str:
@@ -232,15 +259,6 @@ def _unreadable(exc: PermanentLLMError) -> bool:
     return exc.status is None and not isinstance(exc, MissingCredentials)
 
 
-_FENCE = re.compile(r"^\s*```[a-zA-Z0-9_+-]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
-
-
-def strip_fences(source: str) -> str:
-    """A module the model wrapped in a Markdown code fence, unwrapped."""
-    match = _FENCE.match(source)
-    return (match.group(1) if match else source).strip("\n") + "\n"
-
-
 def _errors(exc: ValidationError) -> list[str]:
     return [f"{'.'.join(str(p) for p in e['loc']) or 'answer'}: {e['msg']}" for e in exc.errors()]
 
@@ -254,13 +272,18 @@ class LLMMeta:
     kind = "meta"
 
     def __init__(self, provider: Provider, model: str | None, task: PublicTask, validate: Validate, *,
-                 max_attempts: int = 3, n_samples: int = 5, max_tokens: int = 16_000) -> None:
+                 max_attempts: int = 3, n_samples: int = 5, max_tokens: int = 16_000,
+                 draft: DraftRun | None = None) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.provider, self.model, self.task, self.validate = provider, model, task, validate
         self.max_attempts, self.n_samples, self.max_tokens = max_attempts, n_samples, max_tokens
+        self.draft = draft
 
     def run(self, request: MetaRequest, ctx: EffectContext) -> EffectResult:
+        limits = investigates(self.provider, request.limits)
+        if limits is not None:
+            return self._investigate(request, limits, ctx)
         conversation = _Conversation(self.provider, self.model, prompts.meta_system(self.task.description),
                                      META_SCHEMA, self.max_tokens, ctx.seed)
         samples = public_samples(self.task, self.n_samples, ctx.seed)
@@ -300,6 +323,37 @@ class LLMMeta:
             harness_hash=ctx.blobs.put_text(last_source) if last_source is not None else None,
             valid=False, problems=tuple(problems + summary)), conversation.usage)
 
+    def _investigate(self, request: MetaRequest, limits: AgentLimits, ctx: EffectContext) -> EffectResult:
+        assert isinstance(self.provider, ToolUseProvider)
+        tools = [read_samples_tool(self.task.samples)]
+        if self.draft is not None:
+            tools.append(draft_tool(self.draft, ctx.blobs, key=ctx.effect_id[:16], seed=ctx.seed, adapter_hash=None))
+
+        def check(arguments: Mapping[str, Any], attempt: int) -> list[str]:
+            try:
+                problems = list(self.validate(strip_fences(MetaAnswer.model_validate(dict(arguments)).harness)))
+            except ValidationError as exc:
+                problems = _errors(exc)
+            if problems:
+                _report_refusal(ctx, attempt, problems)
+            return problems
+
+        final = FinalTool(ToolSpec(name="submit_harness", description=META_SCHEMA.description,
+                                   input_schema=META_SCHEMA.json_schema), check)
+        investigation = Investigation(self.provider, self.model, system=prompts.meta_system(
+            self.task.description, investigating=True), tools=tools, final=final, limits=limits,
+            max_tokens=self.max_tokens)
+        opening = prompts.meta_user(public_samples(self.task, self.n_samples, ctx.seed),
+                                    self.task.reference_harness(), request.problems,
+                                    closing=prompts.INVESTIGATE_META)
+        verdict = investigation.run(opening, ctx)
+        if verdict.answer is None:
+            return EffectResult(MetaResult(harness_hash=None, valid=False, problems=(
+                *verdict.problems, f"no valid harness ({self.provider.name}:{investigation.label}; "
+                f"{describe(verdict)})")), verdict.usage)
+        source = strip_fences(MetaAnswer.model_validate(verdict.answer).harness)
+        return EffectResult(MetaResult(harness_hash=ctx.blobs.put_text(source), valid=True), verdict.usage)
+
 
 def public_samples(task: PublicTask, n: int, seed: int) -> list[dict[str, Any]]:
     """`n` public samples, drawn with `seed`: from the train split, else the dev split."""
@@ -332,28 +386,33 @@ class LLMFeedback:
     def __init__(self, provider: Provider, model: str | None, task: PublicTask, validate: Validate,
                  trajectory_summary: TrajectorySummary = default_trajectory_summary, *,
                  max_attempts: int = 3, digest_chars: int = 12_000, per_group: int = 4,
-                 max_tokens: int = 16_000, reward_shape_of: RewardShapeOf | None = None) -> None:
+                 max_tokens: int = 16_000, reward_shape_of: RewardShapeOf | None = None,
+                 draft: DraftRun | None = None, dev_rewards: DevRewardsOf | None = None,
+                 opening_digest_chars: int = 4_000) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.reward_shape_of = reward_shape_of
+        self.draft, self.dev_rewards, self.opening_digest_chars = draft, dev_rewards, opening_digest_chars
         self.provider, self.model, self.task, self.validate = provider, model, task, validate
         self.trajectory_summary = trajectory_summary
         self.max_attempts, self.digest_chars, self.per_group = max_attempts, digest_chars, per_group
         self.max_tokens = max_tokens
 
-    def digest(self, request: FeedbackRequest, blobs: BlobStore, seed: int) -> Digest:
+    def digest(self, request: FeedbackRequest, blobs: BlobStore, seed: int, max_chars: int | None = None) -> Digest:
         episodes = [e.model_dump() for e in request.episodes]
         sample_ids = sorted({str(e["sample_id"]) for e in episodes})
         samples = {sid: self.task.sample(sid) for sid in sample_ids}
         options = {sid: list(self.task.options_of(sid)) for sid in sample_ids}
         trajectories = {str(e["episode_id"]): e.get("trajectory_hash") for e in episodes}
         return build_digest(episodes, samples, lambda eid: self.trajectory_summary(trajectories.get(eid), blobs),
-                            seed=seed, options=options, max_chars=self.digest_chars,
+                            seed=seed, options=options, max_chars=max_chars or self.digest_chars,
                             per_group=self.per_group)
 
     def run(self, request: FeedbackRequest, ctx: EffectContext) -> EffectResult:
         request, shape = with_trainer_view(request, self.reward_shape_of, ctx.blobs)
-        digest = self.digest(request, ctx.blobs, ctx.seed)
+        limits = investigates(self.provider, request.limits)
+        digest = self.digest(request, ctx.blobs, ctx.seed,
+                             self.opening_digest_chars if limits is not None else None)
         digest_hash = ctx.blobs.put_text(digest.text)
         label = f"{self.provider.name}:{self.model or 'default'}"
         base: dict[str, Any] = {"digest_hash": digest_hash, "digest_summary": digest.summary,
@@ -366,6 +425,8 @@ class LLMFeedback:
             return EffectResult(self._forced(force, request.reward_shape.recommended, base))
 
         current = ctx.blobs.get_text(request.harness_hash) if request.harness_hash else None
+        if limits is not None:
+            return self._investigate(request, limits, ctx, digest_hash, current, base, forced_action)
         conversation = _Conversation(self.provider, self.model, prompts.feedback_system(self.task.description),
                                      FEEDBACK_SCHEMA, self.max_tokens, ctx.seed)
         conversation.messages.append(Message(role="user", content=prompts.feedback_user(
@@ -397,6 +458,50 @@ class LLMFeedback:
         raise EffectError(f"feedback ({conversation.label}): no valid decision after {self.max_attempts} "
                           "attempts: " + " | ".join(refused))
 
+    def _investigate(self, request: FeedbackRequest, limits: AgentLimits, ctx: EffectContext, digest_hash: str,
+                     current: str | None, base: dict[str, Any], forced_action: str | None) -> EffectResult:
+        """Decide after investigating with tools; every dev episode of the generation may be evidence."""
+        assert isinstance(self.provider, ToolUseProvider)
+        run_id = ctx.run_id
+        dev_rewards = self.dev_rewards
+        desk = FeedbackDesk(request, ctx.blobs, self.task.sample,
+                            (lambda: dev_rewards(run_id)) if dev_rewards is not None else None)
+        tools = feedback_tools(desk)
+        if self.draft is not None:
+            tools.append(draft_tool(self.draft, ctx.blobs, key=ctx.effect_id[:16], seed=ctx.seed,
+                                    adapter_hash=request.adapter_hash, current=desk.current_rewards()))
+        shown = [e.episode_id for e in request.episodes]
+
+        def check(arguments: Mapping[str, Any], attempt: int) -> list[str]:
+            try:
+                answer = DecisionAnswer.model_validate(dict(arguments))
+            except ValidationError as exc:
+                problems = _errors(exc)
+            else:
+                problems = check_decision(answer, request, shown, current, self.validate,
+                                          forced_action=forced_action)
+            if problems:
+                _report_refusal(ctx, attempt, problems)
+            return problems
+
+        final = FinalTool(ToolSpec(name="decide", description=FEEDBACK_SCHEMA.description,
+                                   input_schema=FEEDBACK_SCHEMA.json_schema), check)
+        investigation = Investigation(self.provider, self.model, system=prompts.feedback_system(
+            self.task.description, investigating=True), tools=tools, final=final, limits=limits,
+            max_tokens=self.max_tokens)
+        opening = prompts.feedback_user(request, harness_source=current, digest_text=ctx.blobs.get_text(digest_hash),
+                                        last_diff=last_edit_diff(request.history, ctx.blobs),
+                                        closing=prompts.INVESTIGATE_FEEDBACK)
+        verdict = investigation.run(opening, ctx)
+        label = f"{self.provider.name}:{investigation.label}"
+        if verdict.answer is None:
+            raise EffectError(f"feedback ({label}): no valid decision: " + " | ".join(verdict.problems)
+                              + f" ({describe(verdict)})")
+        result = self._result(DecisionAnswer.model_validate(verdict.answer), request, ctx.blobs, base, label,
+                              forced=forced_action is not None, attempt=len(verdict.refused) + 1,
+                              refused=verdict.refused, investigated=verdict)
+        return EffectResult(result, verdict.usage)
+
     def _forced(self, force: Force, recommended: str | None, base: dict[str, Any]) -> FeedbackResult:
         result = {**base, "action": force.action, "forced": True, "evidence": [],
                   "rationale": f"forced by the run's settings (feedback.force={force}); the model was not asked"}
@@ -409,7 +514,7 @@ class LLMFeedback:
 
     def _result(self, answer: DecisionAnswer, request: FeedbackRequest, blobs: BlobStore,
                 base: dict[str, Any], label: str, *, forced: bool, attempt: int,
-                refused: Sequence[str]) -> FeedbackResult:
+                refused: Sequence[str], investigated: Verdict | None = None) -> FeedbackResult:
         recommended = request.reward_shape.recommended
         rationale = answer.rationale.strip()
         result: dict[str, Any] = {**base, "action": answer.action, "provider": label, "forced": forced,
@@ -425,7 +530,11 @@ class LLMFeedback:
             if answer.plan.algorithm != recommended:
                 rationale += (f"\n[algorithm {answer.plan.algorithm} overrides the recommended "
                               f"{recommended}: {(answer.algorithm_override_reason or '').strip()}]")
-        if refused:
+        if investigated is not None:
+            rationale += f"\n[sia: {describe(investigated)}]"
+            if refused:
+                rationale += f"\n[sia: accepted on decide call {attempt}; refused before: " + " | ".join(refused) + "]"
+        elif refused:
             rationale += (f"\n[sia: accepted on attempt {attempt} of {self.max_attempts}; refused before: "
                           + " | ".join(refused) + "]")
         result["rationale"] = rationale

@@ -43,7 +43,22 @@ REPLY_ECHO_CHARS = 40_000
 # ---------------------------------------------------------------- Meta
 
 
-def meta_system(task_description: str) -> str:
+META_REPLY_RULE = """- Reply through the `harness` tool / JSON object only. Its "harness" field is the
+  complete module source: plain Python, no Markdown fences, no explanations outside code."""
+META_TOOLS_RULE = """- Investigate with the tools (read public samples; run a draft harness on a few train or
+  dev samples to see its answers and rewards), then call `submit_harness` with the complete
+  module source: plain Python, no Markdown fences. A refused harness comes back with the
+  problems; fix them and submit again."""
+FEEDBACK_REPLY_RULE = "- Reply through the `decision` tool / JSON object only."
+FEEDBACK_TOOLS_RULE = """- Investigate before you decide: list and read episodes, compare generations, diff
+  harnesses, read the history, and run a draft harness on a few dev or train samples to check
+  an edit. Every call costs budget. Then call `decide` with the whole decision; a refused
+  decision comes back with its problems, to correct and call `decide` again."""
+
+
+def meta_system(task_description: str, *, investigating: bool = False) -> str:
+    """`investigating`: the agent has tools and ends by calling `submit_harness`."""
+    reply_rule = META_TOOLS_RULE if investigating else META_REPLY_RULE
     return f"""You are the Meta Agent of sia, a self-improvement loop for an AI agent.
 Your job: write the first harness (scaffold) for a task. A harness is one complete Python
 module that turns one task sample into an answer by calling the target model. It is run
@@ -53,8 +68,7 @@ on every sample of the task, in a sandbox, and scored; a later Feedback Agent wi
 {HARNESS_CONTRACT.strip()}
 
 # Rules
-- Reply through the `harness` tool / JSON object only. Its "harness" field is the
-  complete module source: plain Python, no Markdown fences, no explanations outside code.
+{reply_rule}
 - Use the standard library only; no network other than `model`; no files.
 - Never raise out of `solve`: catch errors and fall back to a best-effort answer. An
   exception, a timeout or a non-str return is scored as a failure.
@@ -70,7 +84,7 @@ on every sample of the task, in a sandbox, and scored; a later Feedback Agent wi
 
 
 def meta_user(samples: Sequence[Mapping[str, Any]], reference: str | None,
-              problems: Sequence[str] = ()) -> str:
+              problems: Sequence[str] = (), closing: str = "Write the complete harness module now.") -> str:
     parts = ["Public samples of the task (what `solve` receives as `sample`):"]
     for sample in samples:
         parts.append(clip(json.dumps(dict(sample), ensure_ascii=False, sort_keys=True, default=str),
@@ -81,7 +95,7 @@ def meta_user(samples: Sequence[Mapping[str, Any]], reference: str | None,
     if problems:
         parts.append("\nA previous harness for this task was rejected with these problems; make "
                      "sure yours does not have them:\n" + _bullets(problems))
-    parts.append("\nWrite the complete harness module now.")
+    parts.append("\n" + closing)
     return "\n".join(parts)
 
 
@@ -93,7 +107,9 @@ def meta_reask(problems: Sequence[str]) -> str:
 # ---------------------------------------------------------------- Feedback
 
 
-def feedback_system(task_description: str) -> str:
+def feedback_system(task_description: str, *, investigating: bool = False) -> str:
+    """`investigating`: the agent has tools and ends by calling `decide`."""
+    reply_rule = FEEDBACK_TOOLS_RULE if investigating else FEEDBACK_REPLY_RULE
     algorithms = "\n".join(f"- {name}: {ALGORITHM_NOTES.get(name, '')}" for name in ALGORITHMS)
     return f"""You are the Feedback Agent of sia, a self-improvement loop for an AI agent.
 After each generation (the current harness run with the current adapter on the dev split,
@@ -112,7 +128,7 @@ generation's harness and adapter, then applies your action (a harness you give r
 whatever is restored). Use it after a regression.
 
 # Rules
-- Reply through the `decision` tool / JSON object only.
+{reply_rule}
 - "rationale": why this action, grounded in the metrics, the digest and the reward
   statistics. "evidence": ids of episodes from the digest that support it — only ids the
   digest shows.
@@ -195,7 +211,7 @@ def harness_diff(old: str, new: str, from_label: str, to_label: str, max_chars: 
 
 
 def feedback_user(request: FeedbackRequest, *, harness_source: str | None, digest_text: str,
-                  last_diff: str | None) -> str:
+                  last_diff: str | None, closing: str = "Decide now.") -> str:
     """The per-generation part of the Feedback prompt, from the recorded feedback request."""
     mode, shape = request.mode, request.reward_shape
     rewards = [e.reward for e in request.episodes]
@@ -227,8 +243,14 @@ def feedback_user(request: FeedbackRequest, *, harness_source: str | None, diges
         parts += ["", f"# Constraint: this run's settings force the action {force.action!r}"
                       + (f" with algorithm {force.algorithm!r}" if force.algorithm else "")
                       + ". Your decision must take it; give the best version of it."]
-    parts += ["", "Decide now."]
+    parts += ["", closing]
     return "\n".join(parts)
+
+
+INVESTIGATE_FEEDBACK = ("The digest above is a sample. Investigate with the tools (episode ids: list_episodes), "
+                        "then call `decide`.")
+INVESTIGATE_META = ("Investigate with the tools if it helps (run_draft_harness shows a draft's answers and "
+                    "rewards), then call `submit_harness` with the complete module.")
 
 
 def feedback_reask(problems: Sequence[str]) -> str:

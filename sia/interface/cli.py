@@ -425,18 +425,21 @@ def audit(
         "--rejudge", help="Re-ask this feedback provider each recorded decision (in forks).")] = None,
 ) -> None:
     """Every Feedback decision: evidence shown, action and algorithm with why, outcome."""
+    from sia.agents.investigation import render_steps
     from sia.core.events.mapper import MAPPER
-    from sia.interface.views import audit_rows, refusals_by_generation, sandbox_of
+    from sia.interface.views import audit_rows, investigations_by_generation, refusals_by_generation, sandbox_of
 
     with opened_store() as store:
         state = load(store, run_id)
         sandbox = sandbox_of(state)
         rows = audit_rows(state)
-        refused = refusals_by_generation(
-            MAPPER.decode(e).event for e in store.read(run_id)
-            if e.type in ("EffectRequested", "AnswerRefused"))
+        logged = [MAPPER.decode(e).event for e in store.read(run_id)
+                  if e.type in ("EffectRequested", "AnswerRefused", "AgentStepRecorded")]
+        refused = refusals_by_generation(logged)
+        investigated = investigations_by_generation(logged)
         for row in rows:
             row["refused_answers"] = refused.get(row["generation"], [])
+            row["investigation"] = render_steps(investigated.get(row["generation"], []), indent="")
         if rejudge:
             from sia.core.config import apply_overrides
             from sia.runtime.rejudge import rejudge as rejudge_run
@@ -478,6 +481,11 @@ def audit(
     if sandbox is not None:
         out.print(f"harnesses ran in the {sandbox} sandbox", highlight=False)
     out.print(fitted_table(f"decisions of {run_id}", columns, cells, out.width))
+    for row in rows:
+        if row["investigation"]:
+            out.print(f"gen {row['generation']}, the investigation behind the decision:", highlight=False)
+            for line in row["investigation"]:
+                out.print("  " + line, highlight=False, markup=False)
     if rejudge:
         for row in rows:
             again = row["rejudged"]

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sia.core.events.envelope import StoredEvent
-from sia.core.events.types import AnswerRefused, BaseEvent, EffectRequested
+from sia.core.events.types import AgentStepRecorded, AnswerRefused, BaseEvent, EffectRequested
 from sia.core.reducers.state import Generation, LoopState, Spend, outcome_hash, state_hash, to_jsonable
 
 
@@ -241,6 +241,18 @@ def refusals_by_generation(events: Iterable[BaseEvent]) -> dict[int, list[dict[s
             refused.setdefault(generation_of[event.effect_id], []).append(
                 {"attempt": event.attempt, "problems": list(event.problems)})
     return refused
+
+
+def investigations_by_generation(events: Iterable[BaseEvent]) -> dict[int, list[AgentStepRecorded]]:
+    """The journaled steps of each generation's Feedback effects (every round's, in order)."""
+    generation_of: dict[str, int] = {}
+    steps: dict[int, list[AgentStepRecorded]] = {}
+    for event in events:
+        if isinstance(event, EffectRequested) and event.kind == "feedback":
+            generation_of[event.effect_id] = event.request["generation"]
+        elif isinstance(event, AgentStepRecorded) and event.effect_id in generation_of:
+            steps.setdefault(generation_of[event.effect_id], []).append(event)
+    return steps
 
 
 def spend_dict(spend: Spend) -> dict[str, Any]:

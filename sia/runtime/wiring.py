@@ -65,8 +65,11 @@ def handlers_for(config: RunConfig, task: TaskIdentity | None = None, *,
     targets = TargetPool(backend, home / "adapters")
     check = SmokeCheck(served, targets, FileBlobStore(blobs_path(home)), isolation=config.sandbox)
     registry = HandlerRegistry(name=f"{config.meta}/{config.feedback}/{config.target}/{config.trainer}")
-    registry.register(_meta(config.meta, served, check, settings))
-    registry.register(_feedback(config.feedback, served, check, settings))
+    from sia.agents.tools import DraftRunner
+
+    draft = DraftRunner(served, targets, isolation=config.sandbox)
+    registry.register(_meta(config.meta, served, check, settings, draft))
+    registry.register(_feedback(config.feedback, served, check, settings, draft, dev_rewards_in(home)))
     registry.register(EpisodeHandler(served, targets, isolation=config.sandbox))
     registry.register(EvaluateHandler(served))
     registry.register(HeldOutTestHandler(served, targets, isolation=config.sandbox))
@@ -163,7 +166,7 @@ class TinyModelSource:
         return Path(self.model().path)
 
 
-def _meta(role: str, task: Task, check: Any, settings: Settings) -> Any:
+def _meta(role: str, task: Task, check: Any, settings: Settings, draft: Any = None) -> Any:
     name, model = provider_of(role)
     if name == "builtin":
         from sia.agents.builtin import BuiltinMeta
@@ -172,10 +175,11 @@ def _meta(role: str, task: Task, check: Any, settings: Settings) -> Any:
     from sia.agents.llm import LLMMeta
 
     chosen = _model(name, model)
-    return LLMMeta(_provider(name, settings), model=chosen, task=task, validate=check)
+    return LLMMeta(_provider(name, settings), model=chosen, task=task, validate=check, draft=draft)
 
 
-def _feedback(role: str, task: Task, check: Any, settings: Settings) -> Any:
+def _feedback(role: str, task: Task, check: Any, settings: Settings, draft: Any = None,
+              dev_rewards: Any = None) -> Any:
     from sia.effects.train import reward_shape_of
 
     def shape_of(episodes: Sequence[EpisodeRef], blobs: Any) -> dict[str, Any]:
@@ -191,7 +195,26 @@ def _feedback(role: str, task: Task, check: Any, settings: Settings) -> Any:
 
     chosen = _model(name, model)
     return LLMFeedback(_provider(name, settings), model=chosen, task=task, validate=check,
-                       reward_shape_of=shape_of)
+                       reward_shape_of=shape_of, draft=draft, dev_rewards=dev_rewards)
+
+
+def dev_rewards_in(home: Path) -> Any:
+    """A run's dev reward per sample, by scored generation, read from the home's store: what
+    the Feedback Agent's compare_generations tool shows (its results are journaled)."""
+
+    def dev_rewards(run_id: str) -> dict[int, dict[str, float]]:
+        from sia.runtime.loop import load_state
+        from sia.store.sqlite import SqliteEventStore
+
+        store = SqliteEventStore.open_home(home)
+        try:
+            state = load_state(store, run_id)
+        finally:
+            store.close()
+        dev = state.task.dev_ids if state.task is not None else ()
+        return {g.index: dict(zip(dev, g.rewards[: len(dev)])) for g in state.generations if g.rewards}
+
+    return dev_rewards
 
 
 def _provider(name: str, settings: Settings) -> Any:
