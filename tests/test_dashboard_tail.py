@@ -121,3 +121,24 @@ def test_the_episode_view_shows_calls_tokens_logprobs_reward_and_the_stderr_tail
                                     "logprobs": [-0.1, -0.2], "finish_reason": "stop"}]
     assert view["stderr_tail"] == [f"line {i}" for i in range(100 - STDERR_TAIL, 100)]
     assert "stderr_tail" not in view["outcome"] and view["outcome"]["answer"] == "x"
+
+
+def test_the_timeline_gathers_each_decisions_investigation_under_its_generation() -> None:
+    from sia.core.events.mapper import MAPPER
+    from sia.core.events.types import AgentStepRecorded, EffectRequested, Usage
+    from sia.interface.dashboard.tail import Timeline
+    from sia.core.events.envelope import seal
+
+    asked = EffectRequested(effect_id="f1", kind="feedback", request={"generation": 2}, request_hash="h")
+    steps = [AgentStepRecorded(effect_id="f1", index=i, kind=kind, name=name, blob_hash=f"b{i}", summary=f"step {i}",
+                               usage=Usage(tokens_in=10 * i))
+             for i, (kind, name) in enumerate([("turn", "claude-sonnet-4-6"), ("tool", "read_episode")])]
+    elsewhere = AgentStepRecorded(effect_id="m0", index=0, kind="turn", name="m", blob_hash="b", summary="meta")
+    timeline, prev = Timeline(), "0" * 64
+    for seq, event in enumerate([asked, *steps, elsewhere], start=1):
+        stored = seal(MAPPER.encode(event), "run", seq, prev, "2026-12-01T00:00:00Z")
+        timeline.add(stored)
+        prev = stored.hash
+    assert [(s["kind"], s["name"], s["summary"]) for s in timeline.investigations[2]] == [
+        ("turn", "claude-sonnet-4-6", "step 0"), ("tool", "read_episode", "step 1")]
+    assert list(timeline.investigations) == [2], "a step of a non-feedback effect belongs to no decision"

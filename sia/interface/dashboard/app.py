@@ -126,7 +126,7 @@ def create_app(store: EventStore, settings: Settings) -> Starlette:
     def timeline(run_id: str) -> dict[str, Any]:
         tl = tails.timeline(run_id)
         return timeline_page(tails.state(run_id), tl.clock.elapsed, tl.refused, tl.episodes,
-                             tl.types, tl.first_stamp, tl.last_stamp)
+                             tl.types, tl.first_stamp, tl.last_stamp, tl.investigations)
 
     def events(run_id: str, after: int, limit: int, types: frozenset[str]) -> dict[str, Any]:
         def read(s: EventStore) -> dict[str, Any]:

@@ -67,9 +67,11 @@ def family_ids(tree: dict[str, Any]) -> list[str]:
 
 
 def decision_cards(state: LoopState, refused: dict[int, list[dict[str, Any]]] | None,
-                   episodes: Mapping[str, EpisodeRef] | None = None) -> list[dict[str, Any]]:
+                   episodes: Mapping[str, EpisodeRef] | None = None,
+                   investigations: dict[int, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """Each Feedback decision with its evidence (episodes named by sample when `episodes`
-    knows them), refused answers (None: not read yet) and outcome."""
+    knows them), refused answers and the investigation behind it (None: not read yet)
+    and outcome."""
     episodes = episodes or {}
     cards = []
     for row in audit_rows(state):
@@ -78,6 +80,7 @@ def decision_cards(state: LoopState, refused: dict[int, list[dict[str, Any]]] | 
              "status": episodes[e].status if e in episodes else None}
             for e in row["evidence"]["episodes"]]
         row["refused_answers"] = None if refused is None else refused.get(row["generation"], [])
+        row["investigation"] = None if refused is None else (investigations or {}).get(row["generation"], [])
         cards.append(row)
     return cards
 
@@ -108,10 +111,11 @@ def run_page(run_id: str, state: LoopState, tree: dict[str, Any],
 
 def timeline_page(state: LoopState, elapsed: dict[int, float], refused: dict[int, list[dict[str, Any]]],
                   episodes: Mapping[str, EpisodeRef], types: dict[str, int], first: str | None,
-                  last: str | None) -> dict[str, Any]:
-    """What needs every event: elapsed per generation, refused answers, counts per type."""
+                  last: str | None, investigations: dict[int, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """What needs every event: elapsed per generation, refused answers, investigations,
+    counts per type."""
     return {"elapsed": {str(k): round(v, 3) for k, v in elapsed.items()},
-            "decisions": decision_cards(state, refused, episodes),
+            "decisions": decision_cards(state, refused, episodes, investigations),
             "types": dict(sorted(types.items())),
             "first_recorded_at": first, "last_recorded_at": last}
 

@@ -41,6 +41,8 @@ class Timeline:
     seq: int = 0
     clock: ElapsedClock = field(default_factory=ElapsedClock)
     refused: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    investigations: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    """Each generation's journaled Feedback steps (turns and tool calls), in order."""
     types: Counter[str] = field(default_factory=Counter)
     episodes: dict[str, EpisodeRef] = field(default_factory=dict)
     first_stamp: str | None = None
@@ -68,6 +70,13 @@ class Timeline:
                 self.refused.setdefault(generation, []).append(
                     {"attempt": payload["attempt"], "problems": list(payload["problems"]),
                      "seq": event.seq})
+        elif event.type == "AgentStepRecorded":
+            payload = json.loads(event.payload)
+            generation = self._feedback_generation.get(payload["effect_id"])
+            if generation is not None:
+                self.investigations.setdefault(generation, []).append(
+                    {"index": payload["index"], "kind": payload["kind"], "name": payload["name"],
+                     "summary": payload["summary"], "usage": payload["usage"], "seq": event.seq})
 
 
 @dataclass

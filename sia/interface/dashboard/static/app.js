@@ -209,6 +209,10 @@ function decisionCard(runId, d) {
   const evidence = d.evidence.episodes.length
     ? h("ul", {}, d.evidence.episodes.map((e) => h("li", {}, h("a", { href: `#/run/${encodeURIComponent(runId)}/episode/${e.episode_id}`, class: "episode-link" }, `${e.sample_id || e.episode_id}`), e.status ? h("span", { class: "muted" }, ` (${e.status})`) : "")))
     : h("span", { class: "muted" }, "no episodes cited");
+  const steps = d.investigation === null || d.investigation === undefined ? h("span", { class: "muted" }, "…")
+    : d.investigation.length ? h("ol", { class: "investigation", start: 0 }, d.investigation.map((s) =>
+      h("li", {}, h("span", { class: "muted" }, s.kind === "turn" ? `model ${s.name}: ` : `tool ${s.name}: `), s.summary)))
+      : h("span", { class: "muted" }, "none (one structured answer)");
   const outcome = d.score_after === null ? "not yet measured" : `${fmt.score(d.score_before)} → ${fmt.score(d.score_after)} (${fmt.delta(d.delta)})`;
   return h("section", { class: `card decision ${d.action}`, id: `decision-${d.generation}`, "data-gen": d.generation },
     h("h3", {}, `generation ${d.generation}: ${d.action}`, d.forced ? " (forced)" : "", d.algorithm ? ` · ${d.algorithm}` : ""),
@@ -218,6 +222,7 @@ function decisionCard(runId, d) {
       h("dt", {}, "why"), h("dd", {}, d.rationale),
       h("dt", {}, "evidence"), h("dd", {}, h("div", { class: "muted" }, d.evidence.summary || ""), evidence),
       h("dt", {}, "refused answers"), h("dd", { class: "refused" }, refused),
+      h("dt", {}, "investigation"), h("dd", { class: "investigation" }, steps),
       d.rollback_to !== null ? [h("dt", {}, "rolled back to"), h("dd", {}, `generation ${d.rollback_to}`)] : [],
       h("dt", {}, "outcome"), h("dd", { class: "outcome" }, outcome),
       h("dt", {}, "at event"), h("dd", {}, `seq ${d.seq}`)));
