@@ -509,3 +509,17 @@ def test_the_history_table_shows_updates_without_signal() -> None:
                {"generation": 1, "score": 0.1, "action": None, "algorithm": None}]
     assert "a grpo update had no learning signal and changed nothing: all groups constant" in \
         prompts.history_table(history)
+
+
+def test_a_search_round_shows_the_llm_every_candidate_already_explored() -> None:
+    fields = feedback_request(MemoryBlobStore())
+    tried = [{"generation": 1, "round": 0, "index": 2, "action": "update_weights", "harness_hash": None,
+              "algorithm": "dpo", "parent_generation": None, "score": 0.25, "chosen": False,
+              "note": "no candidate beat the incumbent's 0.3750"}]
+    asked = typed({**fields, "candidates": 4, "round": 1, "tried": tried, "parents": [0, 1]})
+    text = prompts.feedback_user(asked, harness_source="x", digest_text="DIGEST", last_diff=None)
+    assert "round 1 of generation 1" in text and "Propose a decision unlike every candidate below" in text
+    assert "- gen 1 round 0 #2: update_weights (dpo), dev 0.2500: no candidate beat" in text
+    assert "You may start from any of generations [0, 1]" in text
+    plain = prompts.feedback_user(typed(fields), harness_source="x", digest_text="DIGEST", last_diff=None)
+    assert "# Search" not in plain

@@ -210,6 +210,22 @@ def harness_diff(old: str, new: str, from_label: str, to_label: str, max_chars: 
     return clip(diff, max_chars) if diff else "(no textual change)"
 
 
+def search_section(request: FeedbackRequest) -> list[str]:
+    """When the run searches: the candidates already explored, so the next one differs."""
+    if not request.candidates:
+        return []
+    lines = ["", f"# Search: this run explores candidates (round {request.round or 0} of generation "
+                 f"{request.generation}); one is adopted only if it beats the best dev score so far. "
+                 "Propose a decision unlike every candidate below."]
+    if request.parents:
+        lines.append(f"You may start from any of generations {list(request.parents)} (set rollback_to).")
+    lines += [f"- gen {t.generation} round {t.round} #{t.index}: {t.action}"
+              + (f" ({t.algorithm})" if t.algorithm else "")
+              + (f" harness {t.harness_hash[:10]}" if t.harness_hash else "")
+              + f", dev {_fmt_score(t.score)}: {t.note}" for t in request.tried] or ["- (none yet)"]
+    return lines
+
+
 def feedback_user(request: FeedbackRequest, *, harness_source: str | None, digest_text: str,
                   last_diff: str | None, closing: str = "Decide now.") -> str:
     """The per-generation part of the Feedback prompt, from the recorded feedback request."""
@@ -229,6 +245,7 @@ def feedback_user(request: FeedbackRequest, *, harness_source: str | None, diges
         reward_stats(rewards),
         f"reward shape: {shape.kind}; recommended algorithm: {shape.recommended} ({shape.reason})",
         *no_signal_section(request),
+        *search_section(request),
         "",
         "# Current harness",
         clip(harness_source, HARNESS_CHARS) if harness_source is not None else "(unavailable)",
