@@ -48,6 +48,9 @@ def test_the_reference_search_explores_candidates_on_branches(reference: dict, t
     sia(home, *RUN)
     drawn = sia(home, "tree", "searchy").stdout
     assert "round 0" in drawn and "← adopted" in drawn and "searchy~g0r0c0" in drawn
+    listed = sia(home, "runs").stdout
+    assert "searchy~" not in listed and f"{len(branches)} candidate branches of searches not listed" in listed
+    assert "searchy~g0r0c0" in sia(home, "runs", "--all").stdout
 
 
 @pytest.mark.parametrize("nth", [2, 7, 13, 21])

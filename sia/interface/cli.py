@@ -275,7 +275,9 @@ def replay(
 
 
 @app.command()
-def runs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def runs(as_json: Annotated[bool, typer.Option("--json")] = False,
+         show_all: Annotated[bool, typer.Option("--all", help="Also list a search's candidate branches.")] = False,
+         ) -> None:
     """All runs in this home: id, task, parent, status, generations, best score."""
     from sia.interface.views import run_row
 
@@ -286,6 +288,9 @@ def runs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         return
     from sia.interface.progress import Column, fitted_table
 
+    branches = [row for row in rows if row["explores_candidate"] is not None]
+    if not show_all:
+        rows = [row for row in rows if row["explores_candidate"] is None]
     cells = []
     for row in rows:
         parent = f"{row['parent_run_id']}@{row['fork_seq']}" if row["parent_run_id"] else "-"
@@ -295,6 +300,9 @@ def runs(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     columns = [Column("run", 0), Column("task", 1), Column("status", 0), Column("gens", 2),
                Column("best", 1), Column("parent", 3), Column("events", 4)]
     out.print(fitted_table(f"runs in {sia_home()}", columns, cells, out.width))
+    if branches and not show_all:
+        out.print(f"{len(branches)} candidate branches of searches not listed (sia tree RUN draws them; "
+                  "sia runs --all lists them)", highlight=False)
 
 
 @app.command()

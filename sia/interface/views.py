@@ -111,6 +111,7 @@ def run_row(run_id: str, state: LoopState) -> dict[str, Any]:
         "generations": sum(1 for g in state.generations if g.completed),
         "best_dev_score": state.best_score,
         "events": state.seq,
+        "explores_candidate": state.config.search.explore if state.config else None,
     }
 
 
