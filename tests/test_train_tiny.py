@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -11,7 +12,15 @@ pytest.importorskip("torch")
 
 from sia.target.local import LocalBackend  # noqa: E402
 from sia.train.rollouts import Rollout, read_rollouts, write_rollouts  # noqa: E402
-from sia.train.tiny import build_tiny_model  # noqa: E402
+from sia.train.tiny import (  # noqa: E402
+    CJK_CONFIG,
+    TinyConfig,
+    build_tiny_model,
+    build_tokenizer,
+    config_for,
+    model_hash,
+    tokenizer_kind,
+)
 
 CORPUS = ["word: apple answer: fruit", "word: cat answer: animal", "word: red answer: color"]
 
@@ -53,3 +62,33 @@ def test_rollouts_jsonl_round_trip(tmp_path: Path) -> None:
     assert read_rollouts(tmp_path / "r.jsonl") == rollouts
     with pytest.raises(ValueError):
         Rollout(prompt_ids=[1], completion_ids=[2], reward=0.0, group="g", logprobs=[])
+
+
+def test_cjk_corpus_gets_one_token_per_character_and_unseen_ones_are_unk(tmp_path: Path) -> None:
+    corpus = ["事实:被告人盗走手机。\n[罪名]盗窃<eoa>", "事实:被告人骗取财物 VIVO 手机。\n[罪名]诈骗<eoa>"]
+    assert tokenizer_kind(corpus) == "char" and tokenizer_kind(CORPUS) == "word"
+    assert config_for(corpus) == CJK_CONFIG and config_for(CORPUS) == TinyConfig()
+    model = build_tiny_model(corpus, seed=0, root=tmp_path, pretrain_steps=2)
+    built = json.loads((model.path / "config.json").read_text())
+    assert (built["hidden_size"], built["max_position_embeddings"]) == (128, 512)
+    tokenizer = LocalBackend(model.path).tokenizer
+    ids = tokenizer("被告人盗走 VIVO手机")["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["被", "告", "人", "盗", "走", " ", "VIVO", "手", "机"]
+    assert tokenizer.decode(ids) == "被告人盗走 VIVO手机"
+    assert tokenizer("张某盗窃")["input_ids"][0] == tokenizer.unk_token_id
+    assert tokenizer("张某盗窃")["input_ids"][1:] == tokenizer("某盗窃")["input_ids"]
+
+
+def test_tokenizer_choice_is_validated_and_hashed_only_when_explicit() -> None:
+    with pytest.raises(ValueError, match="tokenizer must be one of"):
+        TinyConfig(tokenizer="bpe")
+    with pytest.raises(ValueError, match="tokenizer must be one of"):
+        tokenizer_kind(CORPUS, "bpe")
+    assert tokenizer_kind(CORPUS, "char") == "char"
+    with pytest.raises(ValueError, match="word or char"):
+        build_tokenizer(CORPUS, kind="bpe")
+    auto = model_hash(CORPUS, 0, TinyConfig(), 20)
+    # the hash of this build before the field existed: cached wordcat models stay valid
+    assert auto == "ed22957c1f1a38573829b5d6c7c9ebad4334d1a1b4d0eebe4233d66924eedf3e"
+    assert model_hash(CORPUS, 0, TinyConfig(tokenizer="word"), 20) != auto
+    assert model_hash(CORPUS, 0, TinyConfig(tokenizer="char"), 20) != auto
