@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,3 +38,94 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("SIA_CRASH_AT", raising=False)
     monkeypatch.delenv("SIA_EFFECT_COUNTER", raising=False)
     return home
+
+
+class BuiltModels:
+    """Tiny target models built once per test session and copied into the homes of runs
+    whose claim is not the build itself.
+
+    A `sia run` with the tiny target first builds the task's model into `<home>/models` (for
+    wordcat 200 single-threaded pretraining steps, 15 to 20 s); a home seeded here starts with
+    the directory that build would make, found by the same `TinyModelSource` the run uses, so
+    the run builds nothing. That the build is byte-identical and cached is test_train_tiny's
+    claim, and the main job's runs still build from an empty home.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def seed(self, home: Path, task: str | Path) -> Path:
+        """Copy `task`'s tiny model into `home` (made private as sia makes it); its path there."""
+        from sia.runtime.wiring import TinyModelSource
+        from sia.store.home import make_private_dir
+        from sia.tasks.loader import load_task
+
+        built = TinyModelSource(load_task(task, cache=self.root / "tasks"), self.root / "models").path()
+        make_private_dir(home / "models")
+        return Path(shutil.copytree(built, home / "models" / built.name))
+
+
+@pytest.fixture(scope="session")
+def built_models(tmp_path_factory: pytest.TempPathFactory) -> BuiltModels:
+    return BuiltModels(tmp_path_factory.mktemp("built-models"))
+
+
+class EarlyProcess:
+    """A test's command started when collection ends, so that it runs beside the tests collected
+    before it rather than after them, on a core they leave free (`mypy` over the package takes
+    about 50 s with a cold cache; a test mostly keeps one core busy)."""
+
+    def __init__(self, command: list[str], cwd: Path | None = None, timeout: float = 600) -> None:
+        self.command, self.timeout = command, timeout
+        self.stdout, self.stderr = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        self.process = subprocess.Popen(command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self.stdout,
+                                        stderr=self.stderr)
+
+    def result(self) -> subprocess.CompletedProcess[str]:
+        """Wait for the command's end; what it printed (files, not pipes: a full pipe would stall it)."""
+        returncode = self.process.wait(timeout=self.timeout)
+        printed = []
+        for file in (self.stdout, self.stderr):
+            file.seek(0)
+            printed.append(file.read().decode(errors="replace"))
+            file.close()
+        return subprocess.CompletedProcess(self.command, returncode, *printed)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+EARLY = pytest.StashKey[dict[str, EarlyProcess]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "start_early(*command, cwd=None, timeout=600): the test's "
+                            "command, started when collection ends; the test reads it with `started_early`")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the `start_early` command of every test this session will run (none for a test
+    deselected, e.g. by `-m "not slow"`, and none when only collecting)."""
+    started: dict[str, EarlyProcess] = {}
+    if not session.config.option.collectonly:
+        for item in session.items:
+            marker = item.get_closest_marker("start_early")
+            if marker is not None:
+                started[item.nodeid] = EarlyProcess([str(arg) for arg in marker.args], **marker.kwargs)
+    session.stash[EARLY] = started
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for early in session.stash.get(EARLY, {}).values():
+        early.stop()
+
+
+@pytest.fixture
+def started_early(request: pytest.FixtureRequest) -> subprocess.CompletedProcess[str]:
+    """The test's `start_early` command, run to its end."""
+    started = request.session.stash[EARLY]
+    if request.node.nodeid not in started:
+        raise LookupError(f"{request.node.nodeid} has no start_early marker")
+    return started[request.node.nodeid].result()

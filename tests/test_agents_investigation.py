@@ -24,6 +24,7 @@ from sia.harness.contract import validate_harness
 from sia.llm import get_provider
 from sia.store.blobs import BlobStore, MemoryBlobStore
 from sia.testing import AnthropicServer, CallTools, FinalAnswer, OpenAIServer, ScriptedCall
+from tests.conftest import BuiltModels
 from tests.test_agents_llm import GOOD, KEY, ToyTask, feedback_request
 
 EDIT = render(Knobs(extract="option", samples=3, fallback="first_option"))
@@ -463,11 +464,12 @@ def assert_no_sentinel(home: Path, server: AnthropicServer | OpenAIServer) -> No
 
 
 @pytest.fixture(scope="module")
-def twin(sentinel_task: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def twin(sentinel_task: Path, tmp_path_factory: pytest.TempPathFactory, built_models: BuiltModels) -> dict[str, Any]:
     """An uninterrupted run whose Feedback Agent investigates over three turns."""
     from tests.cli import sia
 
     home = tmp_path_factory.mktemp("twin")
+    built_models.seed(home, sentinel_task)
     with AnthropicServer(api_key=KEY) as server:
         conversation = server.converse(*RUN_TURNS)
         sia(home, *run_args(sentinel_task, "--set", "feedback=anthropic:claude-sonnet-4-6"),
@@ -509,7 +511,7 @@ def test_a_whole_run_whose_feedback_agent_investigates_before_deciding(twin: dic
 
 @pytest.mark.slow
 def test_kill_9_mid_investigation_then_resume_is_the_uninterrupted_run(
-        sentinel_task: Path, twin: dict[str, Any], tmp_path: Path) -> None:
+        sentinel_task: Path, twin: dict[str, Any], tmp_path: Path, built_models: BuiltModels) -> None:
     import os
     import signal
     import subprocess
@@ -517,6 +519,7 @@ def test_kill_9_mid_investigation_then_resume_is_the_uninterrupted_run(
     from tests.cli import SIA, sia
 
     home = tmp_path / "home"
+    built_models.seed(home, sentinel_task)
     with AnthropicServer(api_key=KEY) as server:
         conversation = server.converse(*RUN_TURNS)
         process: list[subprocess.Popen[str]] = []
@@ -548,10 +551,11 @@ def test_kill_9_mid_investigation_then_resume_is_the_uninterrupted_run(
 
 @pytest.mark.slow
 def test_an_openai_compatible_run_whose_investigation_is_ended_by_its_turn_limit(
-        sentinel_task: Path, tmp_path: Path) -> None:
+        sentinel_task: Path, tmp_path: Path, built_models: BuiltModels) -> None:
     from tests.cli import sia, sia_json
 
     home = tmp_path / "home"
+    built_models.seed(home, sentinel_task)
     turns = (RUN_TURNS[0], RUN_TURNS[1], CallTools((ScriptedCall("decide", RUN_DECIDE),)))
     with OpenAIServer(api_key=KEY, models=("loopback-model",)) as server:
         conversation = server.converse(*turns)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,11 +14,18 @@ import pytest
 from tests.cli import sia, sia_json
 
 
-@pytest.fixture
-def recorded(tmp_path: Path) -> tuple[Path, str]:
-    home = tmp_path / "home"
+@pytest.fixture(scope="module")
+def recorded_once(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    home = tmp_path_factory.mktemp("recorded") / "home"
     run_id = sia(home, "run", "--task", "toy", "--max-gen", "3", "--quiet").stdout.strip().splitlines()[-1]
     return home, run_id
+
+
+@pytest.fixture
+def recorded(recorded_once: tuple[Path, str], tmp_path: Path) -> tuple[Path, str]:
+    """A home of its own holding the recorded run (tests alter it), copied from the one run."""
+    home = Path(shutil.copytree(recorded_once[0], tmp_path / "home"))
+    return home, recorded_once[1]
 
 
 def test_run_prints_its_id_last_and_another_process_reads_folds_and_verifies(recorded: tuple[Path, str]) -> None:
@@ -26,7 +34,7 @@ def test_run_prints_its_id_last_and_another_process_reads_folds_and_verifies(rec
     rows = sia_json(home, "runs")
     assert rows == [{"run_id": run_id, "parent_run_id": None, "fork_seq": None, "task": "toy",
                      "status": "completed", "generations": 3, "best_dev_score": rows[0]["best_dev_score"],
-                     "events": rows[0]["events"]}]
+                     "events": rows[0]["events"], "explores_candidate": None}]
     state = sia_json(home, "show", run_id)
     assert {"run_id", "seq", "state_hash", "status", "generation", "best_generation", "dev_scores",
             "decisions"} <= state.keys()

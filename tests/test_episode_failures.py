@@ -12,6 +12,7 @@ import pytest
 
 from sia.tasks.loader import BUNDLED_ROOT
 from tests.cli import sia
+from tests.conftest import BuiltModels
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +45,11 @@ def faulty_task(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return folder, chosen
 
 
-def test_every_harness_fault_is_a_recorded_episode_and_the_run_goes_on(tmp_path: Path) -> None:
+def test_every_harness_fault_is_a_recorded_episode_and_the_run_goes_on(tmp_path: Path,
+                                                                       built_models: BuiltModels) -> None:
     folder, chosen = faulty_task(tmp_path)
     home = tmp_path / "home"
+    model = built_models.seed(home, folder)
     result = sia(home, "run", "--task", str(folder), "--mode", "H", "--max-gen", "1", "--quiet",
                  env={"ANTHROPIC_API_KEY": "", "SIA_TEST_SECRET": "x"}, timeout=300)
     run = result.stdout.split()[-1]
@@ -59,3 +62,4 @@ def test_every_harness_fault_is_a_recorded_episode_and_the_run_goes_on(tmp_path:
     assert "gave up" in episodes[next(k for k, v in chosen.items() if v == "raise")]["error"]
     completed = json.loads(sia(home, "log", run, "--type", "RunCompleted", "--json").stdout)
     assert completed["payload"]["reason"].startswith("max_generations")
+    assert list((home / "models").iterdir()) == [model], "the run built a model besides the seeded one"

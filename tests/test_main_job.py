@@ -8,8 +8,11 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 
 from sia.tasks.loader import BUNDLED_ROOT
 from tests.cli import SIA, sia, sia_json
+from tests.conftest import BuiltModels
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +32,43 @@ def events(home: Path, run: str, kind: str) -> list[dict[str, Any]]:
     return [(e := json.loads(line))["payload"] | {"seq": e["seq"]} for line in lines if line.strip()]
 
 
+@dataclass(frozen=True)
+class MainRuns:
+    first: tuple[Path, str, float]
+    """Its home, its run id and its seconds."""
+    repeat: tuple[Path, str]
+
+
 @pytest.fixture(scope="module")
-def main_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, float]:
-    home = tmp_path_factory.mktemp("main") / "home"
-    started = time.monotonic()
-    result = sia(home, "run", "--task", "wordcat", env=NO_KEYS, timeout=600)
-    return home, result.stdout.split()[-1], time.monotonic() - started
+def main_runs(tmp_path_factory: pytest.TempPathFactory) -> MainRuns:
+    """The main job run twice at once, each from an empty home: the first is timed (with the
+    second running beside it) and the second has the same settings, so it must repeat the
+    first's outcome."""
+    root = tmp_path_factory.mktemp("main")
+    home, repeat_home = root / "home", root / "repeat" / "home"
+    environment = {**os.environ, **NO_KEYS, "SIA_HOME": str(repeat_home), "COLUMNS": "200"}
+    with (root / "repeat.out").open("w+") as out, (root / "repeat.err").open("w+") as err:
+        repeat = subprocess.Popen([*SIA, "run", "--task", "wordcat"], env=environment, stdout=out, stderr=err,
+                                  stdin=subprocess.DEVNULL)
+        try:
+            started = time.monotonic()
+            result = sia(home, "run", "--task", "wordcat", env=NO_KEYS, timeout=600)
+            seconds = time.monotonic() - started
+            code = repeat.wait(timeout=600)
+        finally:
+            if repeat.poll() is None:
+                repeat.kill()
+                repeat.wait()
+        out.seek(0)
+        err.seek(0)
+        assert code == 0, f"the repeat exited {code}:\n{err.read()[-4000:]}"
+        repeated = out.read().split()[-1]
+    return MainRuns(first=(home, result.stdout.split()[-1], seconds), repeat=(repeat_home, repeated))
+
+
+@pytest.fixture(scope="module")
+def main_run(main_runs: MainRuns) -> tuple[Path, str, float]:
+    return main_runs.first
 
 
 def test_the_main_job_edits_the_harness_then_trains_and_both_raise_the_dev_score(
@@ -74,8 +109,9 @@ def test_the_main_run_replays_and_reports(main_run: tuple[Path, str, float], tmp
 SENTINEL = "SENTINEL-7f3a9c-held-out"
 
 
-def test_a_held_out_label_reaches_no_event_blob_prompt_or_log(tmp_path: Path) -> None:
-    task = tmp_path / "planted"
+def planted_task(root: Path) -> Path:
+    """A copy of wordcat whose every held-out test label is SENTINEL."""
+    task = root / "planted"
     shutil.copytree(BUNDLED_ROOT / "wordcat", task, ignore=shutil.ignore_patterns("__pycache__"))
     test_ids = {json.loads(line)["id"] for line in
                 (task / "private" / "test.jsonl").read_text().splitlines() if line.strip()}
@@ -83,52 +119,91 @@ def test_a_held_out_label_reaches_no_event_blob_prompt_or_log(tmp_path: Path) ->
     rows = [json.loads(line) for line in labels.read_text().splitlines() if line.strip()]
     labels.write_text("".join(json.dumps({**r, "label": SENTINEL} if r["id"] in test_ids else r) + "\n"
                               for r in rows))
-    home = tmp_path / "home"
-    result = sia(home, "run", "--task", str(task), "--max-gen", "3", env=NO_KEYS, timeout=600)
-    run = result.stdout.split()[-1]
+    return task
+
+
+def first_submitted_job(home: Path, run: str, process: subprocess.Popen[bytes], timeout: float = 300) -> str:
+    """The job id of `run`'s first TrainingJobSubmitted, read from the store as the run commits
+    it (a `sia log` process per poll would take the CPU from the run it waits for)."""
+    database = home / "sia.sqlite"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it submitted a training job"
+        if database.exists():
+            try:
+                with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)) as db:
+                    row = db.execute("SELECT payload FROM events WHERE run_id = ? AND type = ? "
+                                     "ORDER BY seq LIMIT 1", (run, "TrainingJobSubmitted")).fetchone()
+            except sqlite3.OperationalError:  # the run has not created its tables yet
+                row = None
+            if row is not None:
+                return str(json.loads(row[0])["job_id"])
+        time.sleep(0.25)
+    raise AssertionError("the run never submitted its training job")
+
+
+@dataclass(frozen=True)
+class KilledRun:
+    home: Path
+    run: str
+    job_dir: Path
+    done_at_kill: bool
+    output: str
+    """Everything the killed run and its resume printed."""
+
+
+@pytest.fixture(scope="module")
+def killed_in_training(tmp_path_factory: pytest.TempPathFactory, built_models: BuiltModels) -> KilledRun:
+    """A run of the planted task killed by kill -9 while its training job runs, then resumed
+    to the end: the leak check's run (it trains, dies mid-job and resumes) and the re-attach
+    check's. It starts with the tiny model built (the main run builds its own)."""
+    root = tmp_path_factory.mktemp("killed")
+    task = planted_task(root)
+    home = root / "home"
+    built_models.seed(home, task)
+    output = root / "output"
+    env = {**os.environ, **NO_KEYS, "SIA_HOME": str(home), "SIA_TRAIN_STEP_DELAY": "0.3"}
+    # generation 0's rewards are all 0: the forced update there has no learning signal (recorded
+    # as such, no job); the built-in Feedback edits the harness and generation 1 trains
+    with output.open("wb") as printed:
+        process = subprocess.Popen([*SIA, "run", "--task", str(task), "--max-gen", "3", "--run-id", "trained",
+                                    "--set", "feedback.force=update_weights:grpo"],
+                                   env=env, stdout=printed, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        job_id = first_submitted_job(home, "trained", process)
+        time.sleep(2.0)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    job_dir = home / "train" / "jobs" / job_id
+    done_at_kill = (job_dir / "DONE").exists()
+    resumed = sia(home, "resume", "trained", env={**NO_KEYS, "SIA_TRAIN_STEP_DELAY": "0"}, timeout=600)
+    return KilledRun(home, "trained", job_dir, done_at_kill,
+                     output.read_text(errors="replace") + resumed.stdout + resumed.stderr)
+
+
+def test_a_held_out_label_reaches_no_event_blob_prompt_or_log(killed_in_training: KilledRun) -> None:
+    home, run = killed_in_training.home, killed_in_training.run
     assert events(home, run, "AdapterCheckpointed"), "the run must also train"
     sia(home, "report", run, "-o", str(home / "report"))
     leaks = [str(path) for path in home.rglob("*") if path.is_file()
              and SENTINEL.encode() in path.read_bytes()]
     assert leaks == []
-    assert SENTINEL not in result.stdout + result.stderr
+    assert SENTINEL not in killed_in_training.output
 
 
-def test_kill_9_during_training_then_resume_reattaches_to_the_one_job(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    env = {**os.environ, **NO_KEYS, "SIA_HOME": str(home), "SIA_TRAIN_STEP_DELAY": "0.3"}
-    # generation 0's rewards are all 0: the forced update there has no learning signal (recorded
-    # as such, no job); the built-in Feedback edits the harness and generation 1 trains
-    process = subprocess.Popen([*SIA, "run", "--task", "wordcat", "--max-gen", "3", "--quiet",
-                                "--run-id", "trained", "--set", "feedback.force=update_weights:grpo"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    submitted: list[dict[str, Any]] = []
-    while time.monotonic() < deadline and not submitted:
-        time.sleep(1.0)
-        if (home / "sia.sqlite").exists():
-            submitted = events(home, "trained", "TrainingJobSubmitted")
-    assert submitted, "the run never submitted its training job"
-    time.sleep(2.0)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    job_dir = home / "train" / "jobs" / submitted[0]["job_id"]
-    assert not (job_dir / "DONE").exists(), "training finished before the kill; slow it down"
-    sia(home, "resume", "trained", "--quiet", env={**NO_KEYS, "SIA_TRAIN_STEP_DELAY": "0"},
-        timeout=600)
-    assert len(events(home, "trained", "TrainingJobSubmitted")) == 1
+def test_kill_9_during_training_then_resume_reattaches_to_the_one_job(killed_in_training: KilledRun) -> None:
+    home, run, job_dir = killed_in_training.home, killed_in_training.run, killed_in_training.job_dir
+    assert not killed_in_training.done_at_kill, "training finished before the kill; slow it down"
+    assert len(events(home, run, "TrainingJobSubmitted")) == 1
     assert (job_dir / "DONE").exists()
     attempts = (job_dir / "attempts").read_text().split() if (job_dir / "attempts").exists() else []
     assert len(attempts) <= 1
-    assert len(events(home, "trained", "AdapterCheckpointed")) == 1
-    assert sia_json(home, "show", "trained")["status"] == "completed"
+    assert len(events(home, run, "AdapterCheckpointed")) == 1
+    assert sia_json(home, "show", run)["status"] == "completed"
 
 
-def test_the_same_settings_in_a_fresh_home_repeat_the_main_run(
-        main_run: tuple[Path, str, float], tmp_path: Path) -> None:
-    home, run, _ = main_run
-    again = sia(tmp_path / "home", "run", "--task", "wordcat", env=NO_KEYS, timeout=600).stdout.split()[-1]
-    first, second = sia_json(home, "show", run), sia_json(tmp_path / "home", "show", again)
+def test_the_same_settings_in_a_fresh_home_repeat_the_main_run(main_runs: MainRuns) -> None:
+    (home, run, _), (again_home, again) = main_runs.first, main_runs.repeat
+    first, second = sia_json(home, "show", run), sia_json(again_home, "show", again)
     assert first["dev_scores"] == second["dev_scores"]
     assert first["adapter_hash"] == second["adapter_hash"] is not None
     assert first["harness_hash"] == second["harness_hash"]
@@ -136,4 +211,4 @@ def test_the_same_settings_in_a_fresh_home_repeat_the_main_run(
     assert first["outcome_hash"] == second["outcome_hash"]
     assert first["ledger"]["total"]["wall_s"] != second["ledger"]["total"]["wall_s"]
     assert first["state_hash"] != second["state_hash"]
-    assert f"outcome_hash: {second['outcome_hash']}" in sia(tmp_path / "home", "show", again).stdout
+    assert f"outcome_hash: {second['outcome_hash']}" in sia(again_home, "show", again).stdout

@@ -26,6 +26,7 @@ import pytest
 
 from sia.tasks.loader import BUNDLED_ROOT
 from tests.cli import SIA, sia
+from tests.conftest import BuiltModels
 from tests.hostile_harness import DISARM
 
 pytestmark = pytest.mark.slow
@@ -466,9 +467,11 @@ def loopback_listener() -> Any:
     server.close()
 
 
-def test_a_hostile_harness_in_real_runs_gains_nothing(tmp_path: Path, loopback_listener: Any) -> None:
+def test_a_hostile_harness_in_real_runs_gains_nothing(tmp_path: Path, loopback_listener: Any,
+                                                      built_models: BuiltModels) -> None:
     tcp_port, accepted = loopback_listener
     home = tmp_path / "home"
+    built_models.seed(home, "wordcat")
     marker = secrets.token_hex(8)
     canary = f"sk-ant-canary-{secrets.token_hex(16)}"
     env = {"ANTHROPIC_API_KEY": canary, "SIA_TEST_SECRET": canary}
@@ -516,11 +519,12 @@ def test_a_hostile_harness_in_real_runs_gains_nothing(tmp_path: Path, loopback_l
 
 
 def test_without_bubblewrap_a_run_refuses_in_one_line_unless_the_weaker_sandbox_is_chosen(
-        tmp_path: Path) -> None:
+        tmp_path: Path, built_models: BuiltModels) -> None:
     """No silent downgrade: bwrap is hidden from a real `sia run` (an outer sandbox binds
     /dev/null over it); the run refuses up front, and runs only when told `sandbox=process`,
     which its recorded config then says."""
     home = tmp_path / "home"
+    model = built_models.seed(home, "wordcat")
     hidden = ["bwrap", "--unshare-user", "--dev-bind", "/", "/", "--ro-bind", "/dev/null",
               "/usr/bin/bwrap", "--ro-bind-try", "/dev/null", "/usr/local/bin/bwrap", "--"]
     environment = {**os.environ, "SIA_HOME": str(home), "COLUMNS": "200",
@@ -541,3 +545,4 @@ def test_without_bubblewrap_a_run_refuses_in_one_line_unless_the_weaker_sandbox_
     created = json.loads(sia(home, "log", chosen.stdout.split()[-1], "--type", "RunCreated",
                              "--json").stdout)
     assert created["payload"]["config"]["sandbox"] == "process"
+    assert list((home / "models").iterdir()) == [model], "the run built a model besides the seeded one"

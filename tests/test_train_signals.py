@@ -18,6 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from sia.core.effect_models import EpisodeRef  # noqa: E402
 from sia.effects.train import build_rollouts, reward_groups  # noqa: E402
 from sia.harness.backends import SamplerBackend, SamplingParams  # noqa: E402
 from sia.harness.gateway import ModelCall  # noqa: E402
@@ -70,7 +71,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def recorded(model_dir: Path, blobs: FileBlobStore, *, group: int, prompts: int, temperature: float,
-             top_p: float, seed: int = 0) -> tuple[list[dict[str, Any]], list[Rollout]]:
+             top_p: float, seed: int = 0) -> tuple[list[EpisodeRef], list[Rollout]]:
     """An episode through the real path (local sampler → recorded call → trajectory blob) and
     the rollouts `build_rollouts` makes of it."""
     backend = LocalBackend(model_dir)
@@ -80,7 +81,7 @@ def recorded(model_dir: Path, blobs: FileBlobStore, *, group: int, prompts: int,
     call = ModelCall(index=0, endpoint="completions", status=200, prompts=texts, params=params,
                      generations=generations)
     trajectory = blobs.put_text(json.dumps({"calls": [call.model_dump(mode="json")]}))
-    episodes = [{"episode_id": "e", "sample_id": "s", "trajectory_hash": trajectory}]
+    episodes = [EpisodeRef(episode_id="e", sample_id="s", trajectory_hash=trajectory)]
     rollouts = build_rollouts(episodes, blobs, Scored(), backend.tokenizer.eos_token_id)  # type: ignore[arg-type]
     return episodes, rollouts
 
@@ -284,8 +285,8 @@ def test_the_recorded_stop_token_is_appended_unscored_else_the_eos(tmp_path: Pat
                 "finish_reason": "length"}]
     call = {"index": 0, "endpoint": "completions", "status": 200, "prompts": ["p"],
             "params": {"temperature": 0.5, "top_p": 0.9, "n": 3}, "generations": stopped}
-    episodes = [{"episode_id": "e", "sample_id": "s",
-                 "trajectory_hash": blobs.put_text(json.dumps({"calls": [call]}))}]
+    episodes = [EpisodeRef(episode_id="e", sample_id="s",
+                           trajectory_hash=blobs.put_text(json.dumps({"calls": [call]})))]
     rollouts = build_rollouts(episodes, blobs, Scored(), eos_id=2)  # type: ignore[arg-type]
     assert [r.completion_ids for r in rollouts] == [[4, 9], [5, 2], [6]]
     assert [r.logprobs for r in rollouts] == [[-0.5, None], [-0.7, None], [-0.9]]
@@ -299,7 +300,7 @@ def test_the_feedback_counts_completions_that_stopped_at_once_as_the_trainer_doe
     empty = [{"text": "", "prompt_token_ids": [3], "token_ids": [], "logprobs": [], "finish_reason": "stop"}] * 2
     call = {"index": 0, "endpoint": "completions", "status": 200, "prompts": ["p"],
             "params": {"n": 2}, "generations": empty}
-    episodes = [{"episode_id": "e", "sample_id": "s",
-                 "trajectory_hash": blobs.put_text(json.dumps({"calls": [call]}))}]
+    episodes = [EpisodeRef(episode_id="e", sample_id="s",
+                           trajectory_hash=blobs.put_text(json.dumps({"calls": [call]})))]
     assert [len(r.completion_ids) for r in build_rollouts(episodes, blobs, Scored(), eos_id=2)] == [1, 1]  # type: ignore[arg-type]
     assert reward_groups(episodes, blobs, Scored()) == [[0.0, 0.0]]  # type: ignore[arg-type]
