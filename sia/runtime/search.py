@@ -20,7 +20,6 @@ from sia.core.reducers.state import LoopState
 from sia.effects.base import EffectContext, EffectResult
 
 
-
 class Branches(Protocol):
     """What exploring a candidate needs from the runtime that runs the search."""
 
@@ -58,6 +57,3 @@ class CandidateHandler:
         return EffectResult(CandidateResult(
             run_id=child, score=explored.score, rewards=explored.rewards, harness_hash=explored.harness_hash,
             adapter_hash=explored.adapter_hash, episodes=ran), usage)
-
-
-
