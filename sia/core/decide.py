@@ -11,7 +11,8 @@ every batch boundary of a recorded log and demand the same answer.
 
 While effects are pending it returns nothing: the runtime settles them first.
 
-The loop, per generation g:
+The loop, per generation g, once the meta effect has proposed a valid first harness
+(re-asked until it does):
 
     GenerationStarted(g) → episode effects (one per dev sample) → evaluate effect
     → GenerationCompleted(g) → stop? RunCompleted : feedback effect
@@ -23,7 +24,14 @@ the generation has not moved, so the Feedback Agent is asked again (its request 
 the updates that had no signal), at most MAX_NO_SIGNAL times per generation; a decision
 that repeats a plan already found to have no signal is recorded as such without training.
 
-before which the meta effect proposes the first harness (re-asked until valid).
+A search (version 4, `search.candidates` > 1) replaces the feedback step of each generation:
+
+    feedback effect → CandidatesProposed → one candidate effect per candidate (each a fork
+    of the run, driven to its dev score) → CandidateChosen: the best one if it beats the
+    incumbent, and then the line above as if the Feedback Agent had decided it; otherwise
+    the incumbent stays and feedback is asked again.
+
+At the end (version 4) a test effect scores the best generation once on held-out test.
 """
 
 from __future__ import annotations
@@ -160,9 +168,8 @@ def step(state: LoopState) -> list[BaseEvent]:
 
     if current.no_signal and current.no_signal[-1].decision_seq == decision.seq:
         if exploring(state):
-            return [RunCompleted(reason=f"candidate {config.search.explore}: its weight update had no "
-                                        f"learning signal: {current.no_signal[-1].reason}",
-                                 best_generation=state.best_generation, best_score=state.best_score)]
+            return [completed(state, f"candidate {config.search.explore}: its weight update had no "
+                                     f"learning signal: {current.no_signal[-1].reason}")]
         if len(current.no_signal) < MAX_NO_SIGNAL:
             failure = failed_effect(state, "feedback", current.index)
             if failure:
@@ -221,8 +228,7 @@ def explore_step(state: LoopState, current: Generation) -> list[BaseEvent]:
     assert state.config is not None
     index = state.config.search.explore
     if not current.rounds:
-        return [RunCompleted(reason=f"candidate {index} explored: dev score {current.score}",
-                             best_generation=state.best_generation, best_score=state.best_score)]
+        return [completed(state, f"candidate {index} explored: dev score {current.score}")]
     search = current.rounds[-1]
     if search.decided or index is None or not 0 <= index < len(search.candidates):
         return [RunFailed(error=f"this branch explores candidate {index}, which round {search.round} "
