@@ -73,15 +73,21 @@ def test_ctrl_c_pauses_a_real_run_and_resume_finishes_it(tmp_path: Path) -> None
     import os
     import signal
     import subprocess
+    import sys
     import time
-
-    from tests.cli import SIA
 
     home = tmp_path / "home"
     env = {**os.environ, "SIA_HOME": str(home)}
-    process = subprocess.Popen([*SIA, "run", "--task", "toy", "--max-gen", "150", "--quiet",
-                                "--run-id", "long", "--set", "patience=150"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Each episode takes 20 ms, so the interrupt lands mid-run however fast the machine is.
+    slowed = ("import sys, time, sia.effects.deterministic as d\n"
+              "real = d.DeterministicEpisode.run\n"
+              "def run(self, request, ctx):\n    time.sleep(0.02)\n    return real(self, request, ctx)\n"
+              "d.DeterministicEpisode.run = run\n"
+              "sys.argv = ['sia', 'run', '--task', 'toy', '--max-gen', '150', '--quiet', '--run-id', 'long',"
+              " '--set', 'patience=150']\n"
+              "from sia.interface.cli import entrypoint; entrypoint()\n")
+    process = subprocess.Popen([sys.executable, "-c", slowed], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         time.sleep(0.3)
