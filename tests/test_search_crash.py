@@ -3,15 +3,17 @@ then resumed: the same end as an uninterrupted twin, and no completed effect run
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.cli import SIA, sia, sia_json
-from tests.test_crash import executions, settled
+from tests.cli import SIA, sia
+from tests.test_crash import executions, settled, sia_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +26,17 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     home = tmp_path_factory.mktemp("reference")
     counter = home / "counter"
     sia(home, *RUN, env={"SIA_EFFECT_COUNTER": str(counter)})
-    return {**sia_json(home, "show", "searchy"), "executions": executions(counter).total(),
-            "runs": sorted(r["run_id"] for r in sia_json(home, "runs"))}
+    return {**cli_json(home, "show", "searchy"), "executions": executions(counter).total(),
+            "runs": run_ids(home), "home": home}
+
+
+def cli_json(home: Path, *args: str) -> Any:
+    """`sia ARGS --json`, read in this process (the runs themselves are real processes)."""
+    return json.loads(sia_in_process(home, *args, "--json"))
+
+
+def run_ids(home: Path) -> list[str]:
+    return sorted(r["run_id"] for r in cli_json(home, "runs"))
 
 
 def all_settled(home: Path, runs: list[str]) -> set[str]:
@@ -36,16 +47,13 @@ def all_settled(home: Path, runs: list[str]) -> set[str]:
 
 
 def recorded_run(home: Path, run: str) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in sia(home, "log", run, "--json").stdout.splitlines()]
+    return [json.loads(line) for line in sia_in_process(home, "log", run, "--json").splitlines()]
 
 
-def test_the_reference_search_explores_candidates_on_branches(reference: dict, tmp_path: Path) -> None:
+def test_the_reference_search_explores_candidates_on_branches(reference: dict) -> None:
     branches = [r for r in reference["runs"] if r.startswith("searchy~")]
     assert len(branches) >= 4 and reference["search"], reference["runs"]
-    home = tmp_path / "home"
-    sia(home, *RUN)
+    home = reference["home"]
     drawn = sia(home, "tree", "searchy").stdout
     assert "round 0" in drawn and "← adopted" in drawn and "searchy~g0r0c0" in drawn
     listed = sia(home, "runs").stdout
@@ -53,7 +61,7 @@ def test_the_reference_search_explores_candidates_on_branches(reference: dict, t
     assert "searchy~g0r0c0" in sia(home, "runs", "--all").stdout
 
 
-@pytest.mark.parametrize("nth", [2, 7, 13, 21])
+@pytest.mark.parametrize("nth", [3, 13])
 def test_kill_inside_the_search_then_resume(nth: int, tmp_path: Path, reference: dict) -> None:
     home, counter = tmp_path / "home", tmp_path / "counter"
     env = {"SIA_CRASH_AT": f"after_execution:{nth}", "SIA_EFFECT_COUNTER": str(counter)}
@@ -61,19 +69,18 @@ def test_kill_inside_the_search_then_resume(nth: int, tmp_path: Path, reference:
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     log = recorded_run(home, "searchy")
     assert log[-1]["type"] not in ("RunCompleted", "RunFailed"), "the kill landed before the end"
-    runs = sorted(r["run_id"] for r in sia_json(home, "runs"))
-    before = all_settled(home, runs)
+    before = all_settled(home, run_ids(home))
     ran_before = executions(counter)
     sia(home, "resume", "searchy", "--quiet", "--concurrency", "4", env={"SIA_EFFECT_COUNTER": str(counter)})
-    final = sia_json(home, "show", "searchy")
+    final = cli_json(home, "show", "searchy")
     assert final["outcome_hash"] == reference["outcome_hash"]
     assert final["state_hash"] == reference["state_hash"]
     rerun = {e for e in before if (executions(counter) - ran_before)[e]}
     assert not rerun, f"completed effects ran again after resume: {rerun}"
-    assert sorted(r["run_id"] for r in sia_json(home, "runs")) == reference["runs"]
+    assert run_ids(home) == reference["runs"]
     for run in reference["runs"]:
-        assert sia(home, "replay", run, "--check").returncode == 0, run
-        assert sia(home, "verify", run).returncode == 0, run
+        assert sia_in_process(home, "replay", run, "--check").startswith("ok:"), run
+        sia_in_process(home, "verify", run)
 
 
 def test_a_random_time_kill_of_a_search_then_resume(tmp_path: Path, reference: dict) -> None:
@@ -89,6 +96,5 @@ def test_a_random_time_kill_of_a_search_then_resume(tmp_path: Path, reference: d
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     sia(home, "resume", "searchy", "--quiet", "--concurrency", "4", env={"SIA_EFFECT_COUNTER": str(counter)})
-    final = sia_json(home, "show", "searchy")
-    assert final["state_hash"] == reference["state_hash"]
-    assert sia(home, "replay", "searchy", "--check").returncode == 0
+    assert cli_json(home, "show", "searchy")["state_hash"] == reference["state_hash"]
+    assert sia_in_process(home, "replay", "searchy", "--check").startswith("ok:")
