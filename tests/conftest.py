@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sia.effects.deterministic import deterministic_registry, toy_task
 from sia.core.events.types import RunConfig
+from sia.effects.deterministic import deterministic_registry, toy_task
 from sia.runtime.loop import Runtime
 from sia.store.memory import MemoryEventStore
 

@@ -170,9 +170,9 @@ def test_builtin_feedback_recommends_from_the_rollouts_the_trainer_would_learn_f
     from pathlib import Path
 
     from sia.agents.builtin import BuiltinFeedback
+    from sia.core.events.canonical import canonical_json
     from sia.effects.base import EffectContext
     from sia.effects.train import reward_shape_of
-    from sia.core.events.canonical import canonical_json
     from sia.store.blobs import MemoryBlobStore
 
     blobs = MemoryBlobStore()

@@ -13,12 +13,12 @@ import pytest
 from sia.agents import prompts
 from sia.agents.llm import LLMFeedback, LLMMeta, check_decision, public_samples, strip_fences
 from sia.agents.template import Knobs, render
-from sia.effects.base import EffectContext, EffectError, EffectResult, TransientEffectError
+from sia.core.effect_models import parse_request
 from sia.core.events.canonical import canonical_json
 from sia.core.events.types import FeedbackDecided
-from sia.harness.contract import HARNESS_CONTRACT, validate_harness
-from sia.core.effect_models import parse_request
 from sia.core.interpret import interpret
+from sia.effects.base import EffectContext, EffectError, EffectResult, TransientEffectError
+from sia.harness.contract import HARNESS_CONTRACT, validate_harness
 from sia.llm import PermanentLLMError, TransientLLMError, get_provider
 from sia.store.blobs import MemoryBlobStore
 from sia.testing import AnthropicServer, Fault, OpenAIServer, Reply, Script

@@ -6,15 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from sia.core.events.envelope import StoredEvent
+from sia.effects.deterministic import deterministic_registry, toy_task
 from sia.interface.dashboard import tail as tail_module
 from sia.interface.dashboard.pages import event_page, family_ids, lineage
 from sia.interface.dashboard.tail import Tails
-from sia.effects.deterministic import deterministic_registry, toy_task
-from sia.core.events.envelope import StoredEvent
+from sia.interface.views import audit_rows, score_series, scored_generations
 from sia.runtime.loop import Runtime, load_state
 from sia.store.base import RunRecord
 from sia.store.memory import MemoryEventStore
-from sia.interface.views import audit_rows, score_series, scored_generations
 from tests.conftest import toy_config
 
 
@@ -101,9 +101,9 @@ def test_lineage_marks_the_path_and_a_fork_draws_from_where_it_leaves(tmp_path: 
 
 
 def test_the_episode_view_shows_calls_tokens_logprobs_reward_and_the_stderr_tail() -> None:
-    from sia.interface.dashboard.pages import STDERR_TAIL, episode_page
     from sia.core.events.types import TaskIdentity
     from sia.core.reducers.state import Episode, Generation, LoopState
+    from sia.interface.dashboard.pages import STDERR_TAIL, episode_page
 
     task = TaskIdentity(name="t", task_hash="h", dev_ids=("a", "b"))
     state = LoopState(config=toy_config(mode="H"), task=task,
@@ -124,10 +124,10 @@ def test_the_episode_view_shows_calls_tokens_logprobs_reward_and_the_stderr_tail
 
 
 def test_the_timeline_gathers_each_decisions_investigation_under_its_generation() -> None:
+    from sia.core.events.envelope import seal
     from sia.core.events.mapper import MAPPER
     from sia.core.events.types import AgentStepRecorded, EffectRequested, Usage
     from sia.interface.dashboard.tail import Timeline
-    from sia.core.events.envelope import seal
 
     asked = EffectRequested(effect_id="f1", kind="feedback", request={"generation": 2}, request_hash="h")
     steps = [AgentStepRecorded(effect_id="f1", index=i, kind=kind, name=name, blob_hash=f"b{i}", summary=f"step {i}",

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from sia.core.decide import DECIDER_VERSION, MAX_NO_SIGNAL, UnknownDeciderVersion, decide
-from sia.effects.deterministic import TOY_DEV_IDS, toy_task
 from sia.core.events.types import (
     Action,
     AdapterCheckpointed,
@@ -49,6 +48,7 @@ from sia.core.events.types import (
 )
 from sia.core.reducers.loop import evolve_unrecorded
 from sia.core.reducers.state import LoopState
+from sia.effects.deterministic import TOY_DEV_IDS, toy_task
 from tests.conftest import toy_config
 
 TRAIN_IDS = tuple(f"toy-train-{i:02d}" for i in range(6))

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sia.core.events import types as event_types
 from sia.core.events.canonical import CanonicalJSONError, canonical_json, content_hash
 from sia.core.events.envelope import EncodedEvent, seal
 from sia.core.events.mapper import MAPPER, EventDecodeError, EventMapper
-from sia.core.events import types as event_types
 from sia.core.events.types import (
     EVENT_CLASSES,
     AdapterCheckpointed,
@@ -26,8 +26,8 @@ from sia.core.events.types import (
     EffectFailed,
     EffectRequested,
     EpisodeRecorded,
-    Event,
     EvaluationRecorded,
+    Event,
     FeedbackDecided,
     GenerationCompleted,
     GenerationStarted,

@@ -13,8 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from sia.train.gpu_plan import (GPU_COUNTS, USD_PER_GPU_HOUR, ModelTooLarge, is_mxfp4, lora_parameter_count,
-                                parameter_count, plan_for)
+from sia.train.gpu_plan import (
+    GPU_COUNTS,
+    USD_PER_GPU_HOUR,
+    ModelTooLarge,
+    is_mxfp4,
+    lora_parameter_count,
+    parameter_count,
+    plan_for,
+)
 
 _ATTENTION = ["sliding_attention", "full_attention"]
 GPT_OSS_20B = json.loads("""{

@@ -193,8 +193,8 @@ def test_an_export_holding_this_homes_secret_is_refused(tmp_path: Path) -> None:
 def test_the_runtime_records_and_interprets_only_redacted_results() -> None:
     from sia.effects.base import EffectContext, EffectResult
     from sia.effects.deterministic import deterministic_registry, toy_task
-    from sia.runtime.replay import check_run
     from sia.runtime.loop import Runtime
+    from sia.runtime.replay import check_run
     from sia.store.memory import MemoryEventStore
     from tests.conftest import toy_config
 

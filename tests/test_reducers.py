@@ -10,7 +10,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import create_model
 
-from sia.effects.deterministic import deterministic_registry, toy_task
 from sia.core.events.mapper import MAPPER, RecordedEvent
 from sia.core.events.types import (
     Budget,
@@ -23,6 +22,7 @@ from sia.core.events.types import (
 from sia.core.reducers.loop import FoldError, fold
 from sia.core.reducers.snapshot import FOLD_VERSION, REDUCER_VERSION, reducer_version
 from sia.core.reducers.state import Generation, LoopState, outcome_hash, state_hash
+from sia.effects.deterministic import deterministic_registry, toy_task
 from sia.runtime.loop import Runtime
 from sia.store.memory import MemoryEventStore
 from tests.conftest import toy_config

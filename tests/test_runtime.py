@@ -11,13 +11,13 @@ import pytest
 import sia.runtime.replay
 from sia.core.decide import MAX_NO_SIGNAL, decide
 from sia.core.effect_models import EpisodeRequest, MetaRequest, MetaResult, TrainRequest, TrainResult
-from sia.effects.base import EffectContext, EffectResult, HandlerRegistry, TransientEffectError
-from sia.effects.deterministic import deterministic_registry, toy_task
 from sia.core.events.mapper import MAPPER
 from sia.core.events.types import EffectRequested, RunConfig
 from sia.core.reducers.state import state_hash
-from sia.runtime.replay import check_run
+from sia.effects.base import EffectContext, EffectResult, HandlerRegistry, TransientEffectError
+from sia.effects.deterministic import deterministic_registry, toy_task
 from sia.runtime.loop import Runtime, load_state
+from sia.runtime.replay import check_run
 from sia.store.base import LeaseHeld
 from sia.store.memory import MemoryEventStore
 from tests.conftest import toy_config

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sia.effects.base import EffectContext
 from sia.core.effect_models import EvaluateRequest
+from sia.effects.base import EffectContext
 from sia.effects.evaluate import EvaluateHandler
-from sia.store.blobs import MemoryBlobStore
 from sia.interface.task_commands import app
+from sia.store.blobs import MemoryBlobStore
 from sia.tasks.loader import load_task
 from sia.tasks.trimul.reference import reference_kernel_source
 from tests.cli import sia

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from sia.core.events.envelope import StoredEvent
 from sia.core.events.types import RunConfig, TaskIdentity
+from sia.core.reducers.state import Episode, Generation, LoopState
 from sia.interface.progress import (
     PROGRESS_LOGGER,
     Column,
@@ -22,7 +23,6 @@ from sia.interface.progress import (
     fit_columns,
     status_line,
 )
-from sia.core.reducers.state import Episode, Generation, LoopState
 from sia.interface.views import generation_elapsed
 from tests.cli import sia, sia_json
 

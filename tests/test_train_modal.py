@@ -16,12 +16,22 @@ import modal
 import pytest
 
 from sia.train import modal_app
-from sia.train.job import adapter_hash, load_manifest
 from sia.train.gpu_plan import GPU_COUNTS
-from sia.train.job import JobError
+from sia.train.job import JobError, adapter_hash, load_manifest
 from sia.train.job_claim import FileClaimStore
-from sia.train.modal_app import (FUNCTIONS, HUB_ALLOW, HUB_IGNORE, ModalCredentialsMissing, ModalTrainer, adapter_inputs,
-                                 choose_function, modal_credentials_present, pinned_revision, train, train_body)
+from sia.train.modal_app import (
+    FUNCTIONS,
+    HUB_ALLOW,
+    HUB_IGNORE,
+    ModalCredentialsMissing,
+    ModalTrainer,
+    adapter_inputs,
+    choose_function,
+    modal_credentials_present,
+    pinned_revision,
+    train,
+    train_body,
+)
 from sia.train.spec import TrainingSpec
 from tests.test_gpu_plan import GPT_OSS_20B, GPT_OSS_120B
 from tests.test_train_job import PARAMS, make_fixture, make_spec

@@ -19,10 +19,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sia.core.effect_models import EpisodeRef  # noqa: E402
+from sia.core.reward_shape import classify_rewards  # noqa: E402
 from sia.effects.train import build_rollouts, reward_groups  # noqa: E402
 from sia.harness.backends import SamplerBackend, SamplingParams  # noqa: E402
 from sia.harness.gateway import ModelCall  # noqa: E402
-from sia.core.reward_shape import classify_rewards  # noqa: E402
 from sia.store.blobs import FileBlobStore  # noqa: E402
 from sia.target.local import LocalBackend  # noqa: E402
 from sia.train.algorithms import (  # noqa: E402

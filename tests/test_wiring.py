@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from sia.core.events.types import RunConfig
-from sia.tasks.loader import BUNDLED_ROOT, load_task
 from sia.runtime.wiring import BackendUnavailable, handlers_for
+from sia.tasks.loader import BUNDLED_ROOT, load_task
 
 
 @pytest.fixture

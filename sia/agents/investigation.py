@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 import time
-from functools import partial
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from sia.agents.digest import clip

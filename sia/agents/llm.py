@@ -37,11 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sia.agents import prompts
 from sia.agents.digest import Digest, build_digest, summarize_trajectory
 from sia.agents.investigation import FinalTool, Investigation, Verdict, describe
-from sia.agents.tools import DraftRun, FeedbackDesk, draft_tool, feedback_tools, read_samples_tool, strip_fences
 from sia.agents.reward_view import RewardShapeOf, with_trainer_view
+from sia.agents.tools import DraftRun, FeedbackDesk, draft_tool, feedback_tools, read_samples_tool, strip_fences
 from sia.core.config import dollars
-from sia.effects.base import EffectContext, EffectError, EffectResult
-from sia.core.events.types import ALGORITHMS, AgentLimits, AnswerRefused, Force, Usage
 from sia.core.effect_models import (
     FeedbackRequest,
     FeedbackResult,
@@ -49,6 +47,8 @@ from sia.core.effect_models import (
     MetaRequest,
     MetaResult,
 )
+from sia.core.events.types import ALGORITHMS, AgentLimits, AnswerRefused, Force, Usage
+from sia.effects.base import EffectContext, EffectError, EffectResult
 from sia.llm import (
     LLMRequest,
     LLMResponse,

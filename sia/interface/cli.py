@@ -24,10 +24,10 @@ from sia.core.events.mapper import EventDecodeError
 from sia.core.events.types import RunConfig, TaskIdentity
 from sia.core.reducers.loop import FoldError
 from sia.core.reducers.state import LoopState
+from sia.interface.task_commands import app as tasks_app
 from sia.store.base import EventStore, StoreError
 from sia.store.blobs import BlobMissing
 from sia.store.home import sia_home
-from sia.interface.task_commands import app as tasks_app
 
 app = typer.Typer(
     help="sia: a self-improving agent loop you can resume, fork, replay and audit.",
@@ -240,8 +240,8 @@ def replay(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Rebuild a run's state from its log; --check proves today's code agrees with it."""
-    from sia.runtime.replay import check_run
     from sia.interface.views import show
+    from sia.runtime.replay import check_run
 
     with opened_store() as store:
         store.get_run(run_id)

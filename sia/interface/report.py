@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sia.core.reducers.state import LoopState
-from sia.runtime.loop import load_state
-from sia.store.base import EventStore
 from sia.interface.views import (
     audit_rows,
     generation_elapsed,
     generation_rows,
     sandbox_of,
-    search_tree,
     score_series,
     scored_generations,
+    search_tree,
 )
+from sia.runtime.loop import load_state
+from sia.store.base import EventStore
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -26,13 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from sia.core.config import apply_overrides
 from sia.core.decide import DECIDER_VERSION, decide
-from sia.effects.base import (
-    EffectContext,
-    EffectError,
-    HandlerRegistry,
-    TransientEffectError,
-)
+from sia.core.effect_models import parse_request
 from sia.core.events.canonical import canonical_json
 from sia.core.events.envelope import StoredEvent
 from sia.core.events.mapper import MAPPER
@@ -48,14 +44,18 @@ from sia.core.events.types import (
     TaskIdentity,
     Usage,
 )
-from sia.core.config import apply_overrides
-from sia.runtime.failpoints import Failpoints
-from sia.runtime.search import CandidateHandler
-from sia.core.effect_models import parse_request
 from sia.core.interpret import ResultInvalid, interpret, interpret_failure
 from sia.core.reducers.loop import evolve, fold
 from sia.core.reducers.snapshot import REDUCER_VERSION, decode_state, encode_state
 from sia.core.reducers.state import LoopState, PendingEffect
+from sia.effects.base import (
+    EffectContext,
+    EffectError,
+    HandlerRegistry,
+    TransientEffectError,
+)
+from sia.runtime.failpoints import Failpoints
+from sia.runtime.search import CandidateHandler
 from sia.store.base import CacheEntry, EventStore, LeaseHeld, Snapshot, UnknownRun, new_holder
 from sia.store.home import sia_home
 

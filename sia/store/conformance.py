@@ -18,8 +18,8 @@ import os
 import subprocess
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar

@@ -32,11 +32,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from sia.core.config import ConfigError
+from sia.core.reducers.loop import FoldError
+from sia.core.reducers.state import LoopState
 from sia.interface.dashboard.pages import (
     episode_page,
     event_page,
-    find_episode,
     family_ids,
+    find_episode,
     harness_diff,
     lineage,
     recorded_episode,
@@ -46,12 +48,10 @@ from sia.interface.dashboard.pages import (
     timeline_page,
 )
 from sia.interface.dashboard.tail import Tails
-from sia.core.reducers.loop import FoldError
-from sia.core.reducers.state import LoopState
+from sia.interface.views import score_series, scored_generations
 from sia.runtime.loop import load_state
 from sia.store.base import EventStore, LeaseHeld, StoreError, UnknownRun, new_holder
 from sia.store.blobs import BlobMissing
-from sia.interface.views import score_series, scored_generations
 
 STATIC = Path(__file__).parent / "static"
 POLL_S = 0.25

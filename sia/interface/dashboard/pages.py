@@ -12,8 +12,8 @@ from sia.core.decide import episode_ids
 from sia.core.events.envelope import StoredEvent
 from sia.core.events.types import EVENT_CLASSES
 from sia.core.reducers.state import Episode, LoopState, to_jsonable
-from sia.store.base import RunRecord
 from sia.interface.views import audit_rows, branch_spend, generation_rows, run_row, show
+from sia.store.base import RunRecord
 
 STDERR_TAIL = 40
 """Lines of a harness's stderr the episode viewer shows (the end is where errors are)."""

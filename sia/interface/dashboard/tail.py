@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sia.core.events.envelope import StoredEvent
-from sia.interface.dashboard.pages import EpisodeRef
 from sia.core.events.mapper import MAPPER
 from sia.core.reducers.loop import evolve
 from sia.core.reducers.state import LoopState
+from sia.interface.dashboard.pages import EpisodeRef
+from sia.interface.views import ElapsedClock
 from sia.runtime.loop import load_state
 from sia.store.base import EventStore, RunRecord
-from sia.interface.views import ElapsedClock
 
 T = TypeVar("T")
 TIMELINE_CHUNK = 5000
