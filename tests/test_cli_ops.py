@@ -86,8 +86,11 @@ def test_ctrl_c_pauses_a_real_run_and_resume_finishes_it(tmp_path: Path) -> None
               "sys.argv = ['sia', 'run', '--task', 'toy', '--max-gen', '150', '--quiet', '--run-id', 'long',"
               " '--set', 'patience=150']\n"
               "from sia.interface.cli import entrypoint; entrypoint()\n")
+    # A suite started in the background of a non-interactive shell inherits SIGINT ignored,
+    # and Python keeps an ignored SIGINT ignored: give the run the default disposition.
     process = subprocess.Popen([sys.executable, "-c", slowed], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         time.sleep(0.3)

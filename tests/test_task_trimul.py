@@ -154,7 +154,9 @@ def test_faster_correct_kernel_earns_higher_reward_than_slow_one() -> None:
     assert fast.correct and slow.correct
     assert fast.runtime_us is not None and slow.runtime_us is not None
     assert slow.runtime_us > 5 * fast.runtime_us
-    assert fast.reward > 5 * slow.reward
+    # Each reward divides by the reference's runtime measured in that evaluation, which
+    # varies by up to 2x from one evaluation to the next on a shared machine.
+    assert fast.reward > 2 * slow.reward
 
 
 def test_gpu_case_lists_mirror_the_benchmark() -> None:
