@@ -39,7 +39,6 @@ from sia.agents.digest import Digest, build_digest, summarize_trajectory
 from sia.agents.investigation import FinalTool, Investigation, Verdict, describe
 from sia.agents.reward_view import RewardShapeOf, with_trainer_view
 from sia.agents.tools import DraftRun, FeedbackDesk, draft_tool, feedback_tools, read_samples_tool, strip_fences
-from sia.core.config import dollars
 from sia.core.effect_models import (
     FeedbackRequest,
     FeedbackResult,
@@ -60,11 +59,8 @@ from sia.llm import (
     ToolSpec,
     ToolUseProvider,
 )
+from sia.llm.pricing import usage_dollars
 from sia.store.blobs import BlobStore
-
-CACHE_WRITE_FACTOR = 1.25
-CACHE_READ_FACTOR = 0.1
-"""Prompt-cache prices relative to input tokens (Anthropic's 5-minute cache)."""
 
 
 class PublicTask(Protocol):
@@ -232,9 +228,7 @@ class _Conversation:
         self.tokens_in += u.total_input_tokens
         self.tokens_out += u.output_tokens
         priced = self.model or response.model
-        self.cost += (dollars(priced, u.input_tokens, u.output_tokens)
-                      + CACHE_WRITE_FACTOR * dollars(priced, u.cache_write_tokens, 0)
-                      + CACHE_READ_FACTOR * dollars(priced, u.cache_read_tokens, 0))
+        self.cost += usage_dollars(priced, u)
         return response
 
     def refuse(self, answer_text: str, reask: str) -> None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from sia.core.events.canonical import canonical_json
 from sia.llm.errors import PermanentLLMError
-from sia.llm.types import DEFAULT_MODELS, Usage
+from sia.llm.types import Frozen, ProviderRequest, Usage
 
 __all__ = [
     "AssistantMessage", "ChatMessage", "MalformedToolCall", "Reasoning", "StopReason", "ToolCall", "ToolChoice",
@@ -38,11 +38,7 @@ ToolChoice = Literal["auto", "any", "none"]
 """`auto`: the model may call tools; `any`: it must call one; `none`: it may not call any."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-class ToolSpec(_Frozen):
+class ToolSpec(Frozen):
     """A tool the model may call: its name, what it is for, and the JSON schema of its arguments."""
 
     name: str = Field(pattern=TOOL_NAME_PATTERN)
@@ -58,7 +54,7 @@ class ToolSpec(_Frozen):
         return self
 
 
-class ToolCall(_Frozen):
+class ToolCall(Frozen):
     """One call the model made: the provider's call id, the tool's name and its arguments."""
 
     id: str = Field(min_length=1)
@@ -72,7 +68,7 @@ class ToolCall(_Frozen):
         return value
 
 
-class ToolResult(_Frozen):
+class ToolResult(Frozen):
     """What a tool returned for the call `call_id`; `is_error` says the call failed."""
 
     call_id: str = Field(min_length=1)
@@ -80,7 +76,7 @@ class ToolResult(_Frozen):
     is_error: bool = False
 
 
-class Reasoning(_Frozen):
+class Reasoning(Frozen):
     """A thinking block the model returned, kept to be sent back exactly as received.
 
     Anthropic requires the thinking blocks of an assistant turn that called tools to be
@@ -94,12 +90,12 @@ class Reasoning(_Frozen):
     data: str = ""
 
 
-class UserMessage(_Frozen):
+class UserMessage(Frozen):
     role: Literal["user"] = "user"
     text: str = Field(min_length=1)
 
 
-class AssistantMessage(_Frozen):
+class AssistantMessage(Frozen):
     """An assistant turn as it goes back into the conversation: text, tool calls, reasoning."""
 
     role: Literal["assistant"] = "assistant"
@@ -112,7 +108,7 @@ class AssistantMessage(_Frozen):
         return not self.text.strip() and not self.tool_calls
 
 
-class ToolResultsMessage(_Frozen):
+class ToolResultsMessage(Frozen):
     """The results of every call of the assistant message just before it, in any order."""
 
     role: Literal["tool"] = "tool"
@@ -122,7 +118,7 @@ class ToolResultsMessage(_Frozen):
 ChatMessage = Annotated[UserMessage | AssistantMessage | ToolResultsMessage, Field(discriminator="role")]
 
 
-class TurnRequest(_Frozen):
+class TurnRequest(ProviderRequest):
     """Ask for the next assistant turn of `messages`, with `tools` on offer.
 
     `seed` and `temperature` are cache identity even where a provider cannot honour them
@@ -132,8 +128,6 @@ class TurnRequest(_Frozen):
     cache prefixes on their own).
     """
 
-    provider: str = "anthropic"
-    model: str | None = None
     system: str = ""
     messages: tuple[ChatMessage, ...] = Field(min_length=1)
     tools: tuple[ToolSpec, ...] = ()
@@ -142,15 +136,6 @@ class TurnRequest(_Frozen):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     seed: int | None = None
     cache_prefix: bool = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_model(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("model"):
-            provider = data.get("provider", "anthropic")
-            if provider in DEFAULT_MODELS:
-                data = {**data, "model": DEFAULT_MODELS[provider]}
-        return data
 
     @model_validator(mode="after")
     def _well_formed(self) -> TurnRequest:
@@ -233,7 +218,7 @@ class MalformedToolCall(PermanentLLMError):
         self.raw_id = raw_id
 
 
-class Turn(_Frozen):
+class Turn(Frozen):
     """One assistant turn: append `message` to the conversation, run its `tool_calls`, ask again.
 
     `dollars` is priced by `sia.llm.pricing.usage_dollars` from the requested model (the

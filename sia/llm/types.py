@@ -17,7 +17,7 @@ from sia.core.events.canonical import canonical_json
 from sia.llm.errors import MissingCredentials, PermanentLLMError, TransientLLMError
 
 __all__ = [
-    "DEFAULT_MODELS", "LLMRequest", "LLMResponse", "Message", "MissingCredentials",
+    "DEFAULT_MODELS", "Frozen", "LLMRequest", "LLMResponse", "Message", "MissingCredentials", "ProviderRequest",
     "PermanentLLMError", "ResponseSchema", "TransientLLMError", "Usage",
 ]
 
@@ -25,16 +25,18 @@ DEFAULT_MODELS: dict[str, str] = {"anthropic": "claude-sonnet-4-6"}
 """The model a request names when it names none; filled in on the request so it is hashed."""
 
 
-class _Frozen(BaseModel):
+class Frozen(BaseModel):
+    """The base of every value the providers exchange: immutable, strict, finite."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-class Message(_Frozen):
+class Message(Frozen):
     role: Literal["user", "assistant"]
     content: str
 
 
-class ResponseSchema(_Frozen):
+class ResponseSchema(Frozen):
     """A JSON schema the answer must follow, and the name it travels under (tool / format name)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
@@ -49,20 +51,11 @@ class ResponseSchema(_Frozen):
         return self
 
 
-class LLMRequest(_Frozen):
-    """One completion request. `seed` and `temperature` are part of the cache identity even
-    where a provider cannot honour them (Anthropic's current API takes neither)."""
+class ProviderRequest(Frozen):
+    """What every request names: the provider, and the model (its default when unnamed)."""
 
     provider: str = "anthropic"
     model: str | None = None
-    system: str = ""
-    messages: tuple[Message, ...] = Field(min_length=1)
-    max_tokens: int = Field(default=4096, gt=0)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    response_schema: ResponseSchema | None = None
-    seed: int | None = None
-    cache_prefix: bool = False
-    """Mark the system prompt (and tools before it) as a cacheable prefix."""
 
     @model_validator(mode="before")
     @classmethod
@@ -74,7 +67,22 @@ class LLMRequest(_Frozen):
         return data
 
 
-class Usage(_Frozen):
+class LLMRequest(ProviderRequest):
+    """One completion request. `seed` and `temperature` are part of the cache identity even
+    where a provider cannot honour them (Anthropic's current API takes neither)."""
+
+    system: str = ""
+    messages: tuple[Message, ...] = Field(min_length=1)
+    max_tokens: int = Field(default=4096, gt=0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    response_schema: ResponseSchema | None = None
+    seed: int | None = None
+    cache_prefix: bool = False
+    """Mark the system prompt (and tools before it) as a cacheable prefix."""
+
+
+
+class Usage(Frozen):
     """Tokens one call cost. Total input is `input_tokens + cache_read_tokens + cache_write_tokens`."""
 
     input_tokens: int = Field(default=0, ge=0)
@@ -94,7 +102,7 @@ class Usage(_Frozen):
                      cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens)
 
 
-class LLMResponse(_Frozen):
+class LLMResponse(Frozen):
     """What came back. `structured` is set exactly when the request carried a response schema."""
 
     text: str
