@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+from pydantic import SerializerFunctionWrapHandler, model_serializer
+
 from sia.core.events.types import Action, AgentLimits, Algorithm, Candidate, ForceValue, Frozen, Mode, TrainingPlan
 
 EffectKind = Literal["meta", "episode", "evaluate", "feedback", "train", "candidate", "test"]
@@ -20,12 +22,27 @@ EffectKind = Literal["meta", "episode", "evaluate", "feedback", "train", "candid
 # ---------------------------------------------------------------- requests
 
 
-class EffectRequest(Frozen):
+class Recorded(Frozen):
+    """A value whose JSON form leaves out, when unset, the keys a later decider version added,
+    so a request asked the same way as before records (and hashes) the same bytes; nested
+    values drop theirs too, as they are serialized."""
+
+    added_later: ClassVar[frozenset[str]] = frozenset()
+    """Keys a later decider version added: recorded only when set (not None, not empty)."""
+
+    @model_serializer(mode="wrap")
+    def _without_unset_later_keys(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        for key in self.added_later:
+            if data.get(key) in (None, [], (), {}):
+                del data[key]
+        return data
+
+
+class EffectRequest(Recorded):
     """Fields every request carries: the task it runs on and the seed its handler draws from."""
 
     kind: ClassVar[EffectKind]
-    added_later: ClassVar[frozenset[str]] = frozenset()
-    """Keys a later decider version added: recorded only when set (not None, not empty)."""
 
     task: str
     task_hash: str
@@ -37,9 +54,6 @@ class EffectRequest(Frozen):
         data = self.model_dump(mode="json")
         if not with_seed:
             del data["seed"]
-        for key in self.added_later:
-            if data.get(key) in (None, [], {}):
-                del data[key]
         return data
 
 
@@ -75,8 +89,10 @@ class NoSignalRecord(Frozen):
     reason: str
 
 
-class HistoryEntry(Frozen):
+class HistoryEntry(Recorded):
     """One earlier generation as the Feedback Agent sees it."""
+
+    added_later: ClassVar[frozenset[str]] = frozenset({"no_signal"})
 
     generation: int
     score: float | None
@@ -85,7 +101,6 @@ class HistoryEntry(Frozen):
     action: Action | None
     algorithm: str | None
     no_signal: tuple[NoSignalRecord, ...] = ()
-    """Recorded only when there is any (decider version 2 on)."""
 
 
 class EpisodeRef(Frozen):
@@ -158,13 +173,6 @@ class FeedbackRequest(EffectRequest):
     parents: tuple[int, ...] = ()
     """Generations a candidate may start from (`search.parents = pareto`): the Pareto front
     of per-sample dev scores. Empty: the incumbent only."""
-
-    def record(self, *, with_seed: bool = True) -> dict[str, Any]:
-        data = super().record(with_seed=with_seed)
-        for entry in data["history"]:
-            if not entry.get("no_signal"):
-                entry.pop("no_signal", None)
-        return data
 
 
 class TrainRequest(EffectRequest):
