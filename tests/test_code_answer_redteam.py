@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,12 @@ import torch
 from sia.harness import bwrap
 from sia.harness.bwrap import SandboxUnavailable
 from sia.tasks import code_answers
-from sia.tasks.answer_sandbox import AnswerSandbox, CallLog, SandboxLimits, timing_problem
+from sia.tasks.answer_sandbox import (
+    AnswerSandbox,
+    CallLog,
+    SandboxLimits,
+    timing_problem,
+)
 from sia.tasks.code_answers import CodeOutcome, run_isolated
 from sia.tasks.trimul import ShapeSpec, make_inputs
 from sia.tasks.trimul.evaluator import CandidateCall
@@ -256,10 +262,12 @@ def test_the_round_trip_is_never_shorter_than_the_call_it_contains() -> None:
         times, log = timed_calls(SPINNER, ShapeSpec(1, 32, 32, 32), 12)
     finally:
         os.sched_setaffinity(0, cpus)
-    assert min(log.round_trip_us) >= 2000.0, log
+    # The regression lost about half of each call; a virtual machine's clock was seen to put
+    # one 2 ms spin inside a 1999.6 us round trip, so allow it 1 %.
+    assert min(log.round_trip_us) >= 1980.0, log
     assert all(trip >= reported for trip, reported in zip(log.round_trip_us, log.reported_us)), log
     assert timing_problem(log) is None
-    assert min(times) >= 2000.0, times
+    assert min(times) >= 1980.0, times
 
 
 TICKER = """
@@ -290,7 +298,17 @@ def test_a_slow_kernel_that_reports_no_time_scores_no_better_than_its_real_speed
     liar = trimul(honest_kernel_unless("_sleep(0.005)", LIAR))
     honest = trimul(honest_kernel_unless("time.sleep(0.005)", "import time"))
     assert liar.failure is None and honest.failure is None, (liar, honest)
-    assert liar.reward < 0.2 and liar.reward < 1.5 * honest.reward, (liar, honest)
+    # Compare the answers' measured runtimes: each reward also divides by the reference's
+    # runtime timed in its own evaluation, which varied 374-603 us between two of them.
+    assert liar.reward < 0.2 and measured_us(liar) > 0.8 * measured_us(honest), (liar, honest)
+    assert measured_us(liar) >= 5000.0, liar
+
+
+def measured_us(outcome: CodeOutcome) -> float:
+    """The answer's runtime the scorer measured, as its outcome's detail states it."""
+    found = re.match(r"([0-9.]+) us vs reference", outcome.detail)
+    assert found is not None, outcome
+    return float(found.group(1))
 
 
 def test_a_slow_kernel_that_tells_the_truth_scores_below_the_reference() -> None:
