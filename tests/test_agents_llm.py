@@ -53,6 +53,9 @@ class ToyTask:
     def reference_harness(self) -> str | None:
         return None
 
+    def public_examples(self) -> list[dict[str, Any]]:
+        return []
+
 
 @pytest.fixture(autouse=True)
 def keys(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,7 +38,15 @@ from sia.agents import prompts
 from sia.agents.digest import Digest, build_digest, summarize_trajectory
 from sia.agents.investigation import FinalTool, Investigation, Verdict, describe
 from sia.agents.reward_view import RewardShapeOf, with_trainer_view
-from sia.agents.tools import DraftRun, FeedbackDesk, draft_tool, feedback_tools, read_samples_tool, strip_fences
+from sia.agents.tools import (
+    DraftRun,
+    FeedbackDesk,
+    draft_tool,
+    example_tools,
+    feedback_tools,
+    read_samples_tool,
+    strip_fences,
+)
 from sia.core.effect_models import (
     FeedbackRequest,
     FeedbackResult,
@@ -64,7 +72,8 @@ from sia.store.blobs import BlobStore
 
 
 class PublicTask(Protocol):
-    """What the agents may know of a task: public fields only, never a label."""
+    """What the agents may know of a task: public fields, and the labels the task makes public
+    (train, `public_examples`), never a dev or test label."""
 
     @property
     def description(self) -> str: ...
@@ -76,6 +85,8 @@ class PublicTask(Protocol):
     def options_of(self, sample_id: str) -> list[str]: ...
 
     def reference_harness(self) -> str | None: ...
+
+    def public_examples(self) -> list[dict[str, Any]]: ...
 
 
 Validate = Callable[[str], list[str]]
@@ -319,7 +330,7 @@ class LLMMeta:
 
     def _investigate(self, request: MetaRequest, limits: AgentLimits, ctx: EffectContext) -> EffectResult:
         assert isinstance(self.provider, ToolUseProvider)
-        tools = [read_samples_tool(self.task.samples)]
+        tools = [read_samples_tool(self.task.samples), *example_tools(self.task.public_examples())]
         if self.draft is not None:
             tools.append(draft_tool(self.draft, ctx.blobs, key=ctx.effect_id[:16], seed=ctx.seed, adapter_hash=None))
 
@@ -460,7 +471,7 @@ class LLMFeedback:
         dev_rewards = self.dev_rewards
         desk = FeedbackDesk(request, ctx.blobs, self.task.sample,
                             (lambda: dev_rewards(run_id)) if dev_rewards is not None else None)
-        tools = feedback_tools(desk)
+        tools = [*feedback_tools(desk), *example_tools(self.task.public_examples())]
         if self.draft is not None:
             tools.append(draft_tool(self.draft, ctx.blobs, key=ctx.effect_id[:16], seed=ctx.seed,
                                     adapter_hash=request.adapter_hash, current=desk.current_rewards()))

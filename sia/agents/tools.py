@@ -1,11 +1,12 @@
 """The tools the Feedback and Meta agents investigate with, as JSON-text results.
 
-What a tool may show is fixed here, once: the public fields of train and dev samples, this
-run's recorded dev episodes and rewards, its harnesses and decisions, and the results of
-running a draft harness on chosen train or dev samples. A tool never reads a label (rewards
-come from `Task.reward`, which refuses test samples), never names a test sample (asked for
-one, it answers with an error), and never holds a secret. Results are clipped to
-`RESULT_CHARS`, so one call cannot flood the conversation.
+What a tool may show is fixed here, once: the public fields of train and dev samples, the
+task's public examples (train samples with their labels, `Task.public_examples`: train labels
+are public data, as in ordinary ML practice), this run's recorded dev episodes and rewards, its
+harnesses and decisions, and the results of running a draft harness on chosen train or dev
+samples. A tool never reads a dev or test label (rewards come from `Task.reward`, which refuses
+test samples), never names a test sample (asked for one, it answers with an error), and never
+holds a secret. Results are clipped to `RESULT_CHARS`, so one call cannot flood the conversation.
 
 A tool's failure (bad arguments, an unknown episode) is the model's to read and correct: it
 comes back as an error result, never as an exception out of the effect.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -168,7 +170,7 @@ class DraftRunner:
         for i, sample_id in enumerate(sample_ids):
             outcome, calls = play(source, self.task.sample(sample_id), episode_id=f"draft-{key}-{i}",
                                   seed=seed + i, adapter_hash=adapter_hash, targets=self.targets,
-                                  blobs=blobs, limits=self.limits, isolation=self.isolation)
+                                  blobs=blobs, limits=self.limits, isolation=self.isolation, task=self.task)
             spent = target_usage(calls, outcome.wall_s)
             usage = Usage(tokens_in=usage.tokens_in + spent.tokens_in, tokens_out=usage.tokens_out + spent.tokens_out,
                           wall_s=usage.wall_s + spent.wall_s)
@@ -414,3 +416,63 @@ def read_samples_tool(samples: Callable[[str], list[dict[str, Any]]]) -> Tool:
         input_schema={"type": "object", "properties": {
             "split": {"type": "string", "enum": ["train", "dev"]}, "offset": {"type": "integer"},
             "limit": {"type": "integer", "maximum": 20}}}), run)
+
+
+# ---------------------------------------------------------------- public examples (Meta and Feedback)
+
+
+EXAMPLES_LIMIT = 20
+"""Examples one list_train_examples call shows by default."""
+_LABEL_KEY_CHARS = 80
+_LABEL_COUNTS = 30
+
+
+def example_tools(examples: Sequence[Mapping[str, Any]]) -> list[Tool]:
+    """`list_train_examples` over the task's public examples (`Task.public_examples`), or no
+    tool at all when the task makes no label public."""
+    return [_list_train_examples(list(examples))] if examples else []
+
+
+def _label_values(label: Any) -> list[str]:
+    """A label as the strings a filter matches and a count tallies: each element of a
+    multi-label list, else the label itself (non-strings as compact JSON)."""
+    values = label if isinstance(label, list) else [label]
+    return [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, sort_keys=True) for v in values]
+
+
+def _list_train_examples(examples: list[Mapping[str, Any]]) -> Tool:
+    def run(arguments: Mapping[str, Any]) -> ToolOutcome:
+        label = _text(arguments, "label")
+        contains = _text(arguments, "contains")
+        offset = _integer(arguments, "offset")
+        limit = _integer(arguments, "limit")
+        offset, limit = (0 if offset is None else offset), (EXAMPLES_LIMIT if limit is None else limit)
+        if offset < 0 or limit < 1:
+            raise ToolInputError("'offset' must be 0 or more and 'limit' 1 or more")
+        needle = None if contains is None else contains.casefold()
+        matched = [e for e in examples
+                   if (label is None or label in _label_values(e["label"]))
+                   and (needle is None or needle in json.dumps(
+                       {k: v for k, v in e.items() if k != "label"}, ensure_ascii=False).casefold())]
+        counts = Counter(value for e in matched for value in _label_values(e["label"]))
+        rows = [{k: clip(v, _FIELD_CHARS) if isinstance(v, str) else v for k, v in e.items()}
+                for e in matched[offset: offset + min(limit, LIST_LIMIT)]]
+        return ToolOutcome(as_json({
+            "total": len(examples), "matched": len(matched), "offset": offset,
+            "label_counts": {clip(k, _LABEL_KEY_CHARS): n for k, n in counts.most_common(_LABEL_COUNTS)},
+            "examples": rows}))
+
+    return Tool(ToolSpec(
+        name="list_train_examples",
+        description=("List the task's public training examples: train samples' public fields (without "
+                     "\"options\") with their labels, and how often each label occurs among those matched. "
+                     "Filter by a label (an exact label, or one element of a multi-label) and by text the "
+                     "fields contain; page with offset and limit. A harness can read the same examples "
+                     "from the JSONL file named by the SIA_TRAIN_EXAMPLES environment variable (absent "
+                     "when the task has none); dev and test labels are never shown."),
+        input_schema={"type": "object", "properties": {
+            "label": {"type": "string", "description": "Only examples with this label."},
+            "contains": {"type": "string", "description": "Only examples whose fields contain this text "
+                                                          "(case-insensitive)."},
+            "offset": {"type": "integer", "minimum": 0},
+            "limit": {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT}}}), run)

@@ -1,5 +1,9 @@
 """Episodes: a harness answers one sample in the sandbox, talking to the target only
-through the model gateway, which records the trajectory the harness cannot skip."""
+through the model gateway, which records the trajectory the harness cannot skip.
+
+Every episode (dev, train rollout, smoke run, draft run, held-out run) shows the harness the
+task's public examples (`Task.public_examples_jsonl`) but the one of its own sample, so a
+harness that reads them answers train and dev samples alike: from the model, never by lookup."""
 
 from __future__ import annotations
 
@@ -24,14 +28,17 @@ def sandbox_limits(task: Task) -> Limits:
     return Limits(wall_s=limits.wall_s, cpu_s=int(limits.cpu_s), memory_mb=limits.memory_mb)
 
 
-def play(source: str, sample: dict[str, Any], *, episode_id: str, seed: int,
+def play(source: str, sample: dict[str, Any], *, task: Task, episode_id: str, seed: int,
          adapter_hash: str | None, targets: TargetPool, blobs: BlobStore,
          limits: Limits, isolation: Isolation) -> tuple[EpisodeOutcome, list[ModelCall]]:
+    """One episode of `task` on `sample`: the harness sees the task's public examples but the
+    sample's own."""
+    examples = task.public_examples_jsonl(without=sample["id"])
     gateway = targets.gateway(adapter_hash, blobs)
     model_socket = gateway.open_episode(episode_id, seed=seed)
     try:
         outcome = run_episode(source, sample, model_socket=model_socket, limits=limits,
-                              isolation=isolation)
+                              isolation=isolation, examples=examples)
     finally:
         calls = gateway.close_episode(episode_id)
     return outcome, calls
@@ -66,7 +73,8 @@ class EpisodeHandler:
         sample = self.task.sample(request.sample_id)
         outcome, calls = play(source, sample, episode_id=ctx.effect_id, seed=ctx.seed,
                               adapter_hash=request.adapter_hash, targets=self.targets,
-                              blobs=ctx.blobs, limits=self.limits, isolation=self.isolation)
+                              blobs=ctx.blobs, limits=self.limits, isolation=self.isolation,
+                              task=self.task)
         trajectory = ctx.blobs.put_text(canonical_json(trajectory_of(request.sample_id,
                                                                      outcome, calls)))
         return EffectResult(EpisodeResult(status=outcome.status, prediction=outcome.answer,
@@ -90,7 +98,8 @@ class SmokeCheck:
         for index, sample in enumerate(self.task.samples("dev")[: self.samples]):
             outcome, _ = play(source, sample, episode_id=f"smoke-{index}-{id(source)}",
                               seed=index, adapter_hash=None, targets=self.targets,
-                              blobs=self.blobs, limits=self.limits, isolation=self.isolation)
+                              blobs=self.blobs, limits=self.limits, isolation=self.isolation,
+                              task=self.task)
             if outcome.status != "ok":
                 problems.append(f"smoke run on dev sample {sample['id']}: {outcome.status}: "
                                 f"{outcome.error or ''} {outcome.stderr_tail[-400:]}".strip())

@@ -37,7 +37,7 @@ class HeldOutTestHandler:
             seed = int(content_hash({"seed": ctx.seed, "sample": sample["id"]})[:12], 16)
             outcome, calls = play(source, sample, episode_id=f"{ctx.effect_id}-{sample['id']}", seed=seed,
                                   adapter_hash=request.adapter_hash, targets=self.targets, blobs=ctx.blobs,
-                                  limits=self.limits, isolation=self.isolation)
+                                  limits=self.limits, isolation=self.isolation, task=self.task)
             return (outcome.answer if outcome.status == "ok" else None), target_usage(calls, outcome.wall_s)
 
         samples = self.task.test_samples()

@@ -4,7 +4,10 @@ Each episode gets new user, pid, ipc, uts, cgroup and network namespaces, a root
 holds only what `python -I -S` needs (the interpreter, its standard library without
 site-packages, and the system's shared libraries, all read-only), a fresh `/proc` of its
 own pid namespace, a minimal read-only `/dev` (so no `/dev/shm` to share or fill), and
-one writable place: `/episode`, a size-limited tmpfs that vanishes with the sandbox.
+one writable place: `/episode`, a size-limited tmpfs that vanishes with the sandbox. When the
+task makes labels public, `/episode/train_examples.jsonl` holds its public examples: mode
+0444, bound read-only (a write fails, the file cannot be removed or renamed) from bwrap's own
+memory, so it takes none of the tmpfs's room.
 The model gateway is a Unix socket bound in at `/sia/model.sock`; the network namespace
 has nothing else (not even the host's loopback). Nothing of sia's home, the task folder
 or the user's home exists inside. The harness runs as uid 65534 with no capabilities,
@@ -31,6 +34,8 @@ from pathlib import Path
 EPISODE_DIR = "/episode"
 MODEL_SOCKET = "/sia/model.sock"
 RUNNER_PATH = "/sia/runner.py"
+EXAMPLES_PATH = f"{EPISODE_DIR}/train_examples.jsonl"
+"""Inside the episode directory, where the runner's audit hook lets a harness open files."""
 SANDBOX_UID = 65534
 LIBRARY_DIRS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32")
 
@@ -112,8 +117,11 @@ def _environment_and_filter(environment: dict[str, str], seccomp_fd: int) -> lis
 
 def sandbox_options(python: Interpreter, *, runner: Path, model_socket: Path | None,
                     environment: dict[str, str], tmpfs_bytes: int, harness_fd: int,
-                    sample_fd: int, seccomp_fd: int) -> list[str]:
-    """bwrap's options for one episode: the namespaces and the view (the command follows)."""
+                    sample_fd: int, seccomp_fd: int, examples_fd: int | None = None) -> list[str]:
+    """bwrap's options for one episode: the namespaces and the view (the command follows).
+
+    `examples_fd` holds the task's public examples, bound read-only at EXAMPLES_PATH.
+    """
     arguments = [*_isolated_interpreter(python),
                  "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
                  "--ro-bind", str(runner), RUNNER_PATH]
@@ -121,8 +129,10 @@ def sandbox_options(python: Interpreter, *, runner: Path, model_socket: Path | N
         arguments += ["--ro-bind", str(model_socket), MODEL_SOCKET]
     arguments += ["--size", str(tmpfs_bytes), "--tmpfs", EPISODE_DIR,
                   "--file", str(harness_fd), f"{EPISODE_DIR}/harness.py",
-                  "--file", str(sample_fd), f"{EPISODE_DIR}/sample.json",
-                  "--chdir", EPISODE_DIR, "--remount-ro", "/"]
+                  "--file", str(sample_fd), f"{EPISODE_DIR}/sample.json"]
+    if examples_fd is not None:
+        arguments += ["--perms", "0444", "--ro-bind-data", str(examples_fd), EXAMPLES_PATH]
+    arguments += ["--chdir", EPISODE_DIR, "--remount-ro", "/"]
     return [*arguments, *_environment_and_filter(environment, seccomp_fd)]
 
 

@@ -5,8 +5,14 @@ A harness is the text of one Python module. It must define, at top level::
     def solve(sample: dict, model) -> str:
         ...
 
-- ``sample`` is one task sample as a JSON-like dict of its *public* fields only (no
-  label ever reaches a harness).
+- ``sample`` is one task sample as a JSON-like dict of its *public* fields only (its
+  label never reaches a harness).
+- ``os.environ.get("SIA_TRAIN_EXAMPLES")``, when set, is the path of a read-only JSONL file
+  of the task's public training examples, one JSON object per line: a train sample's
+  public fields (without "options") plus its "label" (a string, or a list for multi-label
+  tasks). The sample being answered is never among them, and dev and test labels never
+  are. The variable is absent when the task makes no label public, so a harness that uses
+  the examples must also work without them.
 - ``model`` is the harness's only way to the target model::
 
       model.complete(prompt: str, *, max_tokens: int = 64, temperature: float = 1.0,

@@ -11,6 +11,12 @@ Two sandboxes, chosen per run (`RunConfig.sandbox`):
   private temp dir (deleted after) with rlimits and the runner's audit hook, which is
   best effort (a harness running as the user can get around it).
 
+Both can show the harness the task's public examples (`Task.public_examples_jsonl`: train
+samples with their labels): a read-only file whose path is in SIA_TRAIN_EXAMPLES, absent with
+the variable when there are none. Under bwrap it is bound read-only from a memfd; in the
+process sandbox it is a mode-0444 copy in the private dir (root can still write its own copy,
+which dies with the episode).
+
 Both give the child a wall-clock limit (its whole session, and under bwrap its whole pid
 namespace, is killed on expiry), CPU, address-space and file-size rlimits, no stdin, and
 an environment built from nothing: no API keys, tokens, proxies or sia settings. Every
@@ -38,6 +44,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sia.harness.bwrap import (
     EPISODE_DIR,
+    EXAMPLES_PATH,
     MODEL_SOCKET,
     interpreter,
     require_bwrap,
@@ -48,6 +55,8 @@ from sia.harness.contract import MAX_ANSWER_CHARS, validate_harness
 from sia.harness.seccomp import episode_filter
 
 RUNNER = Path(__file__).with_name("runner.py")
+EXAMPLES_VARIABLE = "SIA_TRAIN_EXAMPLES"
+"""The environment variable naming the public examples file (the contract harnesses build on)."""
 TAIL = 4096
 RESULT_CAP = 8 * MAX_ANSWER_CHARS + 4096
 """Bytes of the result channel kept: a JSON-escaped answer at the size limit fits."""
@@ -95,8 +104,9 @@ class EpisodeOutcome(BaseModel):
 
 
 def scrubbed_environment(home: str, model_socket: str | None, limits: Limits,
-                         threads: int) -> dict[str, str]:
-    """What the harness sees: nothing inherited but a minimal PATH and locale.
+                         threads: int, examples_path: str | None = None) -> dict[str, str]:
+    """What the harness sees: nothing inherited but a minimal PATH and locale, and
+    SIA_TRAIN_EXAMPLES only when the episode has an examples file.
 
     SIA_LIMITS and SIA_MODEL_SOCKET are read and removed by the runner, which applies the
     limits to itself first (a `preexec_fn` would do it earlier, but is unsafe in a
@@ -108,6 +118,8 @@ def scrubbed_environment(home: str, model_socket: str | None, limits: Limits,
                          f"{threads}"}
     if model_socket:
         env["SIA_MODEL_SOCKET"] = model_socket
+    if examples_path:
+        env[EXAMPLES_VARIABLE] = examples_path
     return env
 
 
@@ -119,12 +131,15 @@ def _tail(handle: IO[bytes]) -> str:
 
 
 def run_episode(source: str, sample: dict[str, Any], *, model_socket: Path | None,
-                limits: Limits = DEFAULT_LIMITS, isolation: Isolation = "bwrap") -> EpisodeOutcome:
+                limits: Limits = DEFAULT_LIMITS, isolation: Isolation = "bwrap",
+                examples: bytes | None = None) -> EpisodeOutcome:
     """Run `source`'s `solve(sample, model)` in a sandboxed child; never raises for harness faults.
 
     `model_socket` is the episode's gateway socket (`ModelGateway.open_episode`), or None
-    when the harness gets no model. Raises `SandboxUnavailable` (before running anything)
-    when `isolation` is bwrap and this machine cannot provide it.
+    when the harness gets no model. `examples` is the public examples file's content
+    (`Task.public_examples_jsonl`); None or empty gives no file and no SIA_TRAIN_EXAMPLES.
+    Raises `SandboxUnavailable` (before running anything) when `isolation` is bwrap and this
+    machine cannot provide it.
     """
     problems = validate_harness(source)
     if problems:
@@ -134,7 +149,8 @@ def run_episode(source: str, sample: dict[str, Any], *, model_socket: Path | Non
     try:
         with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
             started = time.perf_counter()
-            with start(source, sample, model_socket, limits, write_end, stdout, stderr) as child:
+            with start(source, sample, examples or None, model_socket, limits, write_end, stdout,
+                       stderr) as child:
                 os.close(write_end)
                 write_end = -1
                 reported, code, usage, timed_out = _supervise(child, read_end,
@@ -178,19 +194,25 @@ def _reported_usage(outcome: dict[str, Any], measured: dict[str, Any]) -> dict[s
 
 
 @contextmanager
-def _process_child(source: str, sample: dict[str, Any], model_socket: Path | None,
-                   limits: Limits, result_fd: int, stdout: IO[bytes],
+def _process_child(source: str, sample: dict[str, Any], examples: bytes | None,
+                   model_socket: Path | None, limits: Limits, result_fd: int, stdout: IO[bytes],
                    stderr: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
     """The weaker sandbox: a child process in a private temp dir that is deleted after."""
     home = Path(tempfile.mkdtemp(prefix="sia-episode-"))
     try:
         (home / "harness.py").write_text(source, encoding="utf-8")
         (home / "sample.json").write_text(json.dumps(sample), encoding="utf-8")
+        examples_path = None
+        if examples is not None:
+            examples_path = str(home / Path(EXAMPLES_PATH).name)
+            descriptor = os.open(examples_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(examples)
         yield subprocess.Popen(
             [sys.executable, "-I", "-S", str(RUNNER), str(home / "harness.py"),
              str(home / "sample.json"), str(result_fd)],
             cwd=home, env=scrubbed_environment(str(home), str(model_socket) if model_socket else None,
-                                               limits, 0),
+                                               limits, 0, examples_path),
             stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, pass_fds=(result_fd,),
             start_new_session=True)
     finally:
@@ -200,32 +222,45 @@ def _process_child(source: str, sample: dict[str, Any], model_socket: Path | Non
 def _memfd(name: str, data: bytes) -> int:
     """An anonymous in-memory file holding `data`, read from its start by bwrap."""
     fd = os.memfd_create(name)
-    os.write(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        rest = memoryview(data)
+        while rest:
+            rest = rest[os.write(fd, rest):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
 @contextmanager
-def _bwrap_child(source: str, sample: dict[str, Any], model_socket: Path | None,
-                 limits: Limits, result_fd: int, stdout: IO[bytes],
+def _bwrap_child(source: str, sample: dict[str, Any], examples: bytes | None,
+                 model_socket: Path | None, limits: Limits, result_fd: int, stdout: IO[bytes],
                  stderr: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
     """The bubblewrap sandbox. bwrap itself gets only PATH for environment and only the
-    descriptors it reads (the harness, the sample, the filter, its options) besides the
-    result channel, so nothing of sia's reaches the sandbox even through bwrap."""
+    descriptors it reads (the harness, the sample, the filter, the examples, its options)
+    besides the result channel, so nothing of sia's reaches the sandbox even through bwrap."""
     bwrap = require_bwrap()
     fds: list[int] = []
+
+    def memfd(name: str, data: bytes) -> int:
+        fds.append(_memfd(name, data))
+        return fds[-1]
+
     try:
-        fds += [_memfd("harness", source.encode("utf-8")),
-                _memfd("sample", json.dumps(sample).encode("utf-8")),
-                _memfd("seccomp", episode_filter())]
+        harness_fd = memfd("harness", source.encode("utf-8"))
+        sample_fd = memfd("sample", json.dumps(sample).encode("utf-8"))
+        seccomp_fd = memfd("seccomp", episode_filter())
+        examples_fd = memfd("examples", examples) if examples is not None else None
         environment = scrubbed_environment(EPISODE_DIR, MODEL_SOCKET if model_socket else None, limits,
-                                           limits.threads)
+                                           limits.threads, EXAMPLES_PATH if examples is not None else None)
         python = interpreter()
         options = sandbox_options(python, runner=RUNNER, model_socket=model_socket,
                                   environment=environment, tmpfs_bytes=limits.file_mb * 2**20,
-                                  harness_fd=fds[0], sample_fd=fds[1], seccomp_fd=fds[2])
-        fds.append(_memfd("options", b"".join(a.encode() + b"\0" for a in options)))
-        child = subprocess.Popen([bwrap, "--args", str(fds[3]), *sandbox_command(python, result_fd)],
+                                  harness_fd=harness_fd, sample_fd=sample_fd, seccomp_fd=seccomp_fd,
+                                  examples_fd=examples_fd)
+        options_fd = memfd("options", b"".join(a.encode() + b"\0" for a in options))
+        child = subprocess.Popen([bwrap, "--args", str(options_fd), *sandbox_command(python, result_fd)],
                                  env={"PATH": "/usr/bin:/bin"},
                                  stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                                  pass_fds=(result_fd, *fds), start_new_session=True)

@@ -7,13 +7,22 @@ A task is a folder::
     public/dev.jsonl        "options"); what agents and harnesses may see
     private/test.jsonl      the held-out samples (same public fields), never shown to any agent
     private/labels.jsonl    {"id": ..., "label": ...} for every train, dev and test sample;
-                            labels never leave the evaluator
+                            labels never leave the evaluator but those `public_labels` names
     evaluator.py            def reward(sample, prediction, label) -> float | (float, failure_kind)
                             optional def metrics(samples, predictions, labels, rewards) -> {name: float}
     reference_harness.py    optional: a harness (`solve(sample, model) -> str`) agents may read
     task.py                 optional: def build(data, out, params) writes public/ and private/
                             into `out` from a user data file ([data] required = true);
                             def pretraining_corpus(samples, seed) -> list[str] (public text only)
+
+Labels are public only where `task.toml` says so: `public_labels` names the splits whose labels
+agents and harnesses may see (default `["train"]`, as in ordinary ML practice; `[]` keeps every
+label with the evaluator). Only "train" may be named: dev labels stay with the evaluator (agents
+see dev scores and rewards only) and test labels are used once, at the end. A public label
+reaches the Meta and Feedback Agents through their `list_train_examples` tool and a harness
+through the read-only JSONL file named by `SIA_TRAIN_EXAMPLES` (`Task.public_examples`); a
+public split's fields are still refused when they hold its label, since a harness's `sample`
+never carries one.
 
 `reward` is called only for answered predictions: an unanswered one (None or only
 whitespace) scores the worst value of the reward range without reaching the evaluator, so
@@ -25,7 +34,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RewardKind = Literal["binary", "categorical", "continuous"]
 REWARD_KINDS: tuple[str, ...] = ("binary", "categorical", "continuous")
@@ -38,6 +47,12 @@ PUBLIC_SPLITS: tuple[str, ...] = ("train", "dev")
 """Splits agents may see; "test" is held out."""
 SPLIT_FILES = {"train": "public/train.jsonl", "dev": "public/dev.jsonl", "test": "private/test.jsonl"}
 LABELS_FILE = "private/labels.jsonl"
+LABEL_SPLITS_THAT_MAY_BE_PUBLIC: tuple[str, ...] = ("train",)
+"""Splits whose labels `public_labels` may name; dev and test labels never leave the evaluator."""
+_WHY_LABELS_STAY_PRIVATE = {
+    "dev": "dev labels stay with the evaluator: agents see dev scores and rewards only",
+    "test": "test labels are used once, at the end, to score the final answer",
+}
 LABEL_FIELD_NAMES = frozenset({"label", "labels", "answer", "answers", "gold", "target"})
 """Public fields with these names are refused: they would hand the label to the harness."""
 
@@ -113,3 +128,15 @@ class TaskSpec(_Strict):
     data: DataSpec = DataSpec()
     build: dict[str, Any] = {}
     """Parameters handed to task.py's `build(data, out, params)`."""
+    public_labels: tuple[str, ...] = ("train",)
+    """Splits whose labels agents and harnesses may see (see the module docstring)."""
+
+    @field_validator("public_labels")
+    @classmethod
+    def _only_train_labels_are_public(cls, splits: tuple[str, ...]) -> tuple[str, ...]:
+        for split in splits:
+            if split in _WHY_LABELS_STAY_PRIVATE:
+                raise ValueError(f"{split!r} labels cannot be public: {_WHY_LABELS_STAY_PRIVATE[split]}")
+            if split not in LABEL_SPLITS_THAT_MAY_BE_PUBLIC:
+                raise ValueError(f"unknown split {split!r}: only \"train\" labels may be public")
+        return tuple(dict.fromkeys(splits))

@@ -2,7 +2,8 @@
 
 `load_task` checks everything it can before a run starts and raises `TaskError` listing every
 problem it found, each a sentence naming the file (and line or field) at fault. A loaded
-`Task` serves public samples, scores predictions with the task's evaluator (labels stay
+`Task` serves public samples and the public examples of the splits whose labels the task makes
+public (train, by default), scores predictions with the task's evaluator (labels stay
 inside this object), evaluates the held-out split (aggregates only) and describes itself
 as the `TaskIdentity` a run records.
 """
@@ -27,6 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sia.core.events.canonical import canonical_json
 from sia.core.events.types import TaskIdentity
 from sia.harness.contract import validate_harness
 from sia.tasks.format import (
@@ -209,6 +211,11 @@ class Task:
         self._task_hash = task_hash
         self._split_of = {s["id"]: name for name, rows in splits.items() for s in rows}
         self._by_id = {s["id"]: s for rows in splits.values() for s in rows}
+        self._examples = [{**{k: v for k, v in s.items() if k != "options"}, "label": labels[s["id"]]}
+                          for split in SPLIT_FILES if split in spec.public_labels
+                          for s in splits[split]]
+        self._example_lines = {e["id"]: canonical_json(e).encode("utf-8") + b"\n" for e in self._examples}
+        self._examples_jsonl = b"".join(self._example_lines.values())
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self._splits.items())
@@ -274,6 +281,27 @@ class Task:
     def options_of(self, sample_id: str) -> list[str]:
         """The sample's answer options ([] when the task has none)."""
         return list(self.sample(sample_id).get("options") or [])
+
+    def public_examples(self) -> list[dict[str, Any]]:
+        """Every sample of a split whose labels are public (`TaskSpec.public_labels`), in split
+        and file order: its public fields but "options" (the solved sample has them), plus
+        "label" exactly as in private/labels.jsonl. Empty when no label is public.
+
+        Built once when the task loads; each call returns a fresh copy.
+        """
+        return copy.deepcopy(self._examples)
+
+    def public_examples_jsonl(self, without: str | None = None) -> bytes:
+        """`public_examples()` as the file a harness reads: one canonical JSON object per line,
+        UTF-8 (b"" when no label is public).
+
+        `without` leaves out the example of the sample an episode answers, so a harness can
+        never look up its own sample's label: a train rollout scores, and trains, the harness
+        and the model, never a lookup. Encoded once when the task loads; a call only joins lines.
+        """
+        if without not in self._example_lines:
+            return self._examples_jsonl
+        return b"".join(line for sample_id, line in self._example_lines.items() if sample_id != without)
 
     def reference_harness(self) -> str | None:
         path = self.root / REFERENCE_HARNESS_FILE
