@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -60,14 +63,25 @@ class BuiltModels:
         from sia.store.home import make_private_dir
         from sia.tasks.loader import load_task
 
-        built = TinyModelSource(load_task(task, cache=self.root / "tasks"), self.root / "models").path()
+        with open(self.root / ".lock", "a") as lock:  # pytest-xdist's workers share the root
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            built = TinyModelSource(load_task(task, cache=self.root / "tasks"), self.root / "models").path()
         make_private_dir(home / "models")
         return Path(shutil.copytree(built, home / "models" / built.name))
 
 
+def xdist_worker(config: pytest.Config) -> bool:
+    """Whether this process is one of pytest-xdist's workers (`pytest -n N`)."""
+    return hasattr(config, "workerinput")
+
+
 @pytest.fixture(scope="session")
-def built_models(tmp_path_factory: pytest.TempPathFactory) -> BuiltModels:
-    return BuiltModels(tmp_path_factory.mktemp("built-models"))
+def built_models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> BuiltModels:
+    if not xdist_worker(request.config):
+        return BuiltModels(tmp_path_factory.mktemp("built-models"))
+    shared = tmp_path_factory.getbasetemp().parent / "built-models"  # the workers' common parent
+    shared.mkdir(exist_ok=True)
+    return BuiltModels(shared)
 
 
 class EarlyProcess:
@@ -103,13 +117,52 @@ EARLY = pytest.StashKey[dict[str, EarlyProcess]]()
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "start_early(*command, cwd=None, timeout=600): the test's "
                             "command, started when collection ends; the test reads it with `started_early`")
+    config.addinivalue_line("markers", "measures_time: the test compares wall-clock measurements; "
+                            "under pytest-xdist no other test runs beside it")
+
+
+@contextmanager
+def turn(directory: Path, alone: bool) -> Iterator[None]:
+    """A readers-writer lock shared by pytest-xdist's workers, the writer first.
+
+    A test that measures time (`alone`) must not share the CPUs: another worker's test would
+    delay the sandboxes it times by a scheduler slice or more (a 400 us reference kernel was
+    timed at 7 ms). It takes the turnstile, so that no test starts, then waits for the tests
+    running to end; every other test passes the turnstile and shares the room.
+    """
+    with open(directory / "turnstile", "a") as turnstile, open(directory / "room", "a") as room:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(room, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Under pytest-xdist, every test (its fixtures' setup and teardown too) takes its `turn`."""
+    if not xdist_worker(item.config):
+        yield
+        return
+    locks = Path(tempfile.gettempdir()) / f"sia-tests-{item.config.workerinput['testrunuid']}"
+    locks.mkdir(exist_ok=True)
+    with turn(locks, item.get_closest_marker("measures_time") is not None):
+        yield
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the `start_early` command of every test this session will run (none for a test
-    deselected, e.g. by `-m "not slow"`, and none when only collecting)."""
+    deselected, e.g. by `-m "not slow"`, and none when only collecting).
+
+    Under pytest-xdist every worker collects every test and does not know which it will run,
+    and no core is idle to start a command on: there the test starts its command itself.
+    """
     started: dict[str, EarlyProcess] = {}
-    if not session.config.option.collectonly:
+    if not session.config.option.collectonly and not xdist_worker(session.config):
         for item in session.items:
             marker = item.get_closest_marker("start_early")
             if marker is not None:
@@ -127,5 +180,8 @@ def started_early(request: pytest.FixtureRequest) -> subprocess.CompletedProcess
     """The test's `start_early` command, run to its end."""
     started = request.session.stash[EARLY]
     if request.node.nodeid not in started:
-        raise LookupError(f"{request.node.nodeid} has no start_early marker")
+        marker = request.node.get_closest_marker("start_early")
+        if marker is None:
+            raise LookupError(f"{request.node.nodeid} has no start_early marker")
+        started[request.node.nodeid] = EarlyProcess([str(arg) for arg in marker.args], **marker.kwargs)
     return started[request.node.nodeid].result()

@@ -31,7 +31,7 @@ from sia.tasks.trimul.evaluator import CandidateCall
 from sia.tasks.trimul.remote import calibrate, remote_kernel
 from tests.test_tasks_score import assert_user_error, invoke
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.measures_time]
 
 BUNDLED = Path(__file__).resolve().parents[1] / "sia" / "tasks" / "bundled"
 TRIMUL = {"batch": 1, "seq_len": 8, "dim": 16, "hidden_dim": 16, "seeds": [5, 6], "repeats": 4,

@@ -123,6 +123,7 @@ def custom_kernel(x, mask, weights):
 """
 
 
+@pytest.mark.measures_time
 def test_trimul_reference_answer_scores_about_one_and_wrong_code_scores_zero() -> None:
     task = load_task("trimul")
     assert task.split_sizes() == {"train": 4, "dev": 2, "test": 2}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.nn import functional as F
 
@@ -102,6 +103,7 @@ def test_inputs_are_deterministic_and_distributed_as_specified() -> None:
     assert float(cauchy.abs().max()) > 1000.0
 
 
+@pytest.mark.measures_time
 def test_reference_scores_as_correct() -> None:
     result = evaluate(trimul_reference)
     assert result.correct and result.reason is None
@@ -148,6 +150,7 @@ def test_tolerance_rule() -> None:
     assert mismatch(torch.tensor([1.0, -2.0, 0.0, float("inf")]), want) is not None  # NaN expected
 
 
+@pytest.mark.measures_time
 def test_faster_correct_kernel_earns_higher_reward_than_slow_one() -> None:
     fast = evaluate(fused_bmm_kernel, specs=SMALL, repeats=15, warmup=2)
     slow = evaluate(loop_kernel, specs=SMALL, repeats=3, warmup=1)
@@ -221,6 +224,7 @@ def test_timed_calls_use_fresh_seeds() -> None:
     assert [timed_seed(100, call) for call in range(3)] == [113, 126, 139] and TIMED_SEED_STEP == 13
 
 
+@pytest.mark.measures_time
 def test_memoising_kernels_score_no_better_than_the_reference() -> None:
     for make in (content_memo_kernel, address_memo_kernel):
         result = evaluate(make(), specs=SMALL, repeats=10, warmup=2)  # type: ignore[arg-type]

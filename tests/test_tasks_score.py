@@ -265,6 +265,7 @@ def custom_kernel(x, mask, weights):
 
 
 @pytest.mark.slow
+@pytest.mark.measures_time
 def test_a_memoising_trimul_answer_scores_no_better_than_the_reference_through_the_cli(tmp_path: Path) -> None:
     module = tmp_path / "kernel.py"
     module.write_text(MEMO_KERNEL, encoding="utf-8")
