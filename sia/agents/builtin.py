@@ -8,11 +8,15 @@ episodes and applies rules, in order:
 2. after a regression, roll back to the best generation and decide from there;
 3. many unparseable answers or crashes → edit the harness: a prompt that lists the
    options and cues the answer, option extraction, a majority vote over several
-   samples, a fallback answer;
+   samples, a fallback answer — and, in mode H when the task's training labels are
+   public, the answer constrained to the labels of the nearest training examples, with
+   their similarity-weighted vote as the fallback (`HarnessContext`);
 4. in mode WH, once answers parse, update the weights with the algorithm the reward
    shape recommends, and keep doing so while it helps — unless the shape says there is
    no learning signal, or that update already had none in this generation;
-5. otherwise turn the next harness knob (more votes, lower temperature);
+5. otherwise turn the next harness knob: with public training labels, constrain the
+   answer to the nearest examples' labels, then show the nearest examples as labelled
+   demonstrations; then more votes, a lower temperature;
 6. nothing left to try, or a near-perfect score → stop.
 
 When the run searches (`search.candidates` > 1) it proposes that many different
@@ -20,6 +24,12 @@ decisions instead: the one the rules above take, then single-knob neighbours of 
 parent harness (the incumbent, or each generation on the Pareto front) and, in mode WH,
 weight updates with the algorithms that suit the reward shape, never one already tried
 in this generation.
+
+Every rule is task-agnostic: it reads the diagnosis, the knobs and `HarnessContext`, never a
+task's name. Demonstrations bootstrapped from the model's own successful train rollouts
+(DSPy's BootstrapFewShot) are not in the repertoire: a Feedback request names the train
+rollouts without their rewards, and dev episodes (which have rewards) must never become
+demonstrations, since dev labels stay with the evaluator.
 """
 
 from __future__ import annotations
@@ -30,13 +40,41 @@ from typing import Any, Protocol
 
 from sia.agents.reward_view import RewardShapeOf, with_trainer_view
 from sia.agents.template import Knobs, read_knobs, render
-from sia.core.effect_models import FeedbackEpisode, FeedbackRequest, FeedbackResult, MetaRequest, MetaResult
+from sia.core.effect_models import (
+    FeedbackEpisode,
+    FeedbackRequest,
+    FeedbackResult,
+    MetaRequest,
+    MetaResult,
+)
 from sia.core.events.types import Candidate
 from sia.effects.base import EffectContext, EffectResult
 
 UNPARSEABLE_SHARE = 0.3
 """Above this share of unparseable dev answers, fixing the format beats anything else."""
 GOOD_ENOUGH = 0.95
+NEIGHBOURS = 10
+"""Nearest training examples whose labels become the candidates: the nearest-neighbour vote
+alone scored a LawBench 3-3 dev F1 of 0.304 with 1, 0.324 with 3, 0.326 with 5, 0.336 with 7,
+0.342 with 10 and 0.293 with 20 (bench/lawbench_harness.py knn, 5 splits; chosen on dev)."""
+DEMOS = 2
+
+
+@dataclass(frozen=True)
+class HarnessContext:
+    """What the harness edits may draw on besides the dev episodes, told at wiring time."""
+
+    examples_public: bool = False
+    """The task's training labels are public: harnesses find them in SIA_TRAIN_EXAMPLES."""
+    context_tokens: int | None = None
+    """The target model's context length in tokens, when it is small enough to matter."""
+
+    @property
+    def prompt_chars(self) -> int:
+        """The prompt budget in characters (0 = none): 7/8 of the context, the rest left for
+        the answer. A token is at least one character (the embedded model's tokenizers cut
+        into characters or words), so a prompt within it fits the context."""
+        return self.context_tokens * 7 // 8 if self.context_tokens else 0
 
 
 class PublicTask(Protocol):
@@ -82,7 +120,8 @@ def _parses(prediction: str | None, options: list[str]) -> bool:
 
 
 def decide_feedback(request: FeedbackRequest, current: Knobs | None, diagnosis: Diagnosis,
-                    knobs_at: Callable[[int], Knobs | None]) -> dict[str, Any]:
+                    knobs_at: Callable[[int], Knobs | None],
+                    context: HarnessContext = HarnessContext()) -> dict[str, Any]:
     """The built-in Feedback decision for one generation (pure).
 
     `current` are the knobs of the harness in use (None when it is not a template
@@ -114,7 +153,8 @@ def decide_feedback(request: FeedbackRequest, current: Knobs | None, diagnosis: 
             return {**decision, "action": action, "rationale": note + "forced by the run's settings",
                     "plan": {"algorithm": algorithm or recommended, "params": {}}}
         if action == "edit_harness":
-            knobs = _next_knobs(current, diagnosis) or (current or Knobs()).with_(samples=(current or Knobs()).samples + 2)
+            edit = _next_edit(current, context)
+            knobs = edit[0] if edit else (current or Knobs()).with_(samples=(current or Knobs()).samples + 2)
             return {**decision, "action": action, "rationale": note + "forced by the run's settings",
                     "harness": render(knobs)}
         return {**decision, "action": "stop", "rationale": note + "forced by the run's settings"}
@@ -124,13 +164,10 @@ def decide_feedback(request: FeedbackRequest, current: Knobs | None, diagnosis: 
 
     broken = diagnosis.unparseable + diagnosis.crashed
     if diagnosis.share(broken) >= UNPARSEABLE_SHARE:
-        fixed = (current or Knobs()).with_(prompt="fields", extract="option",
-                                          samples=max(5, (current or Knobs()).samples),
-                                          fallback="first_option")
+        fixed, why = _format_fix(current or Knobs(), context, constrain=request.mode == "H")
         if fixed != current:
             return {**decision, "action": "edit_harness", "harness": render(fixed),
-                    "rationale": note + f"{broken}/{diagnosis.n} dev answers unparseable or crashed: "
-                                        "extract a listed option, vote over 5 samples, never abstain"}
+                    "rationale": note + f"{broken}/{diagnosis.n} dev answers unparseable or crashed: {why}"}
 
     last = history[-2] if len(history) >= 2 else None
     improved = last is not None and score > (last.score or 0.0)
@@ -146,11 +183,10 @@ def decide_feedback(request: FeedbackRequest, current: Knobs | None, diagnosis: 
     if request.mode == "WH" and not learnable:
         note += (f"no weight update: {request.reward_shape.reason}; " if recommended is None else
                  f"no weight update: {recommended} already had no learning signal in this generation; ")
-    next_knobs = _next_knobs(current, diagnosis)
-    if next_knobs is not None:
-        return {**decision, "action": "edit_harness", "harness": render(next_knobs),
-                "rationale": note + "plateau: turn the next harness knob "
-                                    f"(samples {next_knobs.samples}, temperature {next_knobs.temperature})"}
+    edit = _next_edit(current, context)
+    if edit is not None:
+        return {**decision, "action": "edit_harness", "harness": render(edit[0]),
+                "rationale": note + "plateau: turn the next harness knob " + edit[1]}
     return {**decision, "action": "stop", "rationale": note + "no rule has anything left to try"}
 
 
@@ -161,8 +197,9 @@ ALGORITHMS_BY_SHAPE: dict[str, tuple[str, ...]] = {
 """The algorithms a search tries for a reward shape, most suitable first (after the recommended one)."""
 
 
-def knob_neighbours(knobs: Knobs) -> list[Knobs]:
-    """Harnesses one knob away from `knobs`, the changes most likely to help first."""
+def knob_neighbours(knobs: Knobs, context: HarnessContext = HarnessContext()) -> list[Knobs]:
+    """Harnesses one knob away from `knobs`, the changes most likely to help first (the
+    optimizer knobs last, and only when the training labels are public)."""
     options: list[Knobs] = [
         knobs.with_(prompt="fields", extract="option", samples=max(5, knobs.samples), fallback="first_option"),
         knobs.with_(samples=min(15, knobs.samples + 4)),
@@ -174,15 +211,25 @@ def knob_neighbours(knobs: Knobs) -> list[Knobs]:
         knobs.with_(prompt="bare" if knobs.prompt == "fields" else "fields"),
         knobs.with_(max_tokens=knobs.max_tokens * 2),
     ]
+    if context.examples_public:
+        constrained = _format_fix(knobs, context)[0]
+        options += [
+            constrained,
+            constrained.with_(demos=DEMOS if knobs.demos == 0 else 0),
+            constrained.with_(neighbours=1 if knobs.neighbours > 1 else NEIGHBOURS * 2),
+            knobs.with_(fallback="nearest" if knobs.fallback != "nearest" else "first_option",
+                        neighbours=knobs.neighbours or NEIGHBOURS),
+        ]
     return [k for k in dict.fromkeys(options) if k != knobs]
 
 
 def propose_candidates(request: FeedbackRequest, current: Knobs | None, diagnosis: Diagnosis,
-                       knobs_at: Callable[[int], Knobs | None]) -> list[dict[str, Any]]:
+                       knobs_at: Callable[[int], Knobs | None],
+                       context: HarnessContext = HarnessContext()) -> list[dict[str, Any]]:
     """Up to `request.candidates` different decisions (pure), as candidate fields with the
     harness *source* under "harness" (the handler stores it and drops repeats)."""
     limit = request.candidates or 1
-    primary = decide_feedback(request, current, diagnosis, knobs_at)
+    primary = decide_feedback(request, current, diagnosis, knobs_at, context)
     proposals: list[dict[str, Any]] = []
     if primary["action"] != "stop":
         proposals.append({"action": primary["action"], "rationale": primary["rationale"],
@@ -191,7 +238,7 @@ def propose_candidates(request: FeedbackRequest, current: Knobs | None, diagnosi
     bases: list[tuple[int | None, Knobs]] = [(None, current or Knobs())]
     if request.parents:
         bases = [(g, knobs_at(g) or Knobs()) for g in request.parents]
-    harnesses = [(parent, knobs) for parent, base in bases for knobs in knob_neighbours(base)]
+    harnesses = [(parent, knobs) for parent, base in bases for knobs in knob_neighbours(base, context)]
     tried = {t.algorithm for t in request.tried
              if t.generation == request.generation and t.action == "update_weights"}
     tried |= {n.algorithm for n in request.no_signal}
@@ -208,7 +255,8 @@ def propose_candidates(request: FeedbackRequest, current: Knobs | None, diagnosi
                               "parent_generation": parent,
                               "rationale": f"a harness one knob from {origin}'s: samples {knobs.samples}, "
                                            f"temperature {knobs.temperature}, extract {knobs.extract}, "
-                                           f"prompt {knobs.prompt}, fallback {knobs.fallback}"})
+                                           f"prompt {knobs.prompt}, fallback {knobs.fallback}"
+                                           + _optimizer_summary(knobs)})
         if algorithms:
             algorithm = algorithms.pop(0)
             proposals.append({"action": "update_weights", "harness": None, "parent_generation": None,
@@ -218,16 +266,55 @@ def propose_candidates(request: FeedbackRequest, current: Knobs | None, diagnosi
     return proposals
 
 
-def _next_knobs(current: Knobs | None, diagnosis: Diagnosis) -> Knobs | None:
+def _format_fix(knobs: Knobs, context: HarnessContext, *, constrain: bool = True) -> tuple[Knobs, str]:
+    """The harness that makes answers parse, and why: a listed option, extracted, voted on and
+    never abstained from; with public training labels (and `constrain`), the option list
+    narrowed to the labels of the nearest training examples, whose weighted vote answers when
+    no sample names one.
+
+    A weight update learns from the rewards of the harness's own rollouts, and a reward earned
+    by the neighbours' vote says nothing about the completions: so in mode WH the first fix
+    leaves the answer to the model (`constrain=False`), and the constraint comes on the
+    plateau, once training has had its turn."""
+    fixed = knobs.with_(prompt="fields", extract="option", samples=max(5, knobs.samples), fallback="first_option")
+    if not (context.examples_public and constrain):
+        return fixed, "extract a listed option, vote over 5 samples, never abstain"
+    fixed = fixed.with_(candidates="knn", neighbours=knobs.neighbours or NEIGHBOURS, fallback="nearest",
+                        prompt_chars=context.prompt_chars)
+    return fixed, (f"constrain the answer to the labels of the {fixed.neighbours} nearest training examples "
+                   f"(character n-gram similarity), vote over {fixed.samples} samples, and answer their "
+                   f"similarity-weighted vote when no sample names one{_budget_note(fixed)}")
+
+
+def _budget_note(knobs: Knobs) -> str:
+    return f"; the prompt is cut to {knobs.prompt_chars} characters to fit the target's context" if knobs.prompt_chars else ""
+
+
+def _next_edit(current: Knobs | None, context: HarnessContext) -> tuple[Knobs, str] | None:
+    """The next knob to turn on a plateau, with its reason; None when every one is turned."""
     knobs = current or Knobs()
-    if knobs.extract != "option" or knobs.prompt != "fields":
-        return knobs.with_(prompt="fields", extract="option", samples=max(5, knobs.samples),
-                           fallback="first_option")
+    if knobs.extract != "option" or knobs.prompt != "fields" or (
+            context.examples_public and knobs.candidates != "knn"):
+        fixed, why = _format_fix(knobs, context)
+        if context.examples_public:
+            return fixed, f"(answers constrained to the nearest examples' labels): {why}"
+        return fixed, f"(samples {fixed.samples}, temperature {fixed.temperature})"
+    if context.examples_public and knobs.demos == 0:
+        shown = knobs.with_(demos=DEMOS, neighbours=max(knobs.neighbours, DEMOS))
+        return shown, (f"(k-nearest-neighbour few-shot): show the {DEMOS} nearest training examples with "
+                       f"their labels before the sample{_budget_note(shown)}")
     if knobs.samples < 9:
-        return knobs.with_(samples=9)
+        return knobs.with_(samples=9), f"(samples 9, temperature {knobs.temperature})"
     if knobs.temperature > 0.7:
-        return knobs.with_(temperature=0.7)
+        return knobs.with_(temperature=0.7), f"(samples {knobs.samples}, temperature 0.7)"
     return None
+
+
+def _optimizer_summary(knobs: Knobs) -> str:
+    if not knobs.optimized:
+        return ""
+    return (f", candidates {knobs.candidates}, neighbours {knobs.neighbours}, demos {knobs.demos}, "
+            f"prompt_chars {knobs.prompt_chars}")
 
 
 class BuiltinMeta:
@@ -252,9 +339,11 @@ class BuiltinFeedback:
     kind = "feedback"
 
     def __init__(self, options_of: Callable[[FeedbackRequest], dict[str, list[str]]],
-                 reward_shape_of: RewardShapeOf | None = None) -> None:
+                 reward_shape_of: RewardShapeOf | None = None,
+                 context: HarnessContext = HarnessContext()) -> None:
         self.options_of = options_of
         self.reward_shape_of = reward_shape_of
+        self.context = context
 
     def run(self, request: FeedbackRequest, ctx: EffectContext) -> EffectResult:
         request, shape = with_trainer_view(request, self.reward_shape_of, ctx.blobs)
@@ -267,7 +356,7 @@ class BuiltinFeedback:
         diagnosis = diagnose(request.episodes, self.options_of(request))
         if request.candidates:
             return EffectResult(self._candidates(request, current, diagnosis, knobs_at, shape, ctx))
-        decision = decide_feedback(request, current, diagnosis, knobs_at)
+        decision = decide_feedback(request, current, diagnosis, knobs_at, self.context)
         harness = decision.pop("harness", None)
         if harness is not None:
             decision["harness_hash"] = ctx.blobs.put_text(harness)
@@ -276,8 +365,7 @@ class BuiltinFeedback:
             decision["reward_shape"] = shape
         return EffectResult(FeedbackResult.model_validate(decision))
 
-    @staticmethod
-    def _candidates(request: FeedbackRequest, current: Knobs | None, diagnosis: Diagnosis,
+    def _candidates(self, request: FeedbackRequest, current: Knobs | None, diagnosis: Diagnosis,
                     knobs_at: Callable[[int], Knobs | None], shape: dict[str, Any] | None,
                     ctx: EffectContext) -> FeedbackResult:
         """The proposals, stored, without repeats of each other or of anything tried."""
@@ -285,7 +373,7 @@ class BuiltinFeedback:
         seen |= {entry.harness_hash for entry in request.history}
         plans: set[str] = set()
         candidates: list[Candidate] = []
-        for proposal in propose_candidates(request, current, diagnosis, knobs_at):
+        for proposal in propose_candidates(request, current, diagnosis, knobs_at, self.context):
             harness_hash = None
             if proposal["harness"] is not None:
                 harness_hash = ctx.blobs.put_text(proposal["harness"])

@@ -69,7 +69,8 @@ def handlers_for(config: RunConfig, task: TaskIdentity | None = None, *,
 
     draft = DraftRunner(served, targets, isolation=config.sandbox)
     registry.register(_meta(config.meta, served, check, settings, draft))
-    registry.register(_feedback(config.feedback, served, check, settings, draft, dev_rewards_in(home)))
+    registry.register(_feedback(config.feedback, served, check, settings, draft, dev_rewards_in(home),
+                                target=config.target))
     registry.register(EpisodeHandler(served, targets, isolation=config.sandbox))
     registry.register(EvaluateHandler(served))
     registry.register(HeldOutTestHandler(served, targets, isolation=config.sandbox))
@@ -179,7 +180,7 @@ def _meta(role: str, task: Task, check: Any, settings: Settings, draft: Any = No
 
 
 def _feedback(role: str, task: Task, check: Any, settings: Settings, draft: Any = None,
-              dev_rewards: Any = None) -> Any:
+              dev_rewards: Any = None, target: str | None = None) -> Any:
     from sia.effects.train import reward_shape_of
 
     def shape_of(episodes: Sequence[EpisodeRef], blobs: Any) -> dict[str, Any]:
@@ -187,15 +188,24 @@ def _feedback(role: str, task: Task, check: Any, settings: Settings, draft: Any 
 
     name, model = provider_of(role)
     if name == "builtin":
-        from sia.agents.builtin import BuiltinFeedback
+        from sia.agents.builtin import BuiltinFeedback, HarnessContext
 
+        context = HarnessContext(examples_public=bool(task.public_examples()),
+                                 context_tokens=_tiny_context(task) if target == "tiny" else None)
         return BuiltinFeedback(lambda request: {e.sample_id: task.options_of(e.sample_id)
-                                                for e in request.episodes}, shape_of)
+                                                for e in request.episodes}, shape_of, context)
     from sia.agents.llm import LLMFeedback
 
     chosen = _model(name, model)
     return LLMFeedback(_provider(name, settings), model=chosen, task=task, validate=check,
                        reward_shape_of=shape_of, draft=draft, dev_rewards=dev_rewards)
+
+
+def _tiny_context(task: Task) -> int:
+    """The embedded model's context in tokens, as `TinyModelSource` will build it for `task`."""
+    from sia.train.tiny import config_for
+
+    return config_for(task.pretraining_corpus()).max_positions
 
 
 def dev_rewards_in(home: Path) -> Any:
