@@ -154,6 +154,20 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         yield
 
 
+LONGEST_FIRST = ("test_main_job.py", "test_lawbench_run.py", "test_agents_investigation.py", "test_redteam.py",
+                 "test_vllm_run.py", "test_redaction.py", "test_llm_runs.py", "test_code_answer_redteam.py",
+                 "test_train_job.py", "test_crash.py")
+"""The modules that take longest (`pytest --durations`), longest first."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, hand out the longest modules first, so that the workers, given the
+    short ones last, end together instead of one running a long module alone at the end."""
+    if xdist_worker(config):
+        rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the `start_early` command of every test this session will run (none for a test
     deselected, e.g. by `-m "not slow"`, and none when only collecting).

@@ -1,5 +1,5 @@
-"""The `measures_time` marker of tests/conftest.py: under pytest-xdist such a test runs while no
-other test does, and the other tests still run side by side."""
+"""How tests/conftest.py schedules the suite under pytest-xdist: a `measures_time` test runs while
+no other test does, the other tests side by side, and the longest modules are handed out first."""
 
 from __future__ import annotations
 
@@ -48,3 +48,13 @@ def test_a_test_that_measures_time_runs_alone_and_the_others_in_parallel(tmp_pat
     assert not any(overlap(timed, other) for other in intervals.values()), (timed, intervals)
     others = list(intervals.values())
     assert any(overlap(a, b) for i, a in enumerate(others) for b in others[i + 1:]), others
+
+
+def test_the_longest_modules_are_handed_out_first(tmp_path: Path) -> None:
+    log = tmp_path / "order.txt"
+    for name in ("test_aaa.py", "test_main_job.py", "test_zzz.py"):
+        (tmp_path / name).write_text(f"def test_it():\n    open({str(log)!r}, 'a').write({name!r} + '\\n')\n",
+                                     encoding="utf-8")
+    result = run_pytest(tmp_path, "-q", "-n", "1", "--dist", "loadfile", tmp_path)
+    assert result.returncode == 0 and "3 passed" in result.stdout, result.stdout[-2000:]
+    assert log.read_text().split() == ["test_main_job.py", "test_aaa.py", "test_zzz.py"]
