@@ -77,8 +77,9 @@ def harness_namespace(knobs: Knobs) -> dict[str, Any]:
 
 
 def knn_answers(seed: int, neighbours: Sequence[int], cases: list[Case],
-                options: Sequence[str]) -> dict[str, dict[str, list[str]]]:
-    """Per neighbour count, the harness's answers to every dev and test case with a silent model.
+                options: Sequence[str], overlaps: Sequence[float] = (0.0,)) -> dict[str, dict[str, list[str]]]:
+    """Per neighbour count (and OVERLAP weight, keyed "k/w" when it is not 0), the harness's
+    answers to every dev and test case with a silent model.
 
     The harness ranks the training examples once per case (its `nearest`, as `solve` calls it)
     and votes for each count (its `vote`); `solve` itself is checked to give the same answer
@@ -88,7 +89,7 @@ def knn_answers(seed: int, neighbours: Sequence[int], cases: list[Case],
     knobs = Knobs(extract="option", fallback="nearest", neighbours=max(neighbours), candidates="knn",
                   prompt_chars=448)
     harness = harness_namespace(knobs)
-    answers: dict[str, dict[str, list[str]]] = {str(k): {} for k in neighbours}
+    answers: dict[str, dict[str, list[str]]] = {key(k, w): {} for k in neighbours for w in overlaps}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "train.jsonl"
         write_examples(train, path)
@@ -97,8 +98,15 @@ def knn_answers(seed: int, neighbours: Sequence[int], cases: list[Case],
             examples = harness["load_examples"]()
             for split, chosen in (("dev", dev), ("test", test)):
                 ranked = [harness["nearest"](public_sample(c, options), examples, max(neighbours)) for c in chosen]
+                idf = harness["rarity"](examples)
                 for k in neighbours:
-                    answers[str(k)][split] = [next(iter(harness["vote"](r[:k]))) for r in ranked]
+                    votes = [harness["vote"](r[:k]) for r in ranked]
+                    for w in overlaps:
+                        harness["OVERLAP"] = w
+                        answers[key(k, w)][split] = [
+                            next(iter(harness["reread"](v, harness["input_text"](public_sample(c, options)),
+                                                        idf) if w else v)) for v, c in zip(votes, chosen)]
+                harness["OVERLAP"] = 0.0
                 for case, answer in list(zip(chosen, answers[str(max(neighbours))][split]))[:3]:
                     assert harness["solve"](public_sample(case, options), Silent()) == answer
         finally:
@@ -106,14 +114,18 @@ def knn_answers(seed: int, neighbours: Sequence[int], cases: list[Case],
     return answers
 
 
+def key(neighbours: int, overlap: float) -> str:
+    return f"{neighbours}/{overlap:g}" if overlap else str(neighbours)
+
+
 def run_knn(args: argparse.Namespace) -> dict[str, Any]:
     cases, options = load_cases(args.data), load_charge_list(OPTIONS_FILE)
     splits = {seed: split_cases(cases, seed=seed, dev_fraction=0.2, test_fraction=0.2) for seed in args.seeds}
     started = time.perf_counter()
-    per_seed = {seed: knn_answers(seed, args.neighbours, cases, options) for seed in args.seeds}
+    per_seed = {seed: knn_answers(seed, args.neighbours, cases, options, args.overlaps) for seed in args.seeds}
     seconds_per_case = (time.perf_counter() - started) / (len(args.seeds) * 200)
     table: dict[str, Any] = {}
-    for k in map(str, args.neighbours):
+    for k in (key(n, w) for n in args.neighbours for w in args.overlaps):
         scores = {split: [aggregate([score(a, c.charges, options) for a, c in
                                      zip(per_seed[seed][k][split], splits[seed][1 if split == "dev" else 2])])
                           for seed in args.seeds] for split in ("dev", "test")}
@@ -187,6 +199,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                         help="split seeds (the task's [build] seed; the run seed is the same)")
     parser.add_argument("--neighbours", type=int, nargs="+", default=[1, 3, 5, 10])
+    parser.add_argument("--overlaps", type=float, nargs="+", default=[0.0],
+                        help="OVERLAP weights of the vote reread by the sample's text (knn mode)")
     parser.add_argument("--max-gen", type=int, default=3)
     parser.add_argument("--extra", nargs="*", default=[], help="more `sia run` arguments")
     args = parser.parse_args()

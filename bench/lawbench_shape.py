@@ -30,7 +30,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lawbench_baselines import DATA, OPTIONS_FILE, evaluate, keyword, seeded_split, tfidf  # noqa: E402
+from lawbench_baselines import (  # noqa: E402
+    DATA,
+    OPTIONS_FILE,
+    evaluate,
+    keyword,
+    seeded_split,
+    tfidf,
+)
 from lawbench_harness import payloads, sia, task_with_split_seed  # noqa: E402
 
 from sia.tasks.lawbench import load_cases, load_charge_list  # noqa: E402

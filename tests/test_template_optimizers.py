@@ -117,6 +117,24 @@ def test_without_a_named_candidate_the_weighted_vote_of_the_neighbours_answers(e
     assert h["vote"]([({"label": ["x", "y"]}, 0.2), ({"label": "x"}, 0.1)]) == pytest.approx({"x": 0.3, "y": 0.2})
 
 
+def test_overlap_rereads_the_vote_by_the_characters_the_sample_contains(examples_file: Path) -> None:
+    h = harness(OPTIMIZED.with_(overlap=2.0))
+    weights, idf = {"盗窃": 0.6, "抢劫": 0.4}, {"盗": 1.0, "窃": 1.0, "抢": 1.0, "劫": 1.0}
+    # shares 0.6 and 0.4; only 抢劫's characters are in the text: 0.4 * e**2 > 0.6
+    assert list(h["reread"](weights, "被告人持刀抢劫", idf)) == ["抢劫", "盗窃"]
+    assert h["reread"](weights, "被告人持刀抢劫", idf) == pytest.approx({"抢劫": 0.4 * 2.718281828**2, "盗窃": 0.6})
+    assert list(h["reread"](weights, "没有相关的字", idf)) == ["盗窃", "抢劫"]  # nothing found: the vote's order
+    low = harness(OPTIMIZED.with_(overlap=0.3))["reread"]
+    assert list(low(weights, "被告人持刀抢劫", idf)) == ["盗窃", "抢劫"]  # 0.4 * e**0.3 < 0.6
+    # a character every example has weighs nothing: finding only 劫 (idf 0) is finding nothing
+    assert list(h["reread"](weights, "劫", {**idf, "劫": 0.0, "抢": 1.0})) == ["盗窃", "抢劫"]
+    assert h["rarity"]([{"text": "ab"}, {"text": "ac"}]) == pytest.approx({"a": 0.0, "b": 0.405465, "c": 0.405465})
+    # the sample's own text decides: fox's label "alpha" beats nothing, but "gamma" shares more letters
+    h = harness(OPTIMIZED.with_(overlap=50.0))
+    assert h["solve"]({**SAMPLE, "text": "gamma gamma"}, Replies("zzz")) == "gamma"
+    assert harness(OPTIMIZED)["solve"]({**SAMPLE, "text": "gamma gamma"}, Replies("zzz")) != "gamma"
+
+
 def test_the_model_and_the_neighbours_weigh_alike_in_the_vote(examples_file: Path) -> None:
     choose = harness(OPTIMIZED)["choose"]
     weights = {"a": 0.8, "b": 0.2}
@@ -183,7 +201,7 @@ def test_candidates_are_matched_as_whole_words_in_latin_text_and_anywhere_in_oth
 @pytest.mark.parametrize("changed", [
     {"prompt": "bare"}, {"extract": "first_line"}, {"samples": 7}, {"temperature": 0.3}, {"max_tokens": 12},
     {"fallback": "first_option"}, {"fallback": "nearest"}, {"neighbours": 4}, {"demos": 2},
-    {"candidates": "knn"}, {"prompt_chars": 300}])
+    {"candidates": "knn"}, {"prompt_chars": 300}, {"overlap": 2.0}])
 def test_every_knob_reads_back(changed: dict[str, Any]) -> None:
     knobs = OPTIMIZED.with_(**changed)
     assert read_knobs(render(knobs)) == knobs
@@ -285,21 +303,20 @@ def test_without_public_examples_the_rules_are_the_classic_ones() -> None:
 def test_on_a_plateau_the_optimizers_come_one_at_a_time_then_votes_then_stop() -> None:
     classic = Knobs(extract="option", samples=5, fallback="first_option")
     steps, knobs, reasons = [], classic, []
-    for _ in range(6):
+    for _ in range(7):
         decision = decide_feedback(request([0.0, 0.2]), knobs, Diagnosis(100, 0, 0, 20), never, PUBLIC)
         if decision["action"] == "stop":
             break
         knobs = read_knobs(decision["harness"])
         steps.append(knobs)
         reasons.append(decision["rationale"])
-    assert steps == [
-        classic.with_(candidates="knn", neighbours=10, fallback="nearest", prompt_chars=448),
-        classic.with_(candidates="knn", neighbours=10, fallback="nearest", prompt_chars=448, demos=2),
-        classic.with_(candidates="knn", neighbours=10, fallback="nearest", prompt_chars=448, demos=2, samples=9),
-        classic.with_(candidates="knn", neighbours=10, fallback="nearest", prompt_chars=448, demos=2, samples=9,
-                      temperature=0.7)]
+    knn = classic.with_(candidates="knn", neighbours=10, fallback="nearest", prompt_chars=448)
+    assert steps == [knn, knn.with_(overlap=2.0), knn.with_(overlap=2.0, demos=2),
+                     knn.with_(overlap=2.0, demos=2, samples=9),
+                     knn.with_(overlap=2.0, demos=2, samples=9, temperature=0.7)]
     assert "constrain the answer to the labels of the 10 nearest training examples" in reasons[0]
-    assert "show the 2 nearest training examples with their labels before the sample" in reasons[1]
+    assert "rerank the nearest examples' labels by how much of each the sample's own text contains" in reasons[1]
+    assert "show the 2 nearest training examples with their labels before the sample" in reasons[2]
 
 
 def test_the_rules_never_read_the_task_name() -> None:

@@ -25,7 +25,7 @@ import ast
 from dataclasses import asdict, dataclass, fields, replace
 
 KNOB_NAMES = ("PROMPT", "EXTRACT", "SAMPLES", "TEMPERATURE", "MAX_TOKENS", "FALLBACK")
-OPTIMIZER_KNOB_NAMES = ("NEIGHBOURS", "DEMOS", "CANDIDATES", "PROMPT_CHARS")
+OPTIMIZER_KNOB_NAMES = ("NEIGHBOURS", "DEMOS", "CANDIDATES", "PROMPT_CHARS", "OVERLAP")
 """Knobs only the optimizer rendering has; a harness without them reads back with their defaults."""
 
 
@@ -52,6 +52,10 @@ class Knobs:
     (the sample's options when there are no examples)."""
     prompt_chars: int = 0
     """The prompt's length limit in characters (0 = none); field values are cut to fit."""
+    overlap: float = 0.0
+    """How much the neighbours' vote reads the sample (0 = not at all): each voted answer's
+    log share of the vote plus OVERLAP times the share of its distinct characters that occur
+    in the sample's own text."""
 
     def with_(self, **changes: object) -> Knobs:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -186,6 +190,29 @@ def vote(neighbours):
     return dict(sorted(weights.items(), key=lambda item: -item[1]))
 
 
+def rarity(examples):
+    """Each character's idf over the examples' inputs: text every example shares (a fixed
+    instruction, say) says nothing about any one sample."""
+    documents = [set(input_text(example).lower()) for example in examples]
+    frequency = Counter(character for document in documents for character in document)
+    return {character: math.log((1 + len(documents)) / (1 + count)) for character, count in frequency.items()}
+
+
+def reread(weights, text, idf):
+    """The vote reranked by the sample's text: an answer's support becomes its share of the
+    vote times e ** (OVERLAP * the idf-weighted share of its distinct characters in `text`)."""
+    total = sum(weights.values()) or 1.0
+    lowered, rarest = text.lower(), max(idf.values(), default=1.0)
+
+    def found(answer):
+        characters = {c: idf.get(c, rarest) for c in set(answer.lower())}
+        whole = sum(characters.values())
+        return sum(w for c, w in characters.items() if c in lowered) / whole if whole else 0.0
+
+    reread = {answer: weight / total * math.exp(OVERLAP * found(answer)) for answer, weight in weights.items()}
+    return dict(sorted(reread.items(), key=lambda item: -item[1]))
+
+
 def fit(fields, room):
     """The fields with their longest values cut so that all values together fit in `room`."""
     lengths = sorted(len(str(value)) for value in fields.values())
@@ -259,6 +286,8 @@ def solve(sample, model):
     examples = load_examples() if wanted else []
     neighbours = nearest(sample, examples, wanted) if examples else []
     weights = vote(neighbours[:NEIGHBOURS])
+    if OVERLAP and weights:
+        weights = reread(weights, input_text(sample), rarity(examples))
     ranked = list(weights)
     candidates = ranked if CANDIDATES == "knn" and ranked else list(options)
     prompt = build_prompt(sample, candidates, [example for example, _ in neighbours[:DEMOS]])
