@@ -148,18 +148,10 @@ class Scorer:
     """The tiny model (optionally with an adapter) scoring and continuing prompts, one thread."""
 
     def __init__(self, model_dir: Path, adapter_dir: Path | None = None) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from sia.target.local import LocalBackend
 
-        torch.set_num_threads(1)
-        self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        if adapter_dir is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter_dir)  # type: ignore[assignment]
-        self.model = model.eval()
+        loaded = LocalBackend(model_dir, adapter_dir, threads=1)  # the model as sia's target loads it
+        self.torch, self.tokenizer, self.model = loaded.torch, loaded.tokenizer, loaded.model
         self.eos = self.tokenizer.eos_token_id
 
     def ids(self, text: str) -> list[int]:
