@@ -243,8 +243,8 @@ def timed_calls(source: str, spec: ShapeSpec, calls: int) -> tuple[list[float], 
 
 def test_a_kernel_sleeping_5_ms_is_measured_at_5_ms_or_more_on_every_call() -> None:
     times, log = timed_calls(SLEEPER, ShapeSpec(1, 8, 16, 16), 6)
-    assert min(times) >= 5000.0, times
     assert min(log.round_trip_us) >= 5000.0, log
+    assert min(times) >= 4750.0, times  # less the channel's calibrated overhead (see below)
 
 
 def test_the_round_trip_is_never_shorter_than_the_call_it_contains() -> None:
@@ -267,7 +267,10 @@ def test_the_round_trip_is_never_shorter_than_the_call_it_contains() -> None:
     assert min(log.round_trip_us) >= 1980.0, log
     assert all(trip >= reported for trip, reported in zip(log.round_trip_us, log.reported_us)), log
     assert timing_problem(log) is None
-    assert min(times) >= 1980.0, times
+    # A scored time is its round trip less the channel's overhead, calibrated by echoes before
+    # the calls (0.06-0.12 ms here), which can be slower than the warm channel that carries them:
+    # so a 2 ms call may score 1.9 ms. The regression scored about half of it.
+    assert min(times) >= 1500.0, times
 
 
 TICKER = """
@@ -301,7 +304,7 @@ def test_a_slow_kernel_that_reports_no_time_scores_no_better_than_its_real_speed
     # Compare the answers' measured runtimes: each reward also divides by the reference's
     # runtime timed in its own evaluation, which varied 374-603 us between two of them.
     assert liar.reward < 0.2 and measured_us(liar) > 0.8 * measured_us(honest), (liar, honest)
-    assert measured_us(liar) >= 5000.0, liar
+    assert measured_us(liar) >= 4750.0, liar  # its 5 ms sleep less the channel's calibrated overhead
 
 
 def measured_us(outcome: CodeOutcome) -> float:
