@@ -5,12 +5,16 @@ them on; every example here is made up, so nothing depends on a task."""
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sia.agents.builtin import (
     BuiltinFeedback,
@@ -79,6 +83,40 @@ def test_examples_rank_by_character_ngram_similarity(examples_file: Path) -> Non
     assert [e["id"] for e, _ in ranked] == ["t1", "t3", "t2", "t4"]
     similarities = [s for _, s in ranked]
     assert similarities == sorted(similarities, reverse=True) and 0 < similarities[0] <= 1.0
+
+
+def textbook_cosines(sample: str, texts: list[str]) -> list[float]:
+    """The similarity `nearest` claims, written out term by term: the cosine of idf-weighted
+    sublinear character 1- and 2-gram counts, grams unseen in the examples left out."""
+    def grams(text: str) -> Counter[str]:
+        text = text.lower()
+        return Counter(text[i:i + n] for n in (1, 2) for i in range(len(text) - n + 1))
+
+    documents = [grams(text) for text in texts]
+    frequency = Counter(gram for document in documents for gram in set(document))
+    idf = {g: math.log((1 + len(texts)) / (1 + count)) + 1 for g, count in frequency.items()}
+
+    def unit(counts: Counter[str]) -> dict[str, float]:
+        weights = {g: (1 + math.log(c)) * idf[g] for g, c in counts.items() if g in idf}
+        length = math.sqrt(sum(w * w for w in weights.values())) or 1.0
+        return {g: w / length for g, w in weights.items()}
+
+    query = unit(grams(sample))
+    return [sum(w * unit(document).get(g, 0.0) for g, w in query.items()) for document in documents]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="abcAB 盗窃罪\n", max_size=40), min_size=1, max_size=6),
+       st.text(alphabet="abcAB 盗窃罪\nz", max_size=40))
+def test_nearest_computes_the_textbook_cosine(texts: list[str], sample: str) -> None:
+    h = harness(OPTIMIZED)
+    examples = [{"id": f"t{i}", "text": text, "label": "x"} for i, text in enumerate(texts)]
+    ranked = h["nearest"]({"text": sample}, examples, len(examples))
+    expected = textbook_cosines(sample, texts)
+    assert sorted(e["id"] for e, _ in ranked) == sorted(e["id"] for e in examples)
+    for example, similarity in ranked:
+        assert similarity == pytest.approx(expected[int(example["id"][1:])], abs=1e-12)
+    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
 
 
 def test_an_identical_input_is_its_own_nearest_example(examples_file: Path) -> None:

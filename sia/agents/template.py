@@ -153,27 +153,47 @@ def input_text(fields):
 
 
 def grams(text):
+    """Counts of the text's characters and character pairs, lowercased (counted in C: every
+    episode profiles the whole training set)."""
     text = text.lower()
-    return Counter(text[i:i + n] for n in (1, 2) for i in range(len(text) - n + 1))
+    counts = Counter(text)
+    counts.update(map(str.__add__, text, text[1:]))
+    return counts
 
 
-def nearest(sample, examples, k):
-    """The k examples most like the sample, with their similarity, most similar first: the
-    cosine of idf-weighted sublinear character 1- and 2-gram counts (ties keep file order)."""
+def profile(examples):
+    """Each example's character 1- and 2-gram counts, and in how many examples each gram occurs."""
     documents = [grams(input_text(example)) for example in examples]
-    frequency = Counter(gram for document in documents for gram in document)
+    frequency = Counter()
+    for document in documents:
+        frequency.update(document.keys())
+    return documents, frequency
+
+
+def nearest(sample, examples, k, profiled=None):
+    """The k examples most like the sample, with their similarity, most similar first: the
+    cosine of idf-weighted sublinear character 1- and 2-gram counts (ties keep file order).
+
+    The sums run in C (map over dict lookups): the whole training set is ranked in every episode."""
+    documents, frequency = profiled or profile(examples)
     idf = {gram: math.log((1 + len(documents)) / (1 + count)) + 1 for gram, count in frequency.items()}
+    square = {gram: weight * weight for gram, weight in idf.items()}
+    counted = {g: c for g, c in grams(input_text(sample)).items() if g in idf}
+    linear = {c: 1 + math.log(c) for c in set().union(counted.values(), *(d.values() for d in documents))}
+    squared = {c: weight * weight for c, weight in linear.items()}
 
-    def vector(counts):
-        weights = {g: (1 + math.log(c)) * idf[g] for g, c in counts.items() if g in idf}
-        norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
-        return {g: w / norm for g, w in weights.items()}
+    def norm(counts):
+        return math.sqrt(sum(map(float.__mul__, map(squared.__getitem__, counts.values()),
+                                 map(square.__getitem__, counts)))) or 1.0
 
-    query = vector(grams(input_text(sample)))
+    scale = norm(counted)
+    query = {g: linear[c] * square[g] / scale for g, c in counted.items()}
     similarities = []
     for document in documents:
-        weights = vector(document)
-        similarities.append(sum(w * weights.get(g, 0.0) for g, w in query.items()))
+        shared = query.keys() & document.keys()
+        dot = sum(map(float.__mul__, map(query.__getitem__, shared),
+                      map(linear.__getitem__, map(document.__getitem__, shared))))
+        similarities.append(dot / norm(document))
     order = sorted(range(len(examples)), key=lambda i: -similarities[i])
     return [(examples[i], similarities[i]) for i in order[:k]]
 
@@ -190,12 +210,12 @@ def vote(neighbours):
     return dict(sorted(weights.items(), key=lambda item: -item[1]))
 
 
-def rarity(examples):
+def rarity(examples, profiled=None):
     """Each character's idf over the examples' inputs: text every example shares (a fixed
     instruction, say) says nothing about any one sample."""
-    documents = [set(input_text(example).lower()) for example in examples]
-    frequency = Counter(character for document in documents for character in document)
-    return {character: math.log((1 + len(documents)) / (1 + count)) for character, count in frequency.items()}
+    documents, frequency = profiled or profile(examples)
+    return {gram: math.log((1 + len(documents)) / (1 + count))
+            for gram, count in frequency.items() if len(gram) == 1}
 
 
 def reread(weights, text, idf):
@@ -284,10 +304,11 @@ def solve(sample, model):
     options = sample.get("options") or []
     wanted = max(NEIGHBOURS, DEMOS)
     examples = load_examples() if wanted else []
-    neighbours = nearest(sample, examples, wanted) if examples else []
+    profiled = profile(examples)
+    neighbours = nearest(sample, examples, wanted, profiled) if examples else []
     weights = vote(neighbours[:NEIGHBOURS])
     if OVERLAP and weights:
-        weights = reread(weights, input_text(sample), rarity(examples))
+        weights = reread(weights, input_text(sample), rarity(examples, profiled))
     ranked = list(weights)
     candidates = ranked if CANDIDATES == "knn" and ranked else list(options)
     prompt = build_prompt(sample, candidates, [example for example, _ in neighbours[:DEMOS]])
