@@ -4,6 +4,7 @@ import fcntl
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +128,15 @@ def pytest_configure(config: pytest.Config) -> None:
                             "command, started when collection ends; the test reads it with `started_early`")
     config.addinivalue_line("markers", "measures_time: the test compares wall-clock measurements; "
                             "under pytest-xdist no other test runs beside it")
+    if hasattr(config.option, "testrunuid") and not xdist_worker(config):
+        # Name the run's workers share, so that this process can remove their lock files.
+        config.option.testrunuid = config.option.testrunuid or uuid.uuid4().hex
+
+
+def turn_directory(config: pytest.Config) -> Path:
+    """Where pytest-xdist's workers keep the lock files of their `turn`s (one per test run)."""
+    run = config.workerinput["testrunuid"] if xdist_worker(config) else config.option.testrunuid
+    return Path(tempfile.gettempdir()) / f"sia-tests-{run}"
 
 
 @contextmanager
@@ -156,7 +166,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if not xdist_worker(item.config):
         yield
         return
-    locks = Path(tempfile.gettempdir()) / f"sia-tests-{item.config.workerinput['testrunuid']}"
+    locks = turn_directory(item.config)
     locks.mkdir(exist_ok=True)
     with turn(locks, item.get_closest_marker("measures_time") is not None):
         yield
@@ -195,6 +205,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     for early in session.stash.get(EARLY, {}).values():
         early.stop()
+    if getattr(session.config.option, "testrunuid", None) and not xdist_worker(session.config):
+        shutil.rmtree(turn_directory(session.config), ignore_errors=True)
 
 
 @pytest.fixture
