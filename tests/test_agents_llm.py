@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from sia.agents import prompts
-from sia.agents.llm import LLMFeedback, LLMMeta, check_decision, public_samples, strip_fences
+from sia.agents.llm import (
+    DecisionAnswer,
+    LLMFeedback,
+    LLMMeta,
+    check_decision,
+    feedback_schema,
+    public_samples,
+    strip_fences,
+)
 from sia.agents.template import Knobs, render
 from sia.core.effect_models import parse_request
 from sia.core.events.canonical import canonical_json
@@ -526,3 +534,74 @@ def test_a_search_round_shows_the_llm_every_candidate_already_explored() -> None
     assert "You may start from any of generations [0, 1]" in text
     plain = prompts.feedback_user(typed(fields), harness_source="x", digest_text="DIGEST", last_diff=None)
     assert "# Search" not in plain
+
+
+# ---------------------------------------------------------------- search rounds
+
+
+def search_request(blobs: MemoryBlobStore, candidates: int) -> dict[str, Any]:
+    return {**feedback_request(blobs, mode="WH"), "candidates": candidates, "round": 0, "tried": [], "parents": []}
+
+
+def test_a_search_round_takes_the_llms_alternatives_as_candidates(anthropic_server: AnthropicServer) -> None:
+    main, other = (render(Knobs(extract="option", samples=n, fallback="first_option")) for n in (7, 9))
+    anthropic_server.responder = Scripted(answer("edit_harness", harness=main, alternatives=[
+        {"action": "update_weights", "rationale": "pairs of answers", "plan": {"algorithm": "dpo"},
+         "algorithm_override_reason": "the wrong answers make good rejected halves"},
+        {"action": "edit_harness", "rationale": "the main one again", "harness": f"```python\n{main}```"},
+        {"action": "edit_harness", "rationale": "more samples", "harness": other, "rollback_to": 0}]))
+    blobs = MemoryBlobStore()
+    request = search_request(blobs, 3)
+    result = feedback(anthropic(anthropic_server)).run(typed(request), context(blobs, "feedback")).result
+    (sent,) = anthropic_server.message_requests
+    schema = sent["tools"][0]["input_schema"]["properties"]["alternatives"]
+    assert schema["maxItems"] == 2 and schema["items"]["properties"]["action"]["enum"] == ["edit_harness",
+                                                                                          "update_weights"]
+    assert "Propose up to 3 candidates" in sent["messages"][0]["content"]
+    first, dpo, last = result.candidates  # the repeat of the main decision is explored once
+    assert (first.action, blobs.get_text(first.harness_hash), first.rationale) == ("edit_harness", main,
+                                                                                   result.rationale)
+    assert dpo.action == "update_weights" and dpo.plan is not None and dpo.plan.algorithm == "dpo"
+    assert "overrides the recommended grpo: the wrong answers make good rejected halves" in dpo.rationale
+    assert blobs.get_text(last.harness_hash) == other and last.parent_generation == 0
+    (event,) = interpret("feedback", "f1", request, result.record())
+    assert event.type == "CandidatesProposed" and event.candidates == result.candidates
+
+
+def test_an_unusable_alternative_is_refused_and_asked_again(anthropic_server: AnthropicServer) -> None:
+    main = render(Knobs(extract="option", samples=7, fallback="first_option"))
+    anthropic_server.responder = Scripted(
+        answer("edit_harness", harness=main, alternatives=[
+            {"action": "edit_harness", "rationale": "broken", "harness": BROKEN},
+            {"action": "update_weights", "rationale": "no plan"}]),
+        answer("edit_harness", harness=main, alternatives=[
+            {"action": "update_weights", "rationale": "train", "plan": {"algorithm": "grpo"}}]))
+    blobs = MemoryBlobStore()
+    result = feedback(anthropic(anthropic_server)).run(typed(search_request(blobs, 4)),
+                                                       context(blobs, "feedback")).result
+    assert [c.action for c in result.candidates] == ["edit_harness", "update_weights"]
+    assert "alternatives[0]: the harness fails its check" in result.rationale
+    assert "alternatives[1]: update_weights needs a plan with an algorithm" in result.rationale
+    assert len(anthropic_server.message_requests) == 2
+
+
+def test_a_stop_takes_no_alternatives() -> None:
+    blobs = MemoryBlobStore()
+    decision = DecisionAnswer(action="stop", rationale="done", alternatives=[
+        {"action": "update_weights", "rationale": "train", "plan": {"algorithm": "grpo"}}])
+    problems = check_decision(decision, typed(search_request(blobs, 2)), [], GOOD, validate_harness)
+    assert problems == ["stop ends the search: it takes no alternatives"]
+
+
+def test_outside_a_search_the_schema_has_no_alternatives_and_any_given_are_ignored(
+        anthropic_server: AnthropicServer) -> None:
+    main = render(Knobs(extract="option", samples=7, fallback="first_option"))
+    anthropic_server.responder = Scripted(answer("edit_harness", harness=main, alternatives=[
+        {"action": "edit_harness", "rationale": "broken", "harness": BROKEN}]))
+    blobs = MemoryBlobStore()
+    request = feedback_request(blobs, mode="H")
+    result = feedback(anthropic(anthropic_server)).run(typed(request), context(blobs, "feedback")).result
+    (sent,) = anthropic_server.message_requests
+    assert "alternatives" not in sent["tools"][0]["input_schema"]["properties"]
+    assert result.candidates == () and blobs.get_text(result.harness_hash) == main
+    assert feedback_schema(1) is feedback_schema(None)

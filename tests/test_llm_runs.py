@@ -71,3 +71,36 @@ def test_a_run_with_an_openai_compatible_endpoint(tmp_path: Path) -> None:
                      timeout=300)
         requests = len(server.requests)
     check_run(home, result.stdout.split()[-1], "openai", requests)
+
+
+def test_a_search_explores_every_candidate_the_llm_proposes(tmp_path: Path) -> None:
+    """`--candidates 3` with an LLM Feedback Agent: its decision and two alternatives are a
+    round's three candidates, each run on its own branch."""
+    home, asked = tmp_path / "home", []
+    harnesses = iter(render(Knobs(prompt="fields", extract="option", samples=n, fallback="first_option"))
+                     for n in range(3, 40))
+
+    def respond(body: dict) -> dict:
+        if body["tools"][0]["name"] == "harness":
+            return {"harness": next(harnesses)}
+        asked.append(body["tools"][0]["input_schema"]["properties"]["alternatives"]["maxItems"])
+        return {"action": "edit_harness", "rationale": "vote over more samples", "evidence": [],
+                "harness": next(harnesses), "alternatives": [
+                    {"action": "edit_harness", "rationale": f"alternative {i}", "harness": next(harnesses)}
+                    for i in (1, 2)]}
+
+    with AnthropicServer(api_key=KEY) as server:
+        server.responder = respond
+        result = sia(home, "run", "--task", "wordcat", "--mode", "H", "--max-gen", "2", "--candidates", "3",
+                     "--quiet", "--set", "meta=anthropic", "--set", "feedback=anthropic:claude-sonnet-4-6",
+                     "--set", "agent.max_turns=1",
+                     env={"ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": server.base_url}, timeout=300)
+    run = result.stdout.split()[-1]
+    proposed = [json.loads(line)["payload"] for line in
+                sia(home, "log", run, "--type", "CandidatesProposed", "--json").stdout.splitlines()]
+    evaluated = sia(home, "log", run, "--type", "CandidateEvaluated", "--json").stdout.splitlines()
+    assert proposed and asked == [2] * len(proposed)
+    assert all(len(p["candidates"]) == 3 and p["provider"].startswith("anthropic") for p in proposed)
+    assert [c["rationale"] for c in proposed[0]["candidates"][1:]] == ["alternative 1", "alternative 2"]
+    assert len(evaluated) == 3 * len(proposed)
+    assert sia(home, "replay", run, "--check").returncode == 0

@@ -54,7 +54,15 @@ from sia.core.effect_models import (
     MetaRequest,
     MetaResult,
 )
-from sia.core.events.types import ALGORITHMS, AgentLimits, AnswerRefused, Force, Usage
+from sia.core.events.canonical import canonical_json
+from sia.core.events.types import (
+    ALGORITHMS,
+    AgentLimits,
+    AnswerRefused,
+    Candidate,
+    Force,
+    Usage,
+)
 from sia.effects.base import EffectContext, EffectError, EffectResult
 from sia.llm import (
     LLMRequest,
@@ -142,6 +150,19 @@ class PlanAnswer(BaseModel):
     episodes: list[str] = []
 
 
+class AlternativeAnswer(BaseModel):
+    """One more decision a search round may explore beside the main one (never `stop`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    action: Literal["edit_harness", "update_weights"]
+    rationale: str = Field(min_length=1)
+    harness: str | None = None
+    plan: PlanAnswer | None = None
+    algorithm_override_reason: str | None = None
+    rollback_to: int | None = None
+
+
 class DecisionAnswer(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -152,6 +173,13 @@ class DecisionAnswer(BaseModel):
     plan: PlanAnswer | None = None
     algorithm_override_reason: str | None = None
     rollback_to: int | None = None
+    alternatives: list[AlternativeAnswer] = []
+    """Only when the request asks for candidates: the other decisions to explore."""
+
+    def decisions(self) -> list[DecisionAnswer]:
+        """The main decision, then each alternative as a decision of its own."""
+        return [self.model_copy(update={"alternatives": []}),
+                *(DecisionAnswer(**a.model_dump(), evidence=[]) for a in self.alternatives)]
 
 
 META_SCHEMA = ResponseSchema(
@@ -198,6 +226,27 @@ FEEDBACK_SCHEMA = ResponseSchema(
         "required": ["action", "rationale", "evidence"],
     },
 )
+
+
+def feedback_schema(candidates: int | None) -> ResponseSchema:
+    """The decision's schema; when a search round asks for several candidates, with up to
+    `candidates - 1` alternatives beside the main decision (each explored on its own branch)."""
+    if not candidates or candidates < 2:
+        return FEEDBACK_SCHEMA
+    decision = FEEDBACK_SCHEMA.json_schema
+    alternative = {
+        "type": "object",
+        "properties": {**{k: v for k, v in decision["properties"].items() if k != "evidence"},
+                       "action": {"type": "string", "enum": ["edit_harness", "update_weights"]}},
+        "required": ["action", "rationale"],
+    }
+    properties = {**decision["properties"], "alternatives": {
+        "type": "array", "items": alternative, "maxItems": candidates - 1,
+        "description": f"Up to {candidates - 1} more decisions for this search round, each unlike the main "
+                       "one and unlike every candidate tried: each is explored on its own branch, and the "
+                       "best on dev is adopted if it beats the incumbent."}}
+    return ResponseSchema(name=FEEDBACK_SCHEMA.name, description=FEEDBACK_SCHEMA.description,
+                          json_schema={**decision, "properties": properties})
 
 
 # ---------------------------------------------------------------- calling the model
@@ -433,7 +482,7 @@ class LLMFeedback:
         if limits is not None:
             return self._investigate(request, limits, ctx, digest_hash, current, base, forced_action)
         conversation = _Conversation(self.provider, self.model, prompts.feedback_system(self.task.description),
-                                     FEEDBACK_SCHEMA, self.max_tokens, ctx.seed)
+                                     feedback_schema(request.candidates), self.max_tokens, ctx.seed)
         conversation.messages.append(Message(role="user", content=prompts.feedback_user(
             request, harness_source=current, digest_text=ctx.blobs.get_text(digest_hash),
             last_diff=last_edit_diff(request.history, ctx.blobs))))
@@ -489,8 +538,9 @@ class LLMFeedback:
                 _report_refusal(ctx, attempt, problems)
             return problems
 
-        final = FinalTool(ToolSpec(name="decide", description=FEEDBACK_SCHEMA.description,
-                                   input_schema=FEEDBACK_SCHEMA.json_schema), check)
+        schema = feedback_schema(request.candidates)
+        final = FinalTool(ToolSpec(name="decide", description=schema.description,
+                                   input_schema=schema.json_schema), check)
         investigation = Investigation(self.provider, self.model, system=prompts.feedback_system(
             self.task.description, investigating=True), tools=tools, final=final, limits=limits,
             max_tokens=self.max_tokens)
@@ -520,21 +570,8 @@ class LLMFeedback:
     def _result(self, answer: DecisionAnswer, request: FeedbackRequest, blobs: BlobStore,
                 base: dict[str, Any], label: str, *, forced: bool, attempt: int,
                 refused: Sequence[str], investigated: Verdict | None = None) -> FeedbackResult:
-        recommended = request.reward_shape.recommended
-        rationale = answer.rationale.strip()
-        result: dict[str, Any] = {**base, "action": answer.action, "provider": label, "forced": forced,
-                                  "evidence": list(dict.fromkeys(answer.evidence)),
-                                  "rollback_to": answer.rollback_to}
-        if answer.action == "edit_harness":
-            assert answer.harness is not None
-            result["harness_hash"] = blobs.put_text(strip_fences(answer.harness))
-        if answer.action == "update_weights":
-            assert answer.plan is not None
-            result["plan"] = {"algorithm": answer.plan.algorithm, "params": answer.plan.params,
-                              "episodes": list(answer.plan.episodes)}
-            if answer.plan.algorithm != recommended:
-                rationale += (f"\n[algorithm {answer.plan.algorithm} overrides the recommended "
-                              f"{recommended}: {(answer.algorithm_override_reason or '').strip()}]")
+        decided = _decided(answer, request, blobs)
+        rationale = decided["rationale"]
         if investigated is not None:
             rationale += f"\n[sia: {describe(investigated)}]"
             if refused:
@@ -542,8 +579,44 @@ class LLMFeedback:
         elif refused:
             rationale += (f"\n[sia: accepted on attempt {attempt} of {self.max_attempts}; refused before: "
                           + " | ".join(refused) + "]")
-        result["rationale"] = rationale
+        result: dict[str, Any] = {**base, **decided, "provider": label, "forced": forced, "rationale": rationale,
+                                  "evidence": list(dict.fromkeys(answer.evidence)),
+                                  "rollback_to": answer.rollback_to}
+        if (request.candidates or 0) > 1 and answer.alternatives:
+            result["candidates"] = _candidates(answer, request, blobs, rationale)
         return FeedbackResult.model_validate(result)
+
+
+def _decided(decision: DecisionAnswer, request: FeedbackRequest, blobs: BlobStore) -> dict[str, Any]:
+    """A decision's action, stored harness, plan and rationale (with an override's reason)."""
+    recommended = request.reward_shape.recommended
+    decided: dict[str, Any] = {"action": decision.action, "rationale": decision.rationale.strip()}
+    if decision.action == "edit_harness":
+        assert decision.harness is not None
+        decided["harness_hash"] = blobs.put_text(strip_fences(decision.harness))
+    if decision.action == "update_weights":
+        assert decision.plan is not None
+        decided["plan"] = {"algorithm": decision.plan.algorithm, "params": decision.plan.params,
+                           "episodes": list(decision.plan.episodes)}
+        if decision.plan.algorithm != recommended:
+            decided["rationale"] += (f"\n[algorithm {decision.plan.algorithm} overrides the recommended "
+                                     f"{recommended}: {(decision.algorithm_override_reason or '').strip()}]")
+    return decided
+
+
+def _candidates(answer: DecisionAnswer, request: FeedbackRequest, blobs: BlobStore,
+                rationale: str) -> list[Candidate]:
+    """The main decision (with the whole `rationale`) and its alternatives as a search round's
+    candidates, each once, at most `request.candidates`."""
+    candidates: dict[str, Candidate] = {}
+    for index, decision in enumerate(answer.decisions()):
+        decided = _decided(decision, request, blobs)
+        candidate = Candidate(action=decided["action"], rationale=rationale if index == 0 else decided["rationale"],
+                              harness_hash=decided.get("harness_hash"), plan=decided.get("plan"),
+                              parent_generation=decision.rollback_to)
+        same = canonical_json(candidate.model_dump(mode="json", exclude={"rationale"}))
+        candidates.setdefault(same, candidate)
+    return list(candidates.values())[: request.candidates]
 
 
 def check_decision(answer: DecisionAnswer, request: FeedbackRequest, shown: Sequence[str],
@@ -595,6 +668,12 @@ def check_decision(answer: DecisionAnswer, request: FeedbackRequest, shown: Sequ
                 problems.append("the new harness is identical to the current one")
             else:
                 problems += [f"the harness fails its check: {p}" for p in validate(source)]
+    if answer.alternatives and (request.candidates or 0) > 1:
+        if answer.action == "stop":
+            problems.append("stop ends the search: it takes no alternatives")
+        for index, alternative in enumerate(answer.decisions()[1:]):
+            problems += [f"alternatives[{index}]: {p}" for p in check_decision(
+                alternative, request, shown, current_source, validate, forced_action=forced_action)]
     return problems
 
 

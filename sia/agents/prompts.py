@@ -217,6 +217,10 @@ def search_section(request: FeedbackRequest) -> list[str]:
     lines = ["", f"# Search: this run explores candidates (round {request.round or 0} of generation "
                  f"{request.generation}); one is adopted only if it beats the best dev score so far. "
                  "Propose a decision unlike every candidate below."]
+    if request.candidates > 1:
+        lines.append(f"Propose up to {request.candidates} candidates: your decision and up to "
+                     f"{request.candidates - 1} `alternatives` (other harness edits, or weight updates with "
+                     "other algorithms), all different; they are explored side by side.")
     if request.parents:
         lines.append(f"You may start from any of generations {list(request.parents)} (set rollback_to).")
     lines += [f"- gen {t.generation} round {t.round} #{t.index}: {t.action}"
