@@ -103,3 +103,21 @@ def test_the_pareto_front_keeps_every_generation_best_on_some_sample() -> None:
             Generation(1, "h1", None, rewards=(0.0, 1.0, 1.0), completed=True, score=2 / 3),
             Generation(2, "h2", None, rewards=(0.0, 1.0, 0.0), completed=True, score=1 / 3))
     assert pareto_parents(LoopState(task=task, generations=gens)) == (0, 1)
+
+
+def test_a_search_stops_once_its_incumbent_is_good_enough() -> None:
+    """The same search as above, told that the score its first adopted candidate reaches is
+    good enough: it explores no further round or generation."""
+    store = MemoryEventStore()
+    runtime_for(store).create(searching(max_generations=3), toy_task(), run_id="full")
+    full = runtime_for(store).drive("full")
+    first_adopted = full.generations[1].score
+    assert first_adopted is not None and len(full.generations) == 3
+    enough = toy_config(search=SearchConfig(candidates=4, good_enough=first_adopted), max_generations=3)
+    runtime_for(store).create(enough, toy_task(), run_id="run")
+    state = runtime_for(store).drive("run")
+    assert state.status == "completed" and len(state.generations) == 2
+    assert state.stop_reason == f"good enough: the incumbent's dev score {first_adopted:.4f} >= {first_adopted:g}"
+    proposed = [e for e in events_of(store, "run") if e.type == "CandidatesProposed"]
+    assert len(proposed) == 1
+    assert check_run(store, "run").ok

@@ -34,6 +34,7 @@ OVERRIDE_KEYS: dict[str, tuple[str, ...]] = {
     "search.candidates": ("search", "candidates"),
     "search.parents": ("search", "parents"),
     "search.explore": ("search", "explore"),
+    "search.good_enough": ("search", "good_enough"),
     "agent.max_turns": ("agent", "max_turns"),
     "agent.max_tokens": ("agent", "max_tokens"),
     "agent.max_dollars": ("agent", "max_dollars"),

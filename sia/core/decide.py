@@ -361,6 +361,9 @@ def stop_reason(state: LoopState) -> str | None:
     episodes = episodes_spent(state)
     if budget.episodes is not None and episodes >= budget.episodes:
         return f"budget exhausted: episodes {episodes} >= {budget.episodes}"
+    good_enough = config.search.good_enough
+    if good_enough is not None and state.best_score is not None and state.best_score >= good_enough:
+        return f"good enough: the incumbent's dev score {state.best_score:.4f} >= {good_enough:g}"
     if state.best_generation is not None:
         stale = state.current.index - state.best_generation
         if stale >= config.patience:

@@ -116,6 +116,9 @@ class SearchConfig(Frozen):
     sample (GEPA's parent selection), not only from the incumbent."""
     explore: int | None = None
     """Set on a candidate's own fork only: the index of the candidate that branch explores."""
+    good_enough: float | None = None
+    """A dev score that ends the run once its incumbent reaches it: no further round or
+    generation is explored (the final answer's test score is still measured)."""
 
 
 class RunConfig(Frozen):
