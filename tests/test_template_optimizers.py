@@ -377,6 +377,19 @@ def test_a_search_also_proposes_the_optimizer_knobs_when_examples_are_public() -
     assert read_knobs(proposals[0]["harness"]).candidates == "knn"
 
 
+def test_a_wh_search_weighs_the_constrained_harness_from_its_first_round() -> None:
+    """In mode WH the rule's first fix leaves the answer to the model (training's turn); a
+    search's next candidates are the harnesses constrained to the neighbours' labels."""
+    asked = request([0.0], mode="WH").model_copy(update={"candidates": 4})
+    proposals = propose_candidates(asked, None, Diagnosis(100, 90, 0, 0), never, PUBLIC)
+    harnesses = [read_knobs(p["harness"]) for p in proposals if p["action"] == "edit_harness"]
+    assert harnesses[0].candidates == "options", "the rule's own decision comes first, as in a line"
+    assert harnesses[1].candidates == "knn" and harnesses[2].candidates == "knn"
+    in_h = propose_candidates(asked.model_copy(update={"mode": "H"}), None, Diagnosis(100, 90, 0, 0), never, PUBLIC)
+    assert read_knobs(in_h[0]["harness"]).candidates == "knn"
+    assert [read_knobs(p["harness"]).candidates for p in in_h[1:3]] == ["options", "options"]
+
+
 def test_the_handler_explains_the_edit_it_stores() -> None:
     blobs = MemoryBlobStore()
     ctx = EffectContext(run_id="r", effect_id="e", kind="feedback", seed=1, attempt=1, blobs=blobs,

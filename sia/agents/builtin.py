@@ -246,6 +246,11 @@ def propose_candidates(request: FeedbackRequest, current: Knobs | None, diagnosi
     if request.parents:
         bases = [(g, knobs_at(g) or Knobs()) for g in request.parents]
     harnesses = [(parent, knobs) for parent, base in bases for knobs in knob_neighbours(base, context)]
+    if request.mode == "WH" and context.examples_public:
+        # The line's first fix in WH leaves the answer to the model, so that training has its
+        # turn; a search weighs every candidate on dev, so the harnesses constrained to the
+        # nearest examples' labels stand beside the weight updates from the first round.
+        harnesses.sort(key=lambda proposal: proposal[1].candidates != "knn")
     tried = {t.algorithm for t in request.tried
              if t.generation == request.generation and t.action == "update_weights"}
     tried |= {n.algorithm for n in request.no_signal}
