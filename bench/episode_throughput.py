@@ -3,8 +3,8 @@
     python bench/episode_throughput.py [--episodes 64] [--latency 0.2] [--concurrency 1 8 32]
                                        [--sandbox process bwrap] [--repeats 1]
 
-A loopback vLLM-compatible server answers every completion after a fixed `--latency`
-(many at once: one thread per connection). For each sandbox and concurrency, a fresh sia
+A loopback vLLM-compatible server, in a process of its own, answers every completion after
+a fixed `--latency` (many at once: one thread per connection). For each sandbox and concurrency, a fresh sia
 home runs one generation of a task with `--episodes` dev samples whose reference
 harness makes exactly one model call, through the real pieces: the `Runtime` with the
 handlers `sia run` wires (built-in Meta, the episode handler, the sandbox, the per-episode
@@ -25,10 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +110,38 @@ class FixedLatencyServer(LoopbackServer):
                          "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
 
 
+@dataclass(frozen=True)
+class Served:
+    """Where the model is served, and how slowly."""
+
+    base_url: str
+    latency_s: float
+
+
+def _serve(latency_s: float, connection: Connection) -> None:
+    with FixedLatencyServer(latency_s) as server:
+        connection.send(server.base_url)
+        connection.recv()  # until the bench says it is done (or its end of the pipe closes)
+
+
+@contextmanager
+def served_elsewhere(latency_s: float) -> Iterator[Served]:
+    """The model server in a process of its own, as a real one is: its HTTP handling then
+    shares neither sia's interpreter lock nor its CPU accounting (`cpu_s` counts only
+    children that have ended)."""
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_serve, args=(latency_s, theirs), daemon=True)
+    process.start()
+    try:
+        yield Served(ours.recv(), latency_s)
+    finally:
+        ours.send("stop")
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+
+
 def write_task(folder: Path, episodes: int) -> Path:
     """A task of `episodes` dev samples whose reference harness makes one model call."""
     def rows(prefix: str, count: int) -> list[dict[str, Any]]:
@@ -164,7 +201,7 @@ class EpisodeClock:
                     self.failures.append(str(payload.get("error") or outcome.get("error")))
 
 
-def measure(root: Path, task_dir: Path, server: FixedLatencyServer, sandbox: str,
+def measure(root: Path, task_dir: Path, server: Served, sandbox: str,
             concurrency: int, episodes: int) -> dict[str, Any]:
     """One generation of the task at `concurrency`, in a fresh home; its episode throughput."""
     home = Path(tempfile.mkdtemp(prefix=f"{sandbox}-{concurrency}-", dir=root))
@@ -206,7 +243,7 @@ def main() -> None:
     os.environ.pop("OPENAI_API_KEY", None)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sia-bench-throughput-") as tmp, \
-            FixedLatencyServer(args.latency) as server:
+            served_elsewhere(args.latency) as server:
         root = Path(tmp)
         task_dir = write_task(root / "task", args.episodes)
         load_before = round(os.getloadavg()[0], 2)
