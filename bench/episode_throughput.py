@@ -166,10 +166,11 @@ def write_task(folder: Path, episodes: int) -> Path:
     return folder
 
 
-def cpu_s() -> float:
-    """CPU seconds of this process and its reaped children (the sandboxes), so far."""
+def cpu_s() -> tuple[float, float]:
+    """CPU seconds so far of this process (sia: runtime, gateway, SDK, store) and of its reaped
+    children (the sandboxes)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 class EpisodeClock:
@@ -180,8 +181,8 @@ class EpisodeClock:
         self.requested: set[str] = set()
         self.settled: set[str] = set()
         self.failures: list[str] = []
-        self.started: tuple[float, float] | None = None
-        self.ended: tuple[float, float] | None = None
+        self.started: tuple[float, tuple[float, float]] | None = None
+        self.ended: tuple[float, tuple[float, float]] | None = None
 
     def __call__(self, state: LoopState, stored: list[StoredEvent]) -> None:
         for event in stored:
@@ -221,13 +222,16 @@ def measure(root: Path, task_dir: Path, server: Served, sandbox: str,
     if clock.started is None or clock.ended is None or len(clock.settled) != episodes or clock.failures:
         raise SystemExit(f"{sandbox} x{concurrency}: {len(clock.settled)} of {episodes} episodes "
                          f"settled, {len(clock.failures)} not ok: {clock.failures[:3]}")
-    seconds, cpu = clock.ended[0] - clock.started[0], clock.ended[1] - clock.started[1]
+    seconds = clock.ended[0] - clock.started[0]
+    own, children = (clock.ended[1][i] - clock.started[1][i] for i in (0, 1))
+    cpu = own + children
     ideal = episodes * server.latency_s / concurrency
     cpu_per_episode = cpu / episodes
     return {"sandbox": sandbox, "concurrency": concurrency, "episodes": episodes,
             "seconds": round(seconds, 3), "episodes_per_s": round(episodes / seconds, 2),
             "ideal_seconds": round(ideal, 3), "ideal_episodes_per_s": round(episodes / ideal, 2),
             "ratio": round(ideal / seconds, 3), "cpu_ms_per_episode": round(1000 * cpu_per_episode, 1),
+            "sia_cpu_ms_per_episode": round(1000 * own / episodes, 1),
             "cpu_ceiling": round(min(1.0, CORES * server.latency_s / (concurrency * cpu_per_episode)), 3)}
 
 
@@ -250,7 +254,7 @@ def main() -> None:
         print(f"{args.episodes} episodes, {args.latency * 1000:g} ms per model call, "
               f"{CORES} cores, load {load_before:.2f}")
         print(f"{'sandbox':<9}{'conc.':>6}{'seconds':>9}{'ep/s':>8}{'ideal ep/s':>12}{'ratio':>8}"
-              f"{'CPU ms/ep':>11}{'CPU ceiling':>13}")
+              f"{'CPU ms/ep':>11}{'of it sia':>11}{'CPU ceiling':>13}")
         for sandbox in args.sandbox:
             for concurrency in args.concurrency:
                 runs = [measure(root, task_dir, server, sandbox, concurrency, args.episodes)
@@ -260,7 +264,8 @@ def main() -> None:
                 rows.append(row)
                 print(f"{sandbox:<9}{concurrency:>6}{row['seconds']:>9.2f}{row['episodes_per_s']:>8.1f}"
                       f"{row['ideal_episodes_per_s']:>12.1f}{row['ratio']:>8.2f}"
-                      f"{row['cpu_ms_per_episode']:>11.1f}{row['cpu_ceiling']:>13.2f}", flush=True)
+                      f"{row['cpu_ms_per_episode']:>11.1f}{row['sia_cpu_ms_per_episode']:>11.1f}"
+                      f"{row['cpu_ceiling']:>13.2f}", flush=True)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     result = {"episodes": args.episodes, "latency_s": args.latency, "cores": CORES,
