@@ -37,14 +37,6 @@ def toy_run(runtime: Runtime, **changes: object) -> str:
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private home per test, and the process-wide choices a run makes put back after it.
-
-    A run wired with `sandbox = "process"` sets where this process's code answers run; left
-    set, it would quietly weaken the boundary the next test in the same worker attacks.
-    """
-    from sia.tasks import code_answers
-
-    monkeypatch.setattr(code_answers, "_chosen", ["bwrap"])
     home = tmp_path / "sia-home"
     monkeypatch.setenv("SIA_HOME", str(home))
     monkeypatch.delenv("SIA_CRASH_AT", raising=False)

@@ -8,6 +8,7 @@ import importlib.util
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,9 +106,12 @@ def test_a_forged_result_file_or_printout_scores_nothing(kind: str) -> None:
     assert "forged" not in outcome.detail
 
 
+FORGING_DENOISER = FORGER.replace("sys.argv[-1]", "sys.argv[2]")
+"""The forger aimed at the process sandbox's scorer child (its result file is argv[2])."""
+
+
 def test_the_process_sandbox_is_forgeable_which_is_why_it_is_an_opt_in() -> None:
-    outcome = run_isolated("denoise", FORGER.replace("sys.argv[-1]", "sys.argv[2]"), DENOISE,
-                           isolation="process")
+    outcome = run_isolated("denoise", FORGING_DENOISER, DENOISE, isolation="process")
     assert outcome.reward == 1.0 and outcome.detail == "forged"
 
 
@@ -380,7 +384,6 @@ def test_an_oversized_output_is_refused_unread() -> None:
 def test_without_bubblewrap_code_answers_are_refused_unless_process_was_chosen(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(bwrap, "unavailable_reason", lambda: "bubblewrap (bwrap) is not installed")
-    monkeypatch.setattr(code_answers, "_chosen", ["bwrap"])
     with pytest.raises(SandboxUnavailable, match="bubblewrap \\(bwrap\\) is not installed"):
         run_isolated("denoise", MAGIC_DENOISER, DENOISE)
     module = tmp_path / "denoiser.py"
@@ -391,4 +394,50 @@ def test_without_bubblewrap_code_answers_are_refused_unless_process_was_chosen(
                       "--sandbox 'docker' is not a sandbox")
     weaker = invoke("score", "denoise", "--answer", str(module), "--split", "dev", "--sandbox", "process")
     assert weaker.exit_code == 0 and "answered    2 of 2" in weaker.stdout, weaker.output
-    assert code_answers.chosen_isolation() == "process"
+    assert code_answers.chosen_isolation() == "bwrap", "the command's choice ended with its evaluation"
+
+
+def test_a_choice_of_isolation_reaches_its_own_evaluations_only() -> None:
+    """A run wired with `sandbox = "process"` once left every later code answer of its process
+    in the weaker sandbox (11 red-team tests failed on the xdist worker that ran it first)."""
+    inside = threading.Event()
+    seen: list[str] = []
+
+    def other_run() -> None:
+        inside.wait(10)
+        seen.append(code_answers.chosen_isolation())
+
+    with code_answers.answers_isolated_by("process"):
+        thread = threading.Thread(target=other_run)
+        thread.start()
+        inside.set()
+        thread.join(10)
+        assert code_answers.chosen_isolation() == "process"
+        forged = run_isolated("denoise", FORGING_DENOISER, DENOISE)
+    assert seen == ["bwrap"] and code_answers.chosen_isolation() == "bwrap"
+    assert forged.detail == "forged", "inside the block, the weaker sandbox was used"
+    after = run_isolated("denoise", FORGING_DENOISER, DENOISE)
+    assert after.reward == 0.0 and after.detail != "forged", "after it, bwrap again"
+    with pytest.raises(ValueError, match="unknown isolation 'docker'"):
+        with code_answers.answers_isolated_by("docker"):  # type: ignore[arg-type]
+            pass
+
+
+def test_the_evaluate_handler_scores_code_answers_in_its_runs_sandbox(tmp_path: Path) -> None:
+    """The loop's evaluation of a code task runs its answers where the run's `sandbox` says:
+    the forger that wins in the process sandbox scores nothing under bwrap."""
+    from sia.core.effect_models import EvaluateRequest
+    from sia.effects.base import EffectContext
+    from sia.effects.evaluate import EvaluateHandler
+    from sia.store.blobs import MemoryBlobStore
+    from sia.tasks.loader import load_task
+
+    task = load_task("denoise")
+    asked = EvaluateRequest(task="denoise", task_hash="-", generation=0,
+                            predictions=tuple((sample, FORGING_DENOISER) for sample in task.ids("dev")))
+    ctx = EffectContext(run_id="r", effect_id="e", kind="evaluate", seed=0, attempt=1,
+                        blobs=MemoryBlobStore(), home=tmp_path)
+    weaker = EvaluateHandler(task, isolation="process").run(asked, ctx).result
+    default = EvaluateHandler(task).run(asked, ctx).result
+    assert set(weaker.rewards) == {1.0} and set(default.rewards) == {0.0}
+    assert code_answers.chosen_isolation() == "bwrap"

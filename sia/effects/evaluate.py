@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from sia.core.effect_models import EvaluateRequest, EvaluateResult
 from sia.effects.base import EffectContext, EffectResult
+from sia.harness.sandbox import Isolation
+from sia.tasks.code_answers import answers_isolated_by
 
 if TYPE_CHECKING:
     from sia.tasks.loader import Task
@@ -20,10 +22,11 @@ class EvaluateHandler:
 
     kind = "evaluate"
 
-    def __init__(self, task: Task) -> None:
-        self.task = task
+    def __init__(self, task: Task, *, isolation: Isolation = "bwrap") -> None:
+        self.task, self.isolation = task, isolation
 
     def run(self, request: EvaluateRequest, ctx: EffectContext) -> EffectResult:
-        result = self.task.evaluate(list(request.predictions), scored=len(self.task.ids("dev")))
+        with answers_isolated_by(self.isolation):  # where code answers (trimul, denoise) run
+            result = self.task.evaluate(list(request.predictions), scored=len(self.task.ids("dev")))
         result.pop("failure_kinds", None)
         return EffectResult(EvaluateResult.model_validate(result))

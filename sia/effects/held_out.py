@@ -18,6 +18,7 @@ from sia.effects.base import EffectContext, EffectResult
 from sia.effects.episode import play, sandbox_limits, target_usage
 from sia.effects.targets import TargetPool
 from sia.harness.sandbox import Isolation
+from sia.tasks.code_answers import answers_isolated_by
 
 if TYPE_CHECKING:
     from sia.tasks.loader import Task
@@ -43,7 +44,8 @@ class HeldOutTestHandler:
         samples = self.task.test_samples()
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sia-test") as pool:
             answers = list(pool.map(answer, samples))
-        scored = self.task.evaluate_test([(s["id"], text) for s, (text, _) in zip(samples, answers)])
+        with answers_isolated_by(self.isolation):
+            scored = self.task.evaluate_test([(s["id"], text) for s, (text, _) in zip(samples, answers)])
         return EffectResult(TestResult(score=scored["score"], n=scored["n"], n_answered=scored["n_answered"],
                                        metrics=scored.get("metrics") or {}),
                             Usage(tokens_in=sum(u.tokens_in for _, u in answers),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -26,6 +26,9 @@ from sia.tasks.loader import (
     task_spec,
     validate_task,
 )
+
+if TYPE_CHECKING:
+    from sia.tasks.code_answers import Isolation
 
 app = typer.Typer(help="Tasks: list them, show one, validate a task folder, score predictions.",
                   no_args_is_help=True, add_completion=False)
@@ -211,10 +214,10 @@ def scored_summary(loaded: Task, pairs: list[tuple[str, str | None]], result: di
     }
 
 
-def _choose_answer_sandbox(loaded: Task, sandbox: str) -> None:
-    """Run this command's code answers in `sandbox`, refusing up front when bwrap is unusable."""
+def _choose_answer_sandbox(loaded: Task, sandbox: str) -> Isolation:
+    """Where this command's code answers run, refusing up front when bwrap is unusable."""
     from sia.harness.bwrap import SandboxUnavailable, require_bwrap
-    from sia.tasks.code_answers import FUNCTION_OF, ISOLATIONS, use_isolation
+    from sia.tasks.code_answers import FUNCTION_OF, ISOLATIONS
 
     if sandbox not in ISOLATIONS:
         _fail(f"--sandbox {sandbox!r} is not a sandbox; use one of {', '.join(ISOLATIONS)}")
@@ -223,7 +226,7 @@ def _choose_answer_sandbox(loaded: Task, sandbox: str) -> None:
             require_bwrap()
         except SandboxUnavailable as error:
             _fail(str(error))
-    use_isolation(sandbox)  # type: ignore[arg-type]
+    return sandbox  # type: ignore[return-value]
 
 
 @app.command("score")
@@ -256,11 +259,14 @@ def score(task: Annotated[str, typer.Argument(help="A task name (sia tasks list)
         loaded = load_task(task, data=data)
     except TaskError as error:
         _fail(_one_line(error))
-    _choose_answer_sandbox(loaded, sandbox)
+    from sia.tasks.code_answers import answers_isolated_by
+
+    isolation = _choose_answer_sandbox(loaded, sandbox)
     pairs = (_answer_predictions(loaded, answer, split or "all") if answer is not None
              else _file_predictions(loaded, predictions))  # type: ignore[arg-type]
     try:
-        result = loaded.evaluate(pairs, held_out=True)
+        with answers_isolated_by(isolation):
+            result = loaded.evaluate(pairs, held_out=True)
     except TaskError as error:
         _fail(_one_line(error))
     summary = scored_summary(loaded, pairs, result)

@@ -72,7 +72,7 @@ def handlers_for(config: RunConfig, task: TaskIdentity | None = None, *,
     registry.register(_feedback(config.feedback, served, check, settings, draft, dev_rewards_in(home),
                                 target=config.target))
     registry.register(EpisodeHandler(served, targets, isolation=config.sandbox))
-    registry.register(EvaluateHandler(served))
+    registry.register(EvaluateHandler(served, isolation=config.sandbox))  # code answers: the same choice
     registry.register(HeldOutTestHandler(served, targets, isolation=config.sandbox))
     registry.register(TrainHandler(served, model, home, backend=config.trainer))
     registry.close_with(targets.close)
@@ -85,9 +85,6 @@ def require_sandbox(config: RunConfig) -> None:
     There is no silent downgrade: the weaker process sandbox runs only when the run's
     config names it, and that choice is recorded with the config.
     """
-    from sia.tasks.code_answers import use_isolation
-
-    use_isolation(config.sandbox)  # code answers (trimul, denoise) run behind the same choice
     if config.sandbox != "bwrap":
         return
     from sia.harness.bwrap import SandboxUnavailable, require_bwrap

@@ -29,7 +29,9 @@ than the round trip around it cannot be honest, and fails the answer with `timin
 
 `process` isolation, the weaker opt-in of runs recorded with `sandbox = "process"`, runs
 the answer inside the scorer child as before: an answer there can forge its result. It is
-chosen per process with `use_isolation` (the loop's wiring, `sia tasks score --sandbox`).
+chosen per evaluation, never per process: `answers_isolated_by` sets it for the code that
+scores inside its block, in that thread only (the evaluate and held-out test handlers, from
+their run's `sandbox`; `sia tasks score --sandbox`).
 
 Every ending is a `(reward, failure kind, detail)` result, never an exception: syntax_error,
 import_error, no_function, incorrect (checked and rejected), timing, timeout, memory, crash.
@@ -44,20 +46,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from sia.harness.bwrap import require_bwrap
 from sia.harness.sandbox import kill_session
-from sia.tasks.answer_sandbox import AnswerSandbox, SandboxLimits, SandboxLost, timing_problem
+from sia.tasks.answer_sandbox import (
+    AnswerSandbox,
+    SandboxLimits,
+    SandboxLost,
+    timing_problem,
+)
 
 Isolation = Literal["bwrap", "process"]
 ISOLATIONS: tuple[Isolation, ...] = ("bwrap", "process")
 SCORER_STARTUP_S = 15.0
 """Wall time the scorer child gets beyond the answer's own limit: its imports and the reference."""
 
-_chosen: list[Isolation] = ["bwrap"]
+_isolation: ContextVar[Isolation] = ContextVar("sia_code_answer_isolation", default="bwrap")
 
 FUNCTION_OF = {"trimul": "custom_kernel", "denoise": "denoise"}
 _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
@@ -202,15 +212,21 @@ def _environment(home: Path) -> dict[str, str]:
             "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
-def use_isolation(isolation: Isolation) -> None:
-    """Where this process's code answers run from now on (`bwrap` unless a run chose `process`)."""
+@contextmanager
+def answers_isolated_by(isolation: Isolation) -> Iterator[None]:
+    """Code answers scored inside this block, in this thread, run in `isolation` (`bwrap`
+    outside any block): a run's choice reaches its own evaluations and no one else's."""
     if isolation not in ISOLATIONS:
         raise ValueError(f"unknown isolation {isolation!r}; known: {', '.join(ISOLATIONS)}")
-    _chosen[0] = isolation
+    token = _isolation.set(isolation)
+    try:
+        yield
+    finally:
+        _isolation.reset(token)
 
 
 def chosen_isolation() -> Isolation:
-    return _chosen[0]
+    return _isolation.get()
 
 
 def run_isolated(kind: str, answer: str, config: dict[str, Any], *, wall_s: float = 60.0,
