@@ -207,7 +207,7 @@ def knob_neighbours(knobs: Knobs, context: HarnessContext = HarnessContext()) ->
     """Harnesses one knob away from `knobs`, the changes most likely to help first (the
     optimizer knobs last, and only when the training labels are public)."""
     options: list[Knobs] = [
-        knobs.with_(prompt="fields", extract="option", samples=max(5, knobs.samples), fallback="first_option"),
+        _format_fix(knobs, context, constrain=False)[0],
         knobs.with_(samples=min(15, knobs.samples + 4)),
         knobs.with_(temperature=0.7 if knobs.temperature > 0.7 else 1.0),
         knobs.with_(fallback="first_option" if knobs.fallback == "none" else "none"),
