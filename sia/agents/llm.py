@@ -176,10 +176,9 @@ class DecisionAnswer(BaseModel):
     alternatives: list[AlternativeAnswer] = []
     """Only when the request asks for candidates: the other decisions to explore."""
 
-    def decisions(self) -> list[DecisionAnswer]:
-        """The main decision, then each alternative as a decision of its own."""
-        return [self.model_copy(update={"alternatives": []}),
-                *(DecisionAnswer(**a.model_dump(), evidence=[]) for a in self.alternatives)]
+    def alternative_decisions(self) -> list[DecisionAnswer]:
+        """Each alternative as a decision of its own (checked and stored as the main one is)."""
+        return [DecisionAnswer(**a.model_dump(), evidence=[]) for a in self.alternatives]
 
 
 META_SCHEMA = ResponseSchema(
@@ -583,7 +582,7 @@ class LLMFeedback:
                                   "evidence": list(dict.fromkeys(answer.evidence)),
                                   "rollback_to": answer.rollback_to}
         if (request.candidates or 0) > 1 and answer.alternatives:
-            result["candidates"] = _candidates(answer, request, blobs, rationale)
+            result["candidates"] = _candidates(answer, request, blobs, result)
         return FeedbackResult.model_validate(result)
 
 
@@ -605,15 +604,16 @@ def _decided(decision: DecisionAnswer, request: FeedbackRequest, blobs: BlobStor
 
 
 def _candidates(answer: DecisionAnswer, request: FeedbackRequest, blobs: BlobStore,
-                rationale: str) -> list[Candidate]:
-    """The main decision (with the whole `rationale`) and its alternatives as a search round's
+                main: dict[str, Any]) -> list[Candidate]:
+    """The main decision (its result fields, `main`) and its alternatives as a search round's
     candidates, each once, at most `request.candidates`."""
+    decided = [main, *(_decided(d, request, blobs) | {"rollback_to": d.rollback_to}
+                       for d in answer.alternative_decisions())]
     candidates: dict[str, Candidate] = {}
-    for index, decision in enumerate(answer.decisions()):
-        decided = _decided(decision, request, blobs)
-        candidate = Candidate(action=decided["action"], rationale=rationale if index == 0 else decided["rationale"],
-                              harness_hash=decided.get("harness_hash"), plan=decided.get("plan"),
-                              parent_generation=decision.rollback_to)
+    for fields in decided:
+        candidate = Candidate(action=fields["action"], rationale=fields["rationale"],
+                              harness_hash=fields.get("harness_hash"), plan=fields.get("plan"),
+                              parent_generation=fields["rollback_to"])
         same = canonical_json(candidate.model_dump(mode="json", exclude={"rationale"}))
         candidates.setdefault(same, candidate)
     return list(candidates.values())[: request.candidates]
@@ -671,7 +671,7 @@ def check_decision(answer: DecisionAnswer, request: FeedbackRequest, shown: Sequ
     if answer.alternatives and (request.candidates or 0) > 1:
         if answer.action == "stop":
             problems.append("stop ends the search: it takes no alternatives")
-        for index, alternative in enumerate(answer.decisions()[1:]):
+        for index, alternative in enumerate(answer.alternative_decisions()):
             problems += [f"alternatives[{index}]: {p}" for p in check_decision(
                 alternative, request, shown, current_source, validate, forced_action=forced_action)]
     return problems
