@@ -28,7 +28,7 @@ from sia.tasks.loader import (
 )
 
 if TYPE_CHECKING:
-    from sia.tasks.code_answers import Isolation
+    from sia.harness.sandbox import Isolation
 
 app = typer.Typer(help="Tasks: list them, show one, validate a task folder, score predictions.",
                   no_args_is_help=True, add_completion=False)
@@ -217,7 +217,8 @@ def scored_summary(loaded: Task, pairs: list[tuple[str, str | None]], result: di
 def _choose_answer_sandbox(loaded: Task, sandbox: str) -> Isolation:
     """Where this command's code answers run, refusing up front when bwrap is unusable."""
     from sia.harness.bwrap import SandboxUnavailable, require_bwrap
-    from sia.tasks.code_answers import FUNCTION_OF, ISOLATIONS
+    from sia.harness.sandbox import ISOLATIONS
+    from sia.tasks.code_answers import FUNCTION_OF
 
     if sandbox not in ISOLATIONS:
         _fail(f"--sandbox {sandbox!r} is not a sandbox; use one of {', '.join(ISOLATIONS)}")

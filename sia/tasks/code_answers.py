@@ -51,10 +51,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sia.harness.bwrap import require_bwrap
-from sia.harness.sandbox import kill_session
+from sia.harness.sandbox import ISOLATIONS, Isolation, kill_session
 from sia.tasks.answer_sandbox import (
     AnswerSandbox,
     SandboxLimits,
@@ -62,8 +62,6 @@ from sia.tasks.answer_sandbox import (
     timing_problem,
 )
 
-Isolation = Literal["bwrap", "process"]
-ISOLATIONS: tuple[Isolation, ...] = ("bwrap", "process")
 SCORER_STARTUP_S = 15.0
 """Wall time the scorer child gets beyond the answer's own limit: its imports and the reference."""
 
