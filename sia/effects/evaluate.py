@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from sia.core.effect_models import EvaluateRequest, EvaluateResult
 from sia.effects.base import EffectContext, EffectResult
 from sia.harness.sandbox import Isolation
-from sia.tasks.code_answers import answers_isolated_by
 
 if TYPE_CHECKING:
     from sia.tasks.loader import Task
@@ -26,6 +25,9 @@ class EvaluateHandler:
         self.task, self.isolation = task, isolation
 
     def run(self, request: EvaluateRequest, ctx: EffectContext) -> EffectResult:
+        # imported here, not at start-up: most tasks have no code answers
+        from sia.tasks.code_answers import answers_isolated_by
+
         with answers_isolated_by(self.isolation):  # where code answers (trimul, denoise) run
             result = self.task.evaluate(list(request.predictions), scored=len(self.task.ids("dev")))
         result.pop("failure_kinds", None)

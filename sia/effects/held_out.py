@@ -18,7 +18,6 @@ from sia.effects.base import EffectContext, EffectResult
 from sia.effects.episode import play, sandbox_limits, target_usage
 from sia.effects.targets import TargetPool
 from sia.harness.sandbox import Isolation
-from sia.tasks.code_answers import answers_isolated_by
 
 if TYPE_CHECKING:
     from sia.tasks.loader import Task
@@ -40,6 +39,9 @@ class HeldOutTestHandler:
                                   adapter_hash=request.adapter_hash, targets=self.targets, blobs=ctx.blobs,
                                   limits=self.limits, isolation=self.isolation, task=self.task)
             return (outcome.answer if outcome.status == "ok" else None), target_usage(calls, outcome.wall_s)
+
+        # imported here, not at start-up: most tasks have no code answers
+        from sia.tasks.code_answers import answers_isolated_by
 
         samples = self.task.test_samples()
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sia-test") as pool:
