@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,6 +43,13 @@ OPTIONS_FILE = Path(__file__).resolve().parents[1] / "sia" / "tasks" / "bundled"
 RESULTS = Path(__file__).resolve().parent / "results" / "lawbench_baselines.json"
 
 Predictor = Callable[[list[Case], list[Case], Sequence[str]], list[str]]
+
+
+def append_entry(path: Path, entry: dict[str, Any]) -> None:
+    """Add one run's entry to a results file that keeps every run (a JSON list)."""
+    previous = json.loads(path.read_text()) if path.exists() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([*previous, entry], indent=1, ensure_ascii=False) + "\n")
 
 
 def seeded_split(cases: list[Case], seed: int) -> tuple[list[Case], list[Case]]:

@@ -41,7 +41,6 @@ Writes bench/results/lawbench_choice.json (one entry per invocation, appended).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -58,7 +57,14 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lawbench_baselines import DATA, OPTIONS_FILE, TfidfVectorizer, evaluate, tfidf
+from lawbench_baselines import (
+    DATA,
+    OPTIONS_FILE,
+    TfidfVectorizer,
+    append_entry,
+    evaluate,
+    tfidf,
+)
 
 from sia.tasks.lawbench import (
     Case,
@@ -429,9 +435,7 @@ def main() -> None:
               f"   {statistics.fmean(gaps):+.3f} [{min(gaps):+.3f}, {max(gaps):+.3f}]")
     entry = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
              "load_average": os.getloadavg(), "summary": summary, "per_seed": rows}
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps([*previous, entry], indent=1, ensure_ascii=False) + "\n")
+    append_entry(RESULTS, entry)
     print(f"wrote {RESULTS}")
 
 

@@ -27,7 +27,6 @@ bench/results/lawbench_tiny_feasibility.json (one entry per configuration, appen
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -40,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lawbench_baselines import DATA, OPTIONS_FILE, evaluate, seeded_split  # noqa: E402
+from lawbench_baselines import DATA, OPTIONS_FILE, append_entry, evaluate, seeded_split  # noqa: E402
 
 from sia.tasks.lawbench import Case, load_cases, load_charge_list  # noqa: E402
 from sia.train.tiny import TinyConfig, build_tiny_model  # noqa: E402
@@ -164,9 +163,7 @@ def main() -> None:
              "sft_steps": args.sft_steps, "sft_lr": args.sft_lr,
              "max_new": args.max_new, "load_average": os.getloadavg(), "runs": runs,
              "mean_f1": {arm: statistics.fmean(r["f1"] for r in rows) for arm, rows in runs.items()}}
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps([*previous, entry], indent=1, ensure_ascii=False) + "\n")
+    append_entry(RESULTS, entry)
     print(f"mean F1 {entry['mean_f1']}; wrote {RESULTS}")
 
 
