@@ -37,11 +37,11 @@ def test_a_child_that_closed_its_result_channel_is_awaited_without_spinning() ->
     os.close(write_end)
     try:
         wall, cpu = time.perf_counter(), time.thread_time()
-        reported, code, _, timed_out = _supervise(child, read_end, time.perf_counter() + 30)
+        ended = _supervise(child, read_end, time.perf_counter() + 30)
         wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
     finally:
         os.close(read_end)
-    assert (reported, code, timed_out) == (b"done", 0, False)
+    assert (ended.reported, ended.code, ended.timed_out) == (b"done", 0, False)
     assert wall >= LINGER_S * 0.9
     assert cpu < LINGER_S * 0.2, f"the supervisor spent {cpu:.3f} s of CPU waiting {wall:.3f} s"
 

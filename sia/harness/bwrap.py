@@ -18,6 +18,9 @@ the memory of is itself), and the whole namespace dies with it when sia kills bw
 
 The options travel through a file descriptor (`--args`), so bwrap's command line, which
 the host's process list shows to every user, names no gateway socket.
+
+A fork server (`fork_server_options`, `sia.harness.zygote`) gets the same view, and makes
+the same one again for each episode it forks: its own namespaces, /episode, /proc and socket.
 """
 
 from __future__ import annotations
@@ -93,12 +96,19 @@ def sandbox_command(python: Interpreter, result_fd: int) -> list[str]:
             f"{EPISODE_DIR}/sample.json", str(result_fd)]
 
 
-def _isolated_interpreter(python: Interpreter) -> list[str]:
-    """The namespaces, identity and read-only interpreter view every sandbox here shares."""
+def _isolated_interpreter(python: Interpreter, uid: int = SANDBOX_UID,
+                          capabilities: tuple[str, ...] = ()) -> list[str]:
+    """The namespaces, identity and read-only interpreter view every sandbox here shares.
+
+    `capabilities` are kept (in the sandbox's user namespace only) by the fork server, which
+    makes each episode's namespaces; it needs uid 0 there, since bwrap would otherwise nest a
+    second user namespace whose mounts the first one's could not be remounted under.
+    """
+    added = [argument for name in capabilities for argument in ("--cap-add", name)]
     arguments = ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-                 "--unshare-net", "--unshare-cgroup-try", "--uid", str(SANDBOX_UID),
-                 "--gid", str(SANDBOX_UID), "--hostname", "sandbox", "--die-with-parent",
-                 "--as-pid-1", "--new-session", "--cap-drop", "ALL", *_libraries(),
+                 "--unshare-net", "--unshare-cgroup-try", "--uid", str(uid),
+                 "--gid", str(uid), "--hostname", "sandbox", "--die-with-parent",
+                 "--as-pid-1", "--new-session", "--cap-drop", "ALL", *added, *_libraries(),
                  "--ro-bind", python.executable, python.executable,
                  "--ro-bind", python.stdlib, python.stdlib]
     if python.shared_library and not python.shared_library.startswith(LIBRARY_DIRS):
@@ -133,6 +143,38 @@ def sandbox_options(python: Interpreter, *, runner: Path, model_socket: Path | N
     if examples_fd is not None:
         arguments += ["--perms", "0444", "--ro-bind-data", str(examples_fd), EXAMPLES_PATH]
     arguments += ["--chdir", EPISODE_DIR, "--remount-ro", "/"]
+    return [*arguments, *_environment_and_filter(environment, seccomp_fd)]
+
+
+FORK_SERVER_PATH = "/sia/zygote.py"
+FORK_SERVER_LAYOUT = "/sia/layout.json"
+GATEWAY_DIR = "/sia/gateway"
+EPISODE_FILTER_PATH = "/sia/episode.bpf"
+FORK_SERVER_CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_SETFCAP")
+
+
+def fork_server_options(python: Interpreter, *, runner: Path, server: Path,
+                        gateway_dir: Path | None, environment: dict[str, str], harness_fd: int,
+                        episode_filter_fd: int, empty_fd: int, layout_fd: int,
+                        seccomp_fd: int) -> list[str]:
+    """bwrap's options for a fork server (`sia.harness.zygote`): an episode's view, plus the
+    server beside the runner, its layout and the episodes' seccomp filter as files (not on
+    its command line, which the host shows every user), the gateway's directory
+    at GATEWAY_DIR (each episode binds its own socket from it at MODEL_SOCKET, on the empty
+    placeholder, and hides the rest) and /sia read-only. Each episode mounts its own
+    /episode and /proc over the server's."""
+    arguments = [*_isolated_interpreter(python, 0, FORK_SERVER_CAPABILITIES),
+                 "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
+                 "--tmpfs", "/sia", "--ro-bind", str(runner), RUNNER_PATH,
+                 "--ro-bind", str(server), FORK_SERVER_PATH,
+                 "--file", str(episode_filter_fd), EPISODE_FILTER_PATH,
+                 "--file", str(layout_fd), FORK_SERVER_LAYOUT,
+                 "--file", str(empty_fd), MODEL_SOCKET]
+    arguments += (["--ro-bind", str(gateway_dir), GATEWAY_DIR] if gateway_dir is not None
+                  else ["--dir", GATEWAY_DIR])
+    arguments += ["--remount-ro", "/sia", "--tmpfs", EPISODE_DIR,
+                  "--file", str(harness_fd), f"{EPISODE_DIR}/harness.py",
+                  "--chdir", EPISODE_DIR, "--remount-ro", "/"]
     return [*arguments, *_environment_and_filter(environment, seccomp_fd)]
 
 

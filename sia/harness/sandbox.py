@@ -6,7 +6,10 @@ Two sandboxes, chosen per run (`RunConfig.sandbox`):
   read-only view of the interpreter only, a size-limited tmpfs as the private directory,
   the seccomp filter of `sia.harness.seccomp` (one process, so its limits cannot be
   multiplied), and the gateway's Unix socket as the only way out. Nothing is written on
-  the host on the harness's behalf but its stdout and stderr, to unlinked files.
+  the host on the harness's behalf but its stdout and stderr, to unlinked files. Episodes
+  are forked from one warm sandbox per harness (`sia.harness.forkserver`), each with
+  namespaces and files of its own, which saves each the ~20 ms of CPU an interpreter takes
+  to start; a machine that cannot (probed once) gives each episode a sandbox of its own.
 * `process` — the weaker fallback a user must choose explicitly: a child process in a
   private temp dir (deleted after) with rlimits and the runner's audit hook, which is
   best effort (a harness running as the user can get around it).
@@ -26,6 +29,7 @@ does can raise into the caller.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import select
@@ -35,13 +39,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from sia.harness import forkserver
 from sia.harness.bwrap import (
     EPISODE_DIR,
     EXAMPLES_PATH,
@@ -58,6 +63,8 @@ RUNNER = Path(__file__).with_name("runner.py")
 EXAMPLES_VARIABLE = "SIA_TRAIN_EXAMPLES"
 """The environment variable naming the public examples file (the contract harnesses build on)."""
 TAIL = 4096
+KILL_GRACE_S = 5.0
+"""How long a fork server has to report an episode it was told to kill."""
 RESULT_CAP = 8 * MAX_ANSWER_CHARS + 4096
 """Bytes of the result channel kept: a JSON-escaped answer at the size limit fits."""
 
@@ -138,12 +145,21 @@ def run_episode(source: str, sample: dict[str, Any], *, model_socket: Path | Non
     `model_socket` is the episode's gateway socket (`ModelGateway.open_episode`), or None
     when the harness gets no model. `examples` is the public examples file's content
     (`Task.public_examples_jsonl`); None or empty gives no file and no SIA_TRAIN_EXAMPLES.
-    Raises `SandboxUnavailable` (before running anything) when `isolation` is bwrap and this
-    machine cannot provide it.
+    Under bwrap the episode is forked from its harness's warm sandbox (`sia.harness.forkserver`)
+    where this machine allows it, else it gets a sandbox of its own. Raises `SandboxUnavailable`
+    (before running anything) when `isolation` is bwrap and this machine cannot provide it.
     """
     problems = validate_harness(source)
     if problems:
         return EpisodeOutcome(status="invalid_harness", error="; ".join(problems)[:500])
+    if isolation == "bwrap":
+        require_bwrap()
+        if forking_unavailable_reason() is None:
+            try:
+                return run_forked(source, sample, model_socket=model_socket, limits=limits,
+                                  examples=examples)
+            except forkserver.ServerGone:
+                pass  # no server for it now (the probe found one could start): a sandbox of its own
     start = _bwrap_child if isolation == "bwrap" else _process_child
     read_end, write_end = os.pipe()
     try:
@@ -153,28 +169,92 @@ def run_episode(source: str, sample: dict[str, Any], *, model_socket: Path | Non
                        stderr) as child:
                 os.close(write_end)
                 write_end = -1
-                reported, code, usage, timed_out = _supervise(child, read_end,
-                                                              started + limits.wall_s)
-            measures = {"stdout_tail": _tail(stdout), "stderr_tail": _tail(stderr),
-                        "wall_s": round(time.perf_counter() - started, 3),
-                        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
-                        "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+                ended = _supervise(child, read_end, started + limits.wall_s)
+            return _outcome(ended, stdout, stderr, time.perf_counter() - started, limits)
     finally:
         os.close(read_end)
         if write_end >= 0:
             os.close(write_end)
-    if timed_out:
+
+
+def run_forked(source: str, sample: dict[str, Any], *, model_socket: Path | None, limits: Limits,
+               examples: bytes | None,
+               servers: forkserver.ForkServers = forkserver.SERVERS) -> EpisodeOutcome:
+    """One episode forked from the warm sandbox of `source` (started on first use).
+
+    Raises `forkserver.ServerGone` when no server for it can be started; an episode whose
+    server ends under it is a crash that says so.
+    """
+    environment = scrubbed_environment(EPISODE_DIR, None, limits, limits.threads)
+    server = servers.acquire(source, environment, model_socket.parent if model_socket else None)
+    read_end, write_end = os.pipe()
+    try:
+        with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+            started = time.perf_counter()
+            try:
+                job_id, job = server.start(result_fd=write_end, stdout=stdout, stderr=stderr,
+                                           sample=json.dumps(sample).encode("utf-8"),
+                                           examples=examples or None, model_socket=model_socket)
+            finally:
+                os.close(write_end)
+            try:
+                ended = _supervise_job(server, job_id, job, read_end, started + limits.wall_s)
+            finally:
+                server.forget(job_id)
+            return _outcome(ended, stdout, stderr, time.perf_counter() - started, limits)
+    finally:
+        os.close(read_end)
+        servers.release(server)
+
+
+@functools.cache
+def forking_unavailable_reason() -> str | None:
+    """Why episodes cannot be forked from a warm sandbox here (None when they can): probed
+    once per process with a real episode, so a kernel that refuses a namespace or mount the
+    episodes need is found before any harness runs, and episodes fall back to a sandbox each."""
+    try:
+        outcome = run_forked("def solve(sample, model):\n    return sample['probe']\n",
+                             {"probe": "forked"}, model_socket=None, limits=DEFAULT_LIMITS,
+                             examples=b'{"id": "x"}\n', servers=forkserver.ForkServers(idle=0))
+    except forkserver.ServerGone as exc:
+        return str(exc)
+    if outcome.status != "ok" or outcome.answer != "forked":
+        return f"a probe episode ended {outcome.status}: {outcome.error} {outcome.stderr_tail[-300:]}"
+    return None
+
+
+class _Ended(NamedTuple):
+    """What a finished child left: its report, exit code, the kernel's accounting of it."""
+
+    reported: bytes
+    code: int
+    cpu_s: float
+    max_rss_mb: float
+    timed_out: bool
+    lost: str | None = None
+
+
+def _outcome(ended: _Ended, stdout: IO[bytes], stderr: IO[bytes], wall_s: float,
+             limits: Limits) -> EpisodeOutcome:
+    stderr_tail = _tail(stderr)
+    measures: dict[str, Any] = {"stdout_tail": _tail(stdout), "stderr_tail": stderr_tail,
+                                "wall_s": round(wall_s, 3), "cpu_s": round(ended.cpu_s, 3),
+                                "max_rss_mb": round(ended.max_rss_mb, 1)}
+    if ended.timed_out:
         return EpisodeOutcome(status="timeout", error=f"no answer within {limits.wall_s:g} s",
                               **measures)
+    if ended.lost is not None:
+        return EpisodeOutcome(status="crash", error=ended.lost[:500], **measures)
     try:
-        outcome = json.loads(reported)
+        outcome = json.loads(ended.reported)
         status, answer, error = outcome["status"], outcome.get("answer"), outcome.get("error")
         EpisodeOutcome(status=status, answer=answer, error=error)
         measures.update(_reported_usage(outcome, measures))
     except (ValueError, KeyError, TypeError, AttributeError):
+        code = ended.code
         if code > 128:  # bwrap's report of a command killed by signal N, and the runner's
             code = 128 - code  # own exit on SIGXCPU, are exit 128 + N
-        return EpisodeOutcome(**_died(code, measures["stderr_tail"], limits), **measures)
+        return EpisodeOutcome(**_died(code, stderr_tail, limits), **measures)
     return EpisodeOutcome(status=status, answer=answer, error=error, **measures)
 
 
@@ -219,20 +299,6 @@ def _process_child(source: str, sample: dict[str, Any], examples: bytes | None,
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _memfd(name: str, data: bytes) -> int:
-    """An anonymous in-memory file holding `data`, read from its start by bwrap."""
-    fd = os.memfd_create(name)
-    try:
-        rest = memoryview(data)
-        while rest:
-            rest = rest[os.write(fd, rest):]
-        os.lseek(fd, 0, os.SEEK_SET)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 @contextmanager
 def _bwrap_child(source: str, sample: dict[str, Any], examples: bytes | None,
                  model_socket: Path | None, limits: Limits, result_fd: int, stdout: IO[bytes],
@@ -244,7 +310,7 @@ def _bwrap_child(source: str, sample: dict[str, Any], examples: bytes | None,
     fds: list[int] = []
 
     def memfd(name: str, data: bytes) -> int:
-        fds.append(_memfd(name, data))
+        fds.append(forkserver.memfd(name, data))
         return fds[-1]
 
     try:
@@ -270,35 +336,17 @@ def _bwrap_child(source: str, sample: dict[str, Any], examples: bytes | None,
     yield child
 
 
-def _supervise(child: subprocess.Popen[bytes], read_end: int,
-               deadline: float) -> tuple[bytes, int, Any, bool]:
+def _supervise(child: subprocess.Popen[bytes], read_end: int, deadline: float) -> _Ended:
     """Collect the result channel while waiting for the child, killing its session at `deadline`.
 
-    The channel is read while the child runs (a large answer would otherwise fill the
-    pipe and hang the child) and never waited on after the child is gone (a grandchild
-    that kept the pipe open cannot stall the caller). A pidfd wakes the wait the moment
-    the child exits: under bwrap the channel stays open in bwrap's own processes until
-    then, so waiting for its end alone would add a polling delay to every episode.
+    A pidfd wakes the wait the moment the child exits: under bwrap the channel stays open in
+    bwrap's own processes until then, so waiting for its end alone would add a polling delay
+    to every episode.
     """
-    chunks: list[bytes] = []
-    kept = 0
-    channel_open = True
-    timed_out = False
-    os.set_blocking(read_end, False)
     exited = os.pidfd_open(child.pid) if hasattr(os, "pidfd_open") else None
     try:
-        while True:
-            if channel_open:
-                kept, channel_open = _drain(read_end, chunks, kept)
-            if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                break
-            now = time.perf_counter()
-            if now >= deadline:
-                timed_out = True
-                break
-            # A channel at its end is always readable: watching it would spin until the exit.
-            watched = ([read_end] if channel_open else []) + ([] if exited is None else [exited])
-            select.select(watched, [], [], min(0.02 if exited is None else 1.0, deadline - now))
+        chunks, kept, timed_out = _watch(read_end, deadline, exited, lambda: os.waitid(
+            os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None)
     finally:
         if exited is not None:
             os.close(exited)
@@ -306,7 +354,49 @@ def _supervise(child: subprocess.Popen[bytes], read_end: int,
     _, status, usage = os.wait4(child.pid, 0)
     _drain(read_end, chunks, kept)
     child.returncode = os.waitstatus_to_exitcode(status)
-    return b"".join(chunks), child.returncode, usage, timed_out
+    return _Ended(b"".join(chunks), child.returncode, usage.ru_utime + usage.ru_stime,
+                  usage.ru_maxrss / 1024, timed_out)
+
+
+def _supervise_job(server: forkserver.ForkServer, job_id: str, job: forkserver.Job,
+                   read_end: int, deadline: float) -> _Ended:
+    """`_supervise` for an episode of a fork server: the server reports its end, and kills it
+    at `deadline` when asked."""
+    chunks, kept, timed_out = _watch(read_end, deadline, job.wake, lambda: job.ended)
+    if not job.ended:
+        server.kill(job_id)
+        select.select([job.wake], [], [], KILL_GRACE_S)
+    _drain(read_end, chunks, kept)
+    if not job.ended and not timed_out:
+        return _Ended(b"", -1, 0.0, 0.0, False, "the episode's fork server did not report its end")
+    return _Ended(b"".join(chunks), job.code if job.code is not None else -1, job.cpu_s,
+                  job.max_rss_mb, timed_out, None if timed_out else job.lost)
+
+
+def _watch(read_end: int, deadline: float, wake: int | None,
+           finished: Callable[[], bool]) -> tuple[list[bytes], int, bool]:
+    """Read the result channel until `finished()` or `deadline` (then the third value is True).
+
+    The channel is read while the child runs (a large answer would otherwise fill the pipe and
+    hang the child) and never waited on after the child is gone (a grandchild that kept the
+    pipe open cannot stall the caller); `wake` is a descriptor that becomes readable when the
+    child ends (without it, the wait polls).
+    """
+    chunks: list[bytes] = []
+    kept = 0
+    channel_open = True
+    os.set_blocking(read_end, False)
+    while True:
+        if channel_open:
+            kept, channel_open = _drain(read_end, chunks, kept)
+        if finished():
+            return chunks, kept, False
+        now = time.perf_counter()
+        if now >= deadline:
+            return chunks, kept, True
+        # A channel at its end is always readable: watching it would spin until the exit.
+        watched = ([read_end] if channel_open else []) + ([] if wake is None else [wake])
+        select.select(watched, [], [], min(0.02 if wake is None else 1.0, deadline - now))
 
 
 def _drain(fd: int, chunks: list[bytes], kept: int) -> tuple[int, bool]:

@@ -18,6 +18,10 @@ leave three things open that this filter closes:
   and friends (a nested user namespace re-grants capabilities), bpf, perf events,
   userfaultfd, module and kexec loading, handle-based opens.
 
+A fork server (`sia.harness.zygote`) runs under `fork_server_filter`, which allows what
+starting an episode takes (fork, unshare, setns, mount); each episode installs this filter on
+top of it before any harness code runs, and filters only ever add up.
+
 Every other system call is allowed: the mount namespace, not a list of allowed calls,
 decides what the harness can see, so the filter stays small and fast (a linear scan of
 some forty comparisons). Calls from a foreign ABI (i386, x32) kill the process, since
@@ -99,6 +103,23 @@ def episode_filter(machine: str | None = None) -> bytes:
 
     Built in pure Python (no libseccomp): a little-endian `struct sock_filter` array.
     """
+    return _program(machine, _DENIED_NAMES, one_process=True)
+
+
+SERVER_NEEDS = ("fork", "vfork", "unshare", "setns", "mount")
+"""What the fork server (`sia.harness.zygote`) does to start an episode: fork, make its namespaces
+(and return to its own pid namespace), mount its files. Each episode adds `episode_filter` on top
+before any harness code runs."""
+
+
+@functools.cache
+def fork_server_filter(machine: str | None = None) -> bytes:
+    """The fork server's filter: the episodes' but for what starting an episode needs."""
+    return _program(machine, tuple(n for n in _DENIED_NAMES if n not in SERVER_NEEDS),
+                    one_process=False)
+
+
+def _program(machine: str | None, denied: tuple[str, ...], *, one_process: bool) -> bytes:
     machine = machine or platform.machine()
     table = SYSCALLS.get(machine)
     if table is None:
@@ -109,14 +130,14 @@ def episode_filter(machine: str | None = None) -> bytes:
                _insn(_LD_W_ABS, 0, 0, _OFFSET_NR)]
     if machine == "x86_64":
         program += [_insn(_JGE_K, 0, 1, X32_SYSCALL_BIT), _insn(_RET_K, 0, 0, _RET_KILL_PROCESS)]
-    for name in _DENIED_NAMES:
+    for name in denied:
         if name in table:
             program += [_insn(_JEQ_K, 0, 1, table[name]), _insn(_RET_K, 0, 0, _errno(errno.EPERM))]
-    program += [_insn(_JEQ_K, 0, 1, table["clone3"]), _insn(_RET_K, 0, 0, _errno(errno.ENOSYS)),
-                _insn(_JEQ_K, 0, 4, table["clone"]),
-                _insn(_LD_W_ABS, 0, 0, _OFFSET_ARG0),
-                _insn(_JSET_K, 0, 1, CLONE_THREAD),
-                _insn(_RET_K, 0, 0, _RET_ALLOW),
-                _insn(_RET_K, 0, 0, _errno(errno.EPERM)),
-                _insn(_RET_K, 0, 0, _RET_ALLOW)]
-    return b"".join(program)
+    program += [_insn(_JEQ_K, 0, 1, table["clone3"]), _insn(_RET_K, 0, 0, _errno(errno.ENOSYS))]
+    if one_process:
+        program += [_insn(_JEQ_K, 0, 4, table["clone"]),
+                    _insn(_LD_W_ABS, 0, 0, _OFFSET_ARG0),
+                    _insn(_JSET_K, 0, 1, CLONE_THREAD),
+                    _insn(_RET_K, 0, 0, _RET_ALLOW),
+                    _insn(_RET_K, 0, 0, _errno(errno.EPERM))]
+    return b"".join([*program, _insn(_RET_K, 0, 0, _RET_ALLOW)])
