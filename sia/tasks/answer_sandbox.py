@@ -193,6 +193,23 @@ class AnswerSandbox:
         self._signal_runner(signal.SIGSTOP)
         return Reply(reply, data, round_trip_us)
 
+    def pin(self, cpus: set[int]) -> None:
+        """Keep the runner on `cpus`: each thread it has, and so each it starts later.
+
+        Call it between exchanges, with the runner stopped, so no thread appears meanwhile.
+        """
+        if self._runner is None:
+            raise RuntimeError("pin a sandbox after its first exchange, which finds its runner")
+        try:
+            threads = [int(task.name) for task in Path(f"/proc/{self._runner}/task").iterdir()]
+        except OSError:  # it ended: its next exchange says how
+            return
+        for thread in threads:
+            try:
+                os.sched_setaffinity(thread, cpus)
+            except OSError:  # ended, or refused: it is timed where the scheduler puts it
+                pass
+
     def send_end(self) -> None:
         self._signal_runner(signal.SIGCONT)
         try:

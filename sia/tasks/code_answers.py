@@ -18,11 +18,14 @@ measures around it (from before the request's first byte is written to after the
 last byte is read) less the channel's overhead, the fastest round trip of echoes of the
 same byte sizes, sent before any kernel is loaded. The reference kernel is timed the same
 way, less the same overhead, in a second answer sandbox of its own that runs only the
-scorer's reference code and gets the same calls as the answer, interleaved with them, so
-an honest reference scores about 1.0 against itself. Every timed call gets fresh inputs
-(sent only once the previous output is back) and its output is checked in the scorer. A
-sandbox is stopped whenever no exchange with it is in flight, so no thread an answer
-leaves running works between its calls or competes with the reference's. What the kernel
+scorer's reference code and gets the same calls as the answer, interleaved with them. The
+scorer and both sandboxes are kept on one CPU while they are calibrated and timed: across
+CPUs, where the scheduler happened to put each sandbox made the same kernel up to 35%
+slower in one than in the other. So an honest reference scores about 1.0 against itself
+(0.88-1.15 in 90 runs on 2 CPUs, against 0.63-2.54 in 70 before). Every timed call gets
+fresh inputs (sent only once the previous output is back) and its output is checked in the
+scorer. A sandbox is stopped whenever no exchange with it is in flight, so no thread an
+answer leaves running works between its calls or competes with the reference's. What the kernel
 reports about its own time does not count; it is a cross-check: a reported time longer
 than the round trip around it cannot be honest, and fails the answer with `timing`
 (`answer_sandbox.timing_problem`).
@@ -40,6 +43,7 @@ import_error, no_function, incorrect (checked and rejected), timing, timeout, me
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -139,6 +143,35 @@ def evaluate_in_process(kind: str, answer: str, config: dict[str, Any]) -> CodeO
     return EVALUATORS[kind](candidate, config)
 
 
+def _current_cpu() -> int | None:
+    """The CPU this thread runs on now (`/proc/thread-self/stat`'s `processor`), or None."""
+    try:
+        return int(Path("/proc/thread-self/stat").read_text().rsplit(")", 1)[1].split()[36])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@contextmanager
+def _on_one_cpu(*sandboxes: AnswerSandbox) -> Iterator[None]:
+    """Keep this thread and `sandboxes` on the one CPU this thread runs on, inside the block.
+
+    trimul's speedup compares round trips to two sandboxes, and where the scheduler put
+    each (the scorer's CPU or the other) changed the same kernel's round trip by up to 35%.
+    On one CPU the scorer reaches both the same way; it waits while a sandbox runs, so
+    sharing the CPU takes no time from a call.
+    """
+    before = os.sched_getaffinity(0)
+    cpu = _current_cpu()
+    chosen = {cpu if cpu in before else min(before)}
+    os.sched_setaffinity(0, chosen)
+    try:
+        for sandbox in sandboxes:
+            sandbox.pin(chosen)
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def _sandboxed_trimul(sandbox: AnswerSandbox, source: str, config: dict[str, Any]) -> CodeOutcome:
     from sia.tasks.trimul import ShapeSpec, evaluate_calls
     from sia.tasks.trimul.reference import reference_kernel_source
@@ -148,17 +181,20 @@ def _sandboxed_trimul(sandbox: AnswerSandbox, source: str, config: dict[str, Any
                      int(config["hidden_dim"]))
     seeds = tuple(config.get("seeds", (9371, 1092)))
     with AnswerSandbox("trimul", sandbox.limits) as reference_sandbox:
-        overhead_us = min(calibrate(sandbox, spec, seeds[0]),
-                          calibrate(reference_sandbox, spec, seeds[0]))
-        if _load_in(reference_sandbox, reference_kernel_source()) is not None:
-            raise RuntimeError("the reference kernel did not load in its sandbox")
-        failed = _load_in(sandbox, source)
-        if failed is not None:
-            return failed
-        result = evaluate_calls(remote_kernel(sandbox, spec, overhead_us), specs=[spec], seeds=seeds,
-                                repeats=int(config.get("repeats", 10)),
-                                warmup=int(config.get("warmup", 2)), device="cpu",
-                                reference=remote_kernel(reference_sandbox, spec, overhead_us))
+        for each in (sandbox, reference_sandbox):  # both up (importing in parallel), then pinned
+            calibrate(each, spec, seeds[0])
+        with _on_one_cpu(sandbox, reference_sandbox):
+            overhead_us = min(calibrate(sandbox, spec, seeds[0]),
+                              calibrate(reference_sandbox, spec, seeds[0]))
+            if _load_in(reference_sandbox, reference_kernel_source()) is not None:
+                raise RuntimeError("the reference kernel did not load in its sandbox")
+            failed = _load_in(sandbox, source)
+            if failed is not None:
+                return failed
+            result = evaluate_calls(remote_kernel(sandbox, spec, overhead_us), specs=[spec],
+                                    seeds=seeds, repeats=int(config.get("repeats", 10)),
+                                    warmup=int(config.get("warmup", 2)), device="cpu",
+                                    reference=remote_kernel(reference_sandbox, spec, overhead_us))
         reference_sandbox.send_end()
     if not result.correct:
         return CodeOutcome(0.0, "incorrect", result.reason or "")

@@ -10,11 +10,11 @@ drawn from a new seed (the case's seed plus 13 per call) and its output is check
 so a kernel that memoises outputs gains nothing: a cached answer to other inputs fails the
 check, and a cache that misses only adds its own cost. Timing differs from upstream on
 purpose: upstream reports the mean of CUDA-event timings; here each timed call runs the
-candidate and then the reference on the same fresh inputs (so drift in machine load hits
-both) and takes the median, which is robust on a shared 2-core CPU. On CPU everything runs
-with one intra-op thread by default (`cpu_threads=1`): with torch's default of one thread per
-core, any other process on the machine makes a tiny kernel's latency jump by orders of
-magnitude from thread contention, which would swamp the comparison.
+candidate and the reference, each first in turn, on the same fresh inputs (so drift in
+machine load hits both) and takes the median, which is robust on a shared 2-core CPU. On CPU
+everything runs with one intra-op thread by default (`cpu_threads=1`): with torch's default
+of one thread per core, any other process on the machine makes a tiny kernel's latency jump
+by orders of magnitude from thread contention, which would swamp the comparison.
 
 Reward is the speedup over the reference, `reference_runtime_us / runtime_us` (geometric
 means over the timed cases): 1.0 matches the reference, above 1 is faster, and any
@@ -232,7 +232,10 @@ class _TimingFailure(Exception):
 def _time_case(candidate: CandidateCall, reference: CandidateCall, case: TrimulCase, repeats: int,
                warmup: int, rtol: float, atol: float, device: str) -> CaseTiming:
     """Median candidate and reference times over `repeats` timed calls after `warmup`, every
-    call on fresh inputs whose candidate output is checked against the reference's."""
+    call on fresh inputs whose candidate output is checked against the reference's.
+
+    The candidate runs first on even calls and second on odd ones: on a busy CPU the second
+    of two back-to-back calls was slower, which would otherwise favour one of them."""
     candidate_us: list[float] = []
     reference_us: list[float] = []
     for call in range(warmup + repeats):
@@ -240,13 +243,16 @@ def _time_case(candidate: CandidateCall, reference: CandidateCall, case: TrimulC
         inputs = make_inputs(case.shape, seed, case.distribution, case.masked, device=device)
         given = _clone(inputs)
         where = f"{case.label()}: timed call {call} (seed {seed})"
+        if call % 2:
+            expected, reference_spent = reference(inputs)
         try:
             received, spent = candidate(given)
         except SandboxLost:
             raise
         except Exception as error:
             raise _TimingFailure(f"{where}: candidate raised {_describe(error)}") from error
-        expected, reference_spent = reference(inputs)
+        if not call % 2:
+            expected, reference_spent = reference(inputs)
         problem = mismatch(received, expected, rtol, atol)
         if problem is not None:
             raise _TimingFailure(f"{where}: {problem}")
