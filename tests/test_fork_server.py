@@ -240,7 +240,8 @@ def test_a_machine_without_fork_servers_runs_each_episode_in_a_sandbox_of_its_ow
 
 
 def test_episodes_of_one_harness_share_one_server_started_once() -> None:
-    """32 episodes arriving together start one server, not 32."""
+    """32 episodes arriving together start one server, not 32 (and 128 of them, each told its
+    own end while the next are sent, all end ok)."""
     source = "def solve(sample, model):\n    return str(sample['i'])\n"
     servers = forkserver.ForkServers()
     started: list[int] = []
@@ -256,7 +257,30 @@ def test_episodes_of_one_harness_share_one_server_started_once() -> None:
             with ThreadPoolExecutor(max_workers=32) as pool:
                 outcomes = list(pool.map(lambda i: sandbox.run_forked(
                     source, {"i": i}, model_socket=None, limits=Limits(), examples=None,
-                    servers=servers), range(32)))
+                    servers=servers), range(128)))
     finally:
         servers.close()
-    assert [o.answer for o in outcomes] == [str(i) for i in range(32)] and len(started) == 1
+    assert [o.answer for o in outcomes] == [str(i) for i in range(128)] and len(started) == 1
+
+
+def test_a_harness_compiled_by_the_server_runs_as_one_loaded_from_its_file(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server compiles the harness once; an episode must not tell the difference: the same
+    module name and file, and the same traceback (file and line) when loading it fails."""
+    source = ("import sys\nNAME = (__name__, __file__)\n"
+              "def solve(sample, model):\n    if sample['fail']:\n        raise KeyError('at solve')\n"
+              "    return repr(NAME)\n")
+    failing = "x = 1\nraise ValueError('at import')\ndef solve(sample, model):\n    return 'x'\n"
+    forked = [run_episode(source, {"fail": False}, model_socket=None),
+              run_episode(source, {"fail": True}, model_socket=None),
+              run_episode(failing, {}, model_socket=None)]
+    monkeypatch.setattr(sandbox, "forking_unavailable_reason", lambda: "compare with a sandbox each")
+    alone = [run_episode(source, {"fail": False}, model_socket=None),
+             run_episode(source, {"fail": True}, model_socket=None),
+             run_episode(failing, {}, model_socket=None)]
+    assert forked[0].answer == alone[0].answer == repr(("harness", "/episode/harness.py"))
+    for mine, theirs in zip(forked[1:], alone[1:], strict=True):
+        assert (mine.status, mine.error) == (theirs.status, theirs.error)
+        assert 'File "/episode/harness.py", line' in mine.stderr_tail
+        assert mine.stderr_tail.splitlines()[-3:] == theirs.stderr_tail.splitlines()[-3:]
+    assert forked[2].status == "invalid_harness" and "line 2" in forked[2].stderr_tail

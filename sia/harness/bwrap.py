@@ -223,7 +223,7 @@ def unavailable_reason() -> str | None:
              "--unshare-net", "--unshare-cgroup-try", "--die-with-parent", "--new-session",
              "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "true"]
     try:
-        result = subprocess.run(probe, capture_output=True, text=True, timeout=20,
+        result = subprocess.run(probe, check=False, capture_output=True, text=True, timeout=20,
                                 env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bubblewrap could not start: {exc}"

@@ -71,7 +71,10 @@ def memfd(name: str, data: bytes) -> int:
 
 @dataclass
 class Job:
-    """One episode sent to a server; `wake` becomes readable when its end is known."""
+    """One episode sent to a server; `wake` becomes readable when its end is known.
+
+    Told its end only under the server's lock and while the server still holds it, since
+    the episode's thread closes `wake` (under that lock) the moment it sees the end."""
 
     wake: int = field(default_factory=lambda: os.eventfd(0, os.EFD_CLOEXEC))
     code: int | None = None
@@ -143,10 +146,11 @@ class ForkServer:
                     pass
 
     def forget(self, job_id: str) -> None:
+        """Drop a finished (or abandoned) job; its end can no longer be reported."""
         with self._lock:
             job = self._jobs.pop(job_id, None)
-        if job is not None:
-            os.close(job.wake)
+            if job is not None:
+                os.close(job.wake)
 
     @property
     def alive(self) -> bool:
@@ -178,10 +182,11 @@ class ForkServer:
                 if report.get("ready"):
                     self._ready.set()
                     continue
-                with self._lock:
+                with self._lock:  # held while the job is told: `forget` closes its wake-up
                     job = self._jobs.get(str(report["exit"]))
-                if job is not None:
-                    job.end(int(report["code"]), float(report["cpu_s"]), float(report["max_rss_mb"]))
+                    if job is not None:
+                        job.end(int(report["code"]), float(report["cpu_s"]),
+                                float(report["max_rss_mb"]))
         except (OSError, ValueError, KeyError) as exc:
             self._end(f"the fork server's reports broke off: {exc}")
         finally:
@@ -228,10 +233,9 @@ class ForkServer:
         with self._lock:
             if self._gone is None:
                 self._gone = reason
-            jobs = list(self._jobs.values())
-        for job in jobs:
-            if not job.ended:
-                job.end(None, lost=reason)
+            for job in self._jobs.values():
+                if not job.ended:
+                    job.end(None, lost=reason)
         self._ready.set()
 
 

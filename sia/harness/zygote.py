@@ -49,7 +49,7 @@ import select
 import signal
 import socket
 import sys
-from types import ModuleType
+from types import CodeType, ModuleType
 from typing import NamedTuple
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
@@ -73,6 +73,9 @@ class Setup(NamedTuple):
     layout: dict[str, str]
     runner: ModuleType
     harness: bytes
+    compiled: CodeType | None
+    """The harness compiled once here (compiling runs none of it); None if it does not compile,
+    so that each episode reports why as a sandbox of its own would."""
     program: bytes
     file_bytes: int
 
@@ -182,7 +185,7 @@ def _episode(job: dict, fds: list[int], setup: Setup) -> None:
     os.chdir(home)
     _install_filter(setup.program)
     sys.argv = [setup.layout["runner"], f"{home}/harness.py", f"{home}/sample.json", str(result)]
-    setup.runner.main()
+    setup.runner.main(setup.compiled)
 
 
 class Server:
@@ -270,8 +273,14 @@ def main() -> None:
         program = handle.read()
     for name in WARM_MODULES:
         __import__(name)
-    Server(control, Setup(layout, _load(layout["runner"]), harness, program,
-                          int(os.environ["SIA_LIMITS"].split()[2]))).serve()
+    runner = _load(layout["runner"])
+    runner.system_roots()
+    try:
+        compiled = compile(harness, f"{layout['episode_dir']}/harness.py", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        compiled = None
+    Server(control, Setup(layout, runner, harness, compiled,
+                          program, int(os.environ["SIA_LIMITS"].split()[2]))).serve()
 
 
 def _load(path: str) -> ModuleType:
