@@ -1,7 +1,7 @@
 """Episode throughput under concurrency (issue I): episodes/s against a slow model server.
 
     python bench/episode_throughput.py [--episodes 64] [--latency 0.2] [--concurrency 1 8 32]
-                                       [--sandbox process bwrap] [--repeats 1]
+                                       [--sandbox process bwrap] [--repeats 1] [--cold-server]
 
 A loopback vLLM-compatible server, in a process of its own, answers every completion after
 a fixed `--latency` (many at once: one thread per connection). For each sandbox and concurrency, a fresh sia
@@ -11,12 +11,15 @@ handlers `sia run` wires (built-in Meta, the episode handler, the sandbox, the p
 gateway, `RemoteBackend` over the `openai` SDK), an SQLite store, the effect cache off.
 
 The clock runs from the commit of the episodes' `EffectRequested` batch to the commit of
-the last episode's outcome. With every episode waiting `latency` on the model and
+the last episode's outcome. Under bwrap, episodes fork from their harness's warm sandbox
+(`sia.harness.forkserver`), which the Meta Agent's smoke run of that harness has started
+before the episodes, as in every `sia run`; `--cold-server` closes it first, so that the
+clock also counts starting it. With every episode waiting `latency` on the model and
 nothing else, `concurrency` of them at a time finish in episodes × latency ÷ concurrency
 (the ideal); the ratio is ideal ÷ measured. Target: ≥ 0.8 at concurrency 32.
 
-Every episode also costs CPU (a Python child, its sandbox, the gateway, the SDK call and
-the commits): the cores finish at most cores ÷ CPU per episode episodes a second, so in
+Every episode also costs CPU (its sandboxed child, the gateway, the SDK call and the
+commits): the cores finish at most cores ÷ CPU per episode episodes a second, so in
 steady state the ratio is at most cores × latency ÷ (concurrency × CPU per episode). The
 bench reports the CPU the whole process tree spent per episode and that ceiling.
 """
@@ -204,7 +207,7 @@ class EpisodeClock:
 
 
 def measure(root: Path, task_dir: Path, server: Served, sandbox: str,
-            concurrency: int, episodes: int) -> dict[str, Any]:
+            concurrency: int, episodes: int, cold_server: bool = False) -> dict[str, Any]:
     """One generation of the task at `concurrency`, in a fresh home; its episode throughput."""
     home = Path(tempfile.mkdtemp(prefix=f"{sandbox}-{concurrency}-", dir=root))
     task = load_task(str(task_dir), cache=home / "tasks")
@@ -218,8 +221,9 @@ def measure(root: Path, task_dir: Path, server: Served, sandbox: str,
         runtime = Runtime(store, registry, concurrency=concurrency, cache="off", home=home,
                           observer=clock)
         run_id = runtime.create(config, task.identity())
-        runtime.drive(run_id, max_batches=1)  # Meta, whose smoke run warms a fork server
-        forkserver.SERVERS.close()  # so that the episodes' clock includes starting one
+        runtime.drive(run_id, max_batches=1)  # Meta, whose smoke run starts the fork server
+        if cold_server:
+            forkserver.SERVERS.close()  # so that the episodes' clock includes starting one
         runtime.drive(run_id, max_batches=1)  # the episodes
         # A fork server's episodes are its children: their CPU reaches this process's
         # RUSAGE_CHILDREN only once the server (bwrap's child) has reaped them and ended.
@@ -251,6 +255,8 @@ def main() -> None:
     parser.add_argument("--sandbox", nargs="+", default=["process", "bwrap"],
                         choices=["process", "bwrap"])
     parser.add_argument("--repeats", type=int, default=1, help="runs per cell; the median is kept (of two, the better)")
+    parser.add_argument("--cold-server", action="store_true",
+                        help="close the harness's fork server before the episodes (default: warm, as in a run)")
     args = parser.parse_args()
     os.environ.pop("OPENAI_API_KEY", None)
     rows: list[dict[str, Any]] = []
@@ -265,8 +271,8 @@ def main() -> None:
               f"{'CPU ms/ep':>11}{'of it sia':>11}{'CPU ceiling':>13}")
         for sandbox in args.sandbox:
             for concurrency in args.concurrency:
-                runs = [measure(root, task_dir, server, sandbox, concurrency, args.episodes)
-                        for _ in range(args.repeats)]
+                runs = [measure(root, task_dir, server, sandbox, concurrency, args.episodes,
+                                args.cold_server) for _ in range(args.repeats)]
                 row = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]
                 row["ratios"] = [r["ratio"] for r in runs]
                 rows.append(row)
@@ -277,8 +283,10 @@ def main() -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     result = {"episodes": args.episodes, "latency_s": args.latency, "cores": CORES,
+              "fork_server": "cold" if args.cold_server else "warm",
               "load_before": load_before, "load_after": round(os.getloadavg()[0], 2), "rows": rows}
-    name = f"episode_throughput_{round(args.latency * 1000)}ms.json"
+    name = (f"episode_throughput_{round(args.latency * 1000)}ms_{args.episodes}ep"
+            f"{'_cold' if args.cold_server else ''}.json")
     (out / name).write_text(json.dumps(result, indent=2))
     print(f"wrote bench/results/{name}")
 

@@ -285,10 +285,24 @@ def test_the_scripted_backend_is_deterministic_and_honours_stop_and_greedy() -> 
     ("def solve(sample):\n    return 'x'\n", "two arguments"),
     ("def solve(sample, model, extra):\n    return 'x'\n", "other arguments"),
     ("async def solve(sample, model):\n    return 'x'\n", "async"),
+    ("def solve(sample, model):\n    return " + "-" * 150_000 + "1\n", "nests too deeply"),
 ])
 def test_validate_harness_names_the_problem(source: str, problem: str | None) -> None:
     problems = validate_harness(source)
     assert problems == [] if problem is None else problem in problems[0]
+
+
+def test_harnesses_validated_on_many_threads_at_once_get_their_own_verdicts() -> None:
+    """32 episodes check their harnesses together, and each verdict is its own harness's (the
+    verdicts are remembered per source, and parses are serialised: CPython 3.11's AST
+    conversion can fail with a SystemError when threads parse at once under heavy garbage
+    collection, a race rare enough that this test does not provoke it)."""
+    sources = [f"def solve(sample, model):\n    return {'[' * 40}{i}{']' * 40}\n" for i in range(64)]
+    sources += [f"def answer{i}(sample, model):\n    return 'x'\n" for i in range(64)]
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        verdicts = list(pool.map(validate_harness, sources))
+    assert verdicts[:64] == [[]] * 64
+    assert all(v and "no top-level" in v[0] for v in verdicts[64:])
 
 
 def test_the_contract_text_documents_the_model_interface() -> None:

@@ -39,6 +39,8 @@ message are recorded), ``timeout``, ``memory``, ``malformed`` or ``invalid_harne
 from __future__ import annotations
 
 import ast
+import functools
+import threading
 
 MAX_ANSWER_CHARS = 100_000
 MAX_SOURCE_CHARS = 200_000
@@ -47,22 +49,41 @@ HARNESS_CONTRACT = __doc__ or ""
 """The contract text, for user documentation and for the Meta/Feedback Agent prompts."""
 
 
+_PARSING = threading.Lock()
+"""CPython 3.11's AST-to-object conversion keeps its recursion depth per interpreter, not per
+thread: parses on several threads at once can fail with "AST constructor recursion depth
+mismatch" (a SystemError), as 32 episodes validating their harness together did."""
+
+
 def validate_harness(source: str) -> list[str]:
     """Static problems with `source` (empty when it is fine), found before any process starts.
 
     Checking statically first lets an unusable harness be recorded as `invalid_harness`
     with a precise reason instead of spending a sandbox run to learn the same thing.
+    Every episode checks its harness, so the verdict is remembered per source.
     """
     if not isinstance(source, str):
         return [f"the harness must be source text, not {type(source).__name__}"]
+    return list(_problems(source))
+
+
+@functools.lru_cache(maxsize=64)
+def _problems(source: str) -> tuple[str, ...]:
+    return tuple(_check(source))
+
+
+def _check(source: str) -> list[str]:
     if len(source) > MAX_SOURCE_CHARS:
         return [f"the harness is {len(source)} characters, over the {MAX_SOURCE_CHARS} limit"]
     try:
-        tree = ast.parse(source, filename="harness.py")
+        with _PARSING:
+            tree = ast.parse(source, filename="harness.py")
     except SyntaxError as exc:
         return [f"SyntaxError: {exc.msg} (line {exc.lineno})"]
     except ValueError as exc:
         return [f"the harness does not parse: {exc}"]
+    except (RecursionError, MemoryError) as exc:  # the parser's own stack, on deep nesting
+        return [f"the harness nests too deeply to parse ({type(exc).__name__})"]
     solves = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
               and node.name == "solve"]
     if not solves:
