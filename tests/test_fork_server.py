@@ -284,3 +284,18 @@ def test_a_harness_compiled_by_the_server_runs_as_one_loaded_from_its_file(
         assert 'File "/episode/harness.py", line' in mine.stderr_tail
         assert mine.stderr_tail.splitlines()[-3:] == theirs.stderr_tail.splitlines()[-3:]
     assert forked[2].status == "invalid_harness" and "line 2" in forked[2].stderr_tail
+
+
+def test_an_episode_the_server_could_not_wall_off_is_sias_failure_not_the_harnesss(tmp_path: Path) -> None:
+    """An episode whose walls could not be put up (here: its gateway socket is missing) is not
+    started, which `run_forked` raises (so `run_episode` gives it a sandbox of its own), while
+    a harness that mimics that failure (the same words, the same exit code) is a crash."""
+    source = "def solve(sample, model):\n    return 'ran'\n"
+    with pytest.raises(forkserver.ServerGone, match="not walled off"):
+        sandbox.run_forked(source, {}, model_socket=tmp_path / "missing.sock", limits=Limits(),
+                           examples=None)
+    mimic = ("import os, sys\ndef solve(sample, model):\n"
+             "    sys.stderr.write(\"sia: the episode's sandbox could not be set up: no\\n\")\n"
+             "    sys.stderr.flush()\n    os._exit(70)\n")
+    outcome = sandbox.run_forked(mimic, {}, model_socket=None, limits=Limits(), examples=None)
+    assert outcome.status == "crash" and "exited 70" in (outcome.error or "")

@@ -52,7 +52,8 @@ TAIL = 4096
 
 
 class ServerGone(RuntimeError):
-    """The fork server ended (or never started); the message holds its last words."""
+    """The fork server ended (or never started), or could not wall an episode off before its
+    harness ran; the message holds the last words."""
 
 
 def memfd(name: str, data: bytes) -> int:
@@ -78,13 +79,15 @@ class Job:
 
     wake: int = field(default_factory=lambda: os.eventfd(0, os.EFD_CLOEXEC))
     code: int | None = None
+    started: bool = True
     cpu_s: float = 0.0
     max_rss_mb: float = 0.0
     lost: str | None = None
 
     def end(self, code: int | None, cpu_s: float = 0.0, max_rss_mb: float = 0.0,
-            lost: str | None = None) -> None:
+            lost: str | None = None, started: bool = True) -> None:
         self.code, self.cpu_s, self.max_rss_mb, self.lost = code, cpu_s, max_rss_mb, lost
+        self.started = started
         os.eventfd_write(self.wake, 1)
 
     @property
@@ -186,7 +189,7 @@ class ForkServer:
                     job = self._jobs.get(str(report["exit"]))
                     if job is not None:
                         job.end(int(report["code"]), float(report["cpu_s"]),
-                                float(report["max_rss_mb"]))
+                                float(report["max_rss_mb"]), started=bool(report["started"]))
         except (OSError, ValueError, KeyError) as exc:
             self._end(f"the fork server's reports broke off: {exc}")
         finally:

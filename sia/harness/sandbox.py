@@ -182,8 +182,9 @@ def run_forked(source: str, sample: dict[str, Any], *, model_socket: Path | None
                servers: forkserver.ForkServers = forkserver.SERVERS) -> EpisodeOutcome:
     """One episode forked from the warm sandbox of `source` (started on first use).
 
-    Raises `forkserver.ServerGone` when no server for it can be started; an episode whose
-    server ends under it is a crash that says so.
+    Raises `forkserver.ServerGone` when no server for it can be started or the episode's
+    walls could not be put up (before any of its harness ran: `run_episode` then gives it a
+    sandbox of its own); an episode whose server ends under it is a crash that says so.
     """
     environment = scrubbed_environment(EPISODE_DIR, None, limits, limits.threads)
     server = servers.acquire(source, environment, model_socket.parent if model_socket else None)
@@ -201,6 +202,8 @@ def run_forked(source: str, sample: dict[str, Any], *, model_socket: Path | None
                 ended = _supervise_job(server, job_id, job, read_end, started + limits.wall_s)
             finally:
                 server.forget(job_id)
+            if not job.started and not ended.timed_out and ended.lost is None:
+                raise forkserver.ServerGone(f"the episode was not walled off: {_tail(stderr)[-500:]}")
             return _outcome(ended, stdout, stderr, time.perf_counter() - started, limits)
     finally:
         os.close(read_end)

@@ -29,7 +29,8 @@ sample: an episode's files arrive as descriptors that only the episode reads.
 Protocol on the control socket (SOCK_SEQPACKET, JSON messages): the host sends
 `{"run": id, "socket": name|null, "examples": bool}` with the descriptors result, stdout,
 stderr, sample[, examples] and `{"kill": id}`; the server answers `{"ready": true}` once, then
-`{"exit": id, "code": n, "cpu_s": s, "max_rss_mb": m}` per episode (the kernel's accounting).
+`{"exit": id, "code": n, "started": bool, "cpu_s": s, "max_rss_mb": m}` per episode (the
+kernel's accounting; `started` false when it ended before its walls were up).
 The host closing the socket ends the server, and with it (the sandbox's pid 1) every episode.
 
 Runs as `python -I -S /sia/zygote.py CONTROL_FD LAYOUT` (LAYOUT: a JSON file naming the episode
@@ -147,7 +148,7 @@ def _close_all_but(keep: set[int]) -> None:
             low = descriptor + 1
 
 
-def _episode(job: dict, fds: list[int], setup: Setup) -> None:
+def _episode(job: dict, fds: list[int], walls_up: int, setup: Setup) -> None:
     """Wall the episode off (see the module's docstring), then hand over to the runner."""
     _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET), "unshare namespaces")
     os.setsid()  # its own session (and no terminal), as bwrap's --new-session gives a sandbox
@@ -184,6 +185,8 @@ def _episode(job: dict, fds: list[int], setup: Setup) -> None:
         os.close(source)
     os.chdir(home)
     _install_filter(setup.program)
+    os.write(walls_up, b"1")
+    os.close(walls_up)
     sys.argv = [setup.layout["runner"], f"{home}/harness.py", f"{home}/sample.json", str(result)]
     setup.runner.main(setup.compiled)
 
@@ -193,7 +196,7 @@ class Server:
 
     def __init__(self, control: socket.socket, setup: Setup) -> None:
         self.control, self.setup = control, setup
-        self.episodes: dict[int, tuple[str, int]] = {}  # pidfd -> (job id, pid)
+        self.episodes: dict[int, tuple[str, int, int]] = {}  # pidfd -> (job id, pid, walled)
         self.by_job: dict[str, int] = {}
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY)
 
@@ -226,14 +229,26 @@ class Server:
 
     def start(self, job: dict, fds: list[int]) -> None:
         """Fork the episode into a pid namespace of its own (made for this fork alone: the
-        server's children go back to its own namespace right after)."""
-        _check(libc.unshare(CLONE_NEWPID), "unshare pid namespace")
-        pid = os.fork()
+        server's children go back to its own namespace right after). The episode says on a
+        pipe of its own, which it closes before any harness code runs, that its walls are up:
+        an episode that ends without saying so is reported as not started (sia's failure,
+        not the harness's), and nothing the harness does can say it for it."""
+        job_id = str(job["run"])
+        walled, walls_up = os.pipe()
+        try:
+            _check(libc.unshare(CLONE_NEWPID), "unshare pid namespace")
+            pid = os.fork()
+        except OSError as exc:
+            os.close(walled)
+            os.close(walls_up)
+            self.not_started(job_id, fds, exc)
+            return
         if pid == 0:
             code = 70
             try:
-                _close_all_but(set(fds))
-                _episode(job, fds, self.setup)
+                os.close(walled)
+                _close_all_but({*fds, walls_up})
+                _episode(job, fds, walls_up, self.setup)
                 code = 0
             except BaseException as exc:  # noqa: BLE001 - reported as the episode's failure
                 os.write(2 if fds[2] < 0 else fds[2],
@@ -245,21 +260,34 @@ class Server:
                     except (OSError, ValueError):
                         pass
                 os._exit(code)
+        os.close(walls_up)
         _check(libc.setns(self.own_pid_namespace, CLONE_NEWPID), "return to own pid namespace")
         for descriptor in fds:
             os.close(descriptor)
         handle = os.pidfd_open(pid)
-        self.episodes[handle] = (str(job["run"]), pid)
-        self.by_job[str(job["run"])] = pid
+        self.episodes[handle] = (job_id, pid, walled)
+        self.by_job[job_id] = pid
+
+    def not_started(self, job_id: str, fds: list[int], exc: OSError) -> None:
+        if len(fds) > 2:
+            os.write(fds[2], f"sia: the episode could not be started: {exc}\n".encode())
+        for descriptor in fds:
+            os.close(descriptor)
+        self.send({"exit": job_id, "code": 70, "cpu_s": 0.0, "max_rss_mb": 0.0, "started": False})
 
     def reap(self, handle: int) -> None:
-        job, pid = self.episodes.pop(handle)
+        job, pid, walled = self.episodes.pop(handle)
         self.by_job.pop(job, None)
         os.close(handle)
         _, status, usage = os.wait4(pid, 0)
-        self.send({"exit": job, "code": os.waitstatus_to_exitcode(status),
+        os.set_blocking(walled, False)
+        try:
+            started = os.read(walled, 1) == b"1"
+        except BlockingIOError:
+            started = False
+        os.close(walled)
+        self.send({"exit": job, "code": os.waitstatus_to_exitcode(status), "started": started,
                    "cpu_s": usage.ru_utime + usage.ru_stime, "max_rss_mb": usage.ru_maxrss / 1024})
-
 
 
 def main() -> None:
