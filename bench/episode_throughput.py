@@ -8,7 +8,7 @@ a fixed `--latency` (many at once: one thread per connection). For each sandbox 
 home runs one generation of a task with `--episodes` dev samples whose reference
 harness makes exactly one model call, through the real pieces: the `Runtime` with the
 handlers `sia run` wires (built-in Meta, the episode handler, the sandbox, the per-episode
-gateway, `RemoteBackend` over the `openai` SDK), an SQLite store, the effect cache off.
+gateway, `RemoteBackend` and its keep-alive HTTP client), an SQLite store, the effect cache off.
 
 The clock runs from the commit of the episodes' `EffectRequested` batch to the commit of
 the last episode's outcome. Under bwrap, episodes fork from their harness's warm sandbox

@@ -1,5 +1,5 @@
 """A whole WH run whose target is served remotely by vLLM: episodes sample through the
-real `openai` SDK with exact token ids, the trained adapter is published to the server
+`RemoteBackend`'s HTTP client with exact token ids, the trained adapter is published to the server
 by name, and the next generation samples from it."""
 
 from __future__ import annotations

@@ -53,11 +53,12 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sia.harness.backends import Completion, SamplingParams
+from sia.target.http import JsonClient, Unreachable, error_message
 
 VLLM_MIN_VERSION = (0, 12, 0)
 """The oldest vLLM sia supports: the first whose gpt-oss serves LoRA adapters (see module doc)."""
@@ -70,7 +71,6 @@ TOKEN_IDS_REQUIRED = (
 CHAT_MEMORY = 1024
 """Rendered chat prompts remembered for `generate` (the gateway calls it right after `render_chat`)."""
 
-Result = TypeVar("Result")
 
 
 def api_root(base_url: str) -> str:
@@ -85,6 +85,10 @@ def _api_key(api_key_env: str | None) -> str | None:
 
 class _AdapterGone(Exception):
     """The server no longer serves this backend's adapter (a 404 for it)."""
+
+
+class _Refused(Exception):
+    """The server refused the request as invalid (a 400); the message is the server's."""
 
 
 class RemoteBackend:
@@ -111,19 +115,16 @@ class RemoteBackend:
         self.api_key_env = api_key_env
         self.timeout = timeout
         self.name = adapter or model
-        self._client: Any = None
+        self._client: JsonClient | None = None
         self._lock = threading.Lock()
         self._chats: OrderedDict[str, tuple[dict[str, Any], ...]] = OrderedDict()
         self._has_chat_template: bool | None = None
 
-    def _openai(self) -> Any:
+    def _http(self) -> JsonClient:
         with self._lock:
             if self._client is None:
-                import openai
-
-                self._client = openai.OpenAI(base_url=self.base_url + "/v1",
-                                             api_key=_api_key(self.api_key_env) or "EMPTY",
-                                             max_retries=2, timeout=self.timeout)
+                self._client = JsonClient(self.base_url + "/v1", api_key=_api_key(self.api_key_env),
+                                          timeout=self.timeout)
             return self._client
 
     def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
@@ -174,76 +175,80 @@ class RemoteBackend:
                 "check the server's --served-model-name")
         return f"{self.base_url} does not serve model {self._served()!r}; {hint}"
 
-    def _call(self, create: Callable[[Any], Result]) -> Result:
-        """One SDK call, its failures turned into clear errors (a missing adapter into `_AdapterGone`)."""
-        import openai
-
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One call, its failures turned into clear errors (a missing adapter into `_AdapterGone`)."""
         try:
-            return create(self._openai())
-        except openai.NotFoundError as exc:
-            if self.adapter is not None:
-                raise _AdapterGone from exc
-            raise RuntimeError(f"{self._not_served_hint()} ({_message(exc)})") from exc
-        except openai.AuthenticationError as exc:
-            raise RuntimeError(f"{self.base_url} refused the API key "
-                               f"(from ${self.api_key_env}): {_message(exc)}") from exc
-        except openai.APIConnectionError as exc:
+            status, answer = self._http().post(path, body)
+        except Unreachable as exc:
             raise RuntimeError(f"cannot reach the target server at {self.base_url}: {exc}") from exc
+        if status == 200 and isinstance(answer, dict):
+            return answer
+        message = error_message(answer)
+        if status == 404:
+            if self.adapter is not None:
+                raise _AdapterGone
+            raise RuntimeError(f"{self._not_served_hint()} ({message})")
+        if status == 401:
+            raise RuntimeError(f"{self.base_url} refused the API key (from ${self.api_key_env}): {message}")
+        if status == 400:
+            raise _Refused(message)
+        raise RuntimeError(f"{self.base_url} answered HTTP {status}: {message}")
 
     def _complete(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         request: dict[str, Any] = dict(
             model=self._served(), prompt=prompts, max_tokens=params.max_tokens,
             temperature=params.temperature, top_p=params.top_p, n=params.n, seed=params.seed,
-            logprobs=1, extra_body={"return_token_ids": True})
+            logprobs=1, return_token_ids=True)
         if params.stop:
             request["stop"] = list(params.stop)
-        response = self._call(lambda client: client.completions.create(**request))
+        try:
+            response = self._post("/completions", request)
+        except _Refused as refused:
+            raise RuntimeError(f"{self.base_url} refused the request: {refused}") from None
         generations: list[Completion] = []
-        for choice in self._ordered(response.choices, len(prompts), params.n):
-            extra = dict(choice.model_extra or {})
-            logprobs = None
-            if choice.logprobs is not None and choice.logprobs.token_logprobs is not None:
-                logprobs = [float(p) if p is not None else 0.0 for p in choice.logprobs.token_logprobs]
-            generations.append(self._generation(choice.text or "", extra.get("prompt_token_ids"),
-                                                extra.get("token_ids"), logprobs,
-                                                choice.finish_reason, extra.get("stop_reason")))
+        for choice in self._ordered(response.get("choices"), len(prompts), params.n):
+            token_logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
+            logprobs = None if token_logprobs is None else [
+                float(p) if p is not None else 0.0 for p in token_logprobs]
+            generations.append(self._generation(choice.get("text") or "", choice.get("prompt_token_ids"),
+                                                choice.get("token_ids"), logprobs,
+                                                choice.get("finish_reason"), choice.get("stop_reason")))
         return generations
 
     def _chat(self, messages: tuple[dict[str, Any], ...], params: SamplingParams) -> list[Completion] | None:
         """The chat endpoint's generations, or None when the model has no chat template."""
-        import openai
-
         request: dict[str, Any] = dict(
             model=self._served(), messages=list(messages), max_completion_tokens=params.max_tokens,
             temperature=params.temperature, top_p=params.top_p, n=params.n, seed=params.seed,
-            logprobs=True, extra_body={"return_token_ids": True})
+            logprobs=True, return_token_ids=True)
         if params.stop:
             request["stop"] = list(params.stop)
         try:
-            response = self._call(lambda client: client.chat.completions.create(**request))
-        except openai.BadRequestError as exc:
-            if "chat template" not in _message(exc):
-                raise RuntimeError(f"{self.base_url} refused the chat request: {_message(exc)}") from exc
+            response = self._post("/chat/completions", request)
+        except _Refused as refused:
+            if "chat template" not in str(refused):
+                raise RuntimeError(f"{self.base_url} refused the chat request: {refused}") from None
             self._has_chat_template = False
             return None
         self._has_chat_template = True
-        prompt_ids = dict(response.model_extra or {}).get("prompt_token_ids")
         generations: list[Completion] = []
-        for choice in self._ordered(response.choices, 1, params.n):
-            extra = dict(choice.model_extra or {})
-            logprobs = None
-            if choice.logprobs is not None and choice.logprobs.content is not None:
-                logprobs = [float(item.logprob) for item in choice.logprobs.content]
-            generations.append(self._generation(choice.message.content or "", prompt_ids,
-                                                extra.get("token_ids"), logprobs,
-                                                choice.finish_reason, extra.get("stop_reason")))
+        for choice in self._ordered(response.get("choices"), 1, params.n):
+            content = (choice.get("logprobs") or {}).get("content")
+            logprobs = None if content is None else [float(item["logprob"]) for item in content]
+            generations.append(self._generation((choice.get("message") or {}).get("content") or "",
+                                                response.get("prompt_token_ids"), choice.get("token_ids"),
+                                                logprobs, choice.get("finish_reason"),
+                                                choice.get("stop_reason")))
         return generations
 
-    def _ordered(self, choices: list[Any], n_prompts: int, n: int) -> list[Any]:
-        ordered = sorted(choices, key=lambda choice: choice.index)
+    def _ordered(self, choices: Any, n_prompts: int, n: int) -> list[dict[str, Any]]:
+        if not isinstance(choices, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("index"), int) for c in choices):
+            raise RuntimeError(f"{self.base_url} answered without a list of indexed choices")
+        ordered = sorted(choices, key=lambda choice: choice["index"])
         expected = n_prompts * n
-        if len(ordered) != expected or [c.index for c in ordered] != list(range(expected)):
-            raise RuntimeError(f"{self.base_url} returned choices {[c.index for c in ordered]} "
+        if len(ordered) != expected or [c["index"] for c in ordered] != list(range(expected)):
+            raise RuntimeError(f"{self.base_url} returned choices {[c['index'] for c in ordered]} "
                                f"for {n_prompts} prompt(s) x n={n}")
         return ordered
 
@@ -264,29 +269,11 @@ class RemoteBackend:
                           logprobs=logprobs, finish_reason=reason, stop_token_id=stop_token_id)
 
 
-def _message(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        error = body.get("error")
-        inner = error if isinstance(error, dict) else body
-        text = inner.get("message") or inner.get("detail")
-        if text:
-            return str(text)
-    return str(exc)
-
-
 def _body_message(response: Any) -> str:
     try:
-        body = response.json()
+        return error_message(response.json())
     except ValueError:
         return response.text.strip()[:500]
-    if isinstance(body, dict):
-        error = body.get("error")
-        inner = error if isinstance(error, dict) else body
-        for key in ("message", "detail"):
-            if inner.get(key):
-                return str(inner[key])
-    return str(body)[:500]
 
 
 def _same_tree(a: Path, b: Path) -> bool:
