@@ -1,6 +1,8 @@
-"""What a fork server would save per episode (issue I): the CPU of an episode's child forked from
-an interpreter that has already imported the runner's modules, against a fresh `python -I -S`
-that imports them, as every episode's sandbox starts today.
+"""What a fork server saves per episode (issue I): the CPU of an episode's child forked from an
+interpreter that has already imported the runner's modules, against a fresh `python -I -S` that
+imports them, as every episode's sandbox started before `sia.harness.forkserver` (and as the
+process sandbox still does). The measure that led to building it; the built one adds its
+namespaces and mounts (`bench/episode_throughput.py` measures the whole).
 
     python bench/fork_cost.py [--children 200]
 
