@@ -174,6 +174,8 @@ class ForkServer:
             child = self._spawn(source, environment, gateway_dir)
             self.pid = child.pid
         except Exception as exc:  # noqa: BLE001 - any failure to start is the server's end
+            self._control.close()
+            self._stderr.close()
             self._end(f"the fork server could not start: {type(exc).__name__}: {exc}")
             return
         try:
