@@ -230,13 +230,15 @@ def test_an_episode_whose_server_dies_is_a_crash_that_says_so_and_the_next_gets_
 
 
 def test_a_machine_without_fork_servers_runs_each_episode_in_a_sandbox_of_its_own(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(sandbox, "forking_unavailable_reason", lambda: "no fork servers here")
     forked: list[object] = []
     monkeypatch.setattr(sandbox, "run_forked", lambda *a, **k: forked.append(a))
     source = "import os\ndef solve(sample, model):\n    return repr((os.getpid(), os.getuid()))\n"
-    outcome = run_episode(source, {}, model_socket=None)
-    assert outcome.status == "ok" and outcome.answer == "(1, 65534)" and forked == []
+    outcomes = [run_episode(source, {}, model_socket=None) for _ in range(2)]
+    assert [(o.status, o.answer) for o in outcomes] == [("ok", "(1, 65534)")] * 2 and forked == []
+    said = [r.getMessage() for r in caplog.records if "no fork servers here" in r.getMessage()]
+    assert len(said) == 1 and "sandbox each" in said[0]  # said once, with the reason
 
 
 def test_episodes_of_one_harness_share_one_server_started_once() -> None:
