@@ -101,8 +101,9 @@ def _isolated_interpreter(python: Interpreter, uid: int = SANDBOX_UID,
     """The namespaces, identity and read-only interpreter view every sandbox here shares.
 
     `capabilities` are kept (in the sandbox's user namespace only) by the fork server, which
-    makes each episode's namespaces; it needs uid 0 there, since bwrap would otherwise nest a
-    second user namespace whose mounts the first one's could not be remounted under.
+    makes each episode's namespaces and mounts. It runs as uid 0 there: for any other uid bwrap
+    nests a second user namespace, under which the sandbox's mounts are locked and an episode
+    could not mount a /proc of its own.
     """
     added = [argument for name in capabilities for argument in ("--cap-add", name)]
     arguments = ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",

@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -214,11 +215,20 @@ def run_forked(source: str, sample: dict[str, Any], *, model_socket: Path | None
         servers.release(server)
 
 
-@functools.cache
 def forking_unavailable_reason() -> str | None:
     """Why episodes cannot be forked from a warm sandbox here (None when they can): probed
     once per process with a real episode, so a kernel that refuses a namespace or mount the
-    episodes need is found before any harness runs, and episodes fall back to a sandbox each."""
+    episodes need is found before any harness runs, and episodes fall back to a sandbox each.
+    The first batch's episodes all ask at once; one probes while the others wait."""
+    with _PROBING:
+        return _probe()
+
+
+_PROBING = threading.Lock()
+
+
+@functools.cache
+def _probe() -> str | None:
     try:
         outcome = run_forked("def solve(sample, model):\n    return sample['probe']\n",
                              {"probe": "forked"}, model_socket=None, limits=DEFAULT_LIMITS,
