@@ -4,6 +4,7 @@ harness rewarded by a score would."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -180,7 +181,7 @@ def solve(sample, model):
     assert again.status == "ok" and again.answer == first.answer
 
 
-def test_an_episode_cannot_make_namespaces_mount_or_regain_capabilities() -> None:
+def test_an_episode_cannot_make_namespaces_mount_fork_or_regain_capabilities() -> None:
     source = DISARM + '''
 import ctypes, os
 def solve(sample, model):
@@ -189,17 +190,20 @@ def solve(sample, model):
         "unshare": libc.unshare(0x10000000),
         "setns": libc.setns(os.open("/proc/self/ns/pid", os.O_RDONLY), 0),
         "mount": libc.mount(b"none", b"/episode", b"tmpfs", 0, None),
-        "fork": os.fork() if hasattr(os, "fork") else 0,
+        "umount": libc.umount2(b"/proc", 2),
+        "capabilities": open("/proc/self/status").read().split("CapPrm:")[1].split()[0],
     }
+    try:
+        results["fork"] = os.fork()
+    except OSError as exc:
+        results["fork"] = type(exc).__name__
     return repr(results)
 '''
     outcome = run_episode(source, {}, model_socket=None)
-    assert outcome.status in ("ok", "crash"), outcome
-    if outcome.status == "ok":
-        assert outcome.answer is not None and "0" not in [v.strip() for v in
-                                                          outcome.answer.strip("{}").split(",")]
-    else:
-        assert "PermissionError" in (outcome.error or "") or "Operation not permitted" in (outcome.error or "")
+    assert outcome.status == "ok", outcome
+    assert ast.literal_eval(outcome.answer or "{}") == {
+        "unshare": -1, "setns": -1, "mount": -1, "umount": -1, "capabilities": "0" * 16,
+        "fork": "PermissionError"}
 
 
 def test_a_killed_episode_leaves_its_siblings_and_the_server_serving() -> None:
