@@ -702,6 +702,19 @@ def test_a_run_recorded_before_version_4_completes_without_a_test_score() -> Non
     assert types(events) == ["RunCompleted"]
 
 
+def test_a_round_whose_candidates_spent_the_budget_still_adopts_the_best_of_them() -> None:
+    """The round's own candidates spend the budget; its best still beats the incumbent, so it is
+    chosen and becomes the final answer's generation before the run ends (version 5)."""
+    explored = [searching(budget=Budget(episodes=20)), proposed(), generation(0, 0.0, 0),
+                round_proposed(0, 0), candidate_scored(0, 0, 0, 0.25), candidate_scored(0, 0, 1, 0.5)]
+    events = decide(given(*explored))
+    assert types(events)[:3] == ["CandidateChosen", "HarnessEdited", "GenerationStarted"]
+    assert isinstance(events[0], CandidateChosen) and events[0].index == 1
+    assert isinstance(events[1], HarnessEdited) and events[1].to_hash == "c1"
+    version_4 = decide(given(searching(budget=Budget(episodes=20), version=4), *explored[1:]))
+    assert types(version_4) == ["RunCompleted"]  # a recorded version-4 run replays as it ran
+
+
 def test_an_episode_budget_counts_the_searchs_branches() -> None:
     events = decide(given(searching(budget=Budget(episodes=20)), proposed(), generation(0, 0.5, 0),
                           round_proposed(0, 0), candidate_scored(0, 0, 0, 0.25), candidate_scored(0, 0, 1, 0.25),

@@ -29,7 +29,8 @@ A search (version 4, `search.candidates` > 1) replaces the feedback step of each
     feedback effect → CandidatesProposed → one candidate effect per candidate (each a fork
     of the run, driven to its dev score) → CandidateChosen: the best one if it beats the
     incumbent, and then the line above as if the Feedback Agent had decided it; otherwise
-    the incumbent stays and feedback is asked again.
+    the incumbent stays and feedback is asked again. From version 5, a round whose
+    candidates are all explored is chosen before any stop condition is looked at.
 
 At the end (version 4) a test effect scores the best generation once on held-out test.
 """
@@ -73,7 +74,7 @@ from sia.core.reducers.loop import evolve_unrecorded
 from sia.core.reducers.state import Generation, LoopState, SearchRound
 from sia.core.reward_shape import classify_episode_scores
 
-DECIDER_VERSION = 4
+DECIDER_VERSION = 5
 """The version of the transitions below that a new run records in RunCreated.
 
 A recorded run is always decided by the version it was created with (as Temporal's
@@ -89,6 +90,9 @@ under `replay --check` after `decide` changes; a run recorded by a newer sia is 
 4. the final answer (the best generation's harness and adapter) is scored once on the
    held-out test split before the run completes, and a run with `search.candidates` > 1
    explores that many candidates per generation, each on its own fork, behind a keep-best gate.
+5. a search round whose candidates have all been explored is concluded (the keep-best gate
+   chooses) before a stop condition can end the run: under version 4 a budget spent by the
+   round's own candidates ended the run first, and the best of them was thrown away.
 """
 
 
@@ -155,6 +159,10 @@ def step(state: LoopState) -> list[BaseEvent]:
     decision = current.decision
     if decision is None and exploring(state):
         return explore_step(state, current)
+    if decision is None and state.decider_version >= 5 and searching(state):
+        explored = explored_round(current)
+        if explored is not None:
+            return [choose(state, current, explored)]
     if decision is None:
         reason = stop_reason(state)
         if reason:
@@ -235,6 +243,14 @@ def explore_step(state: LoopState, current: Generation) -> list[BaseEvent]:
                                 f"of generation {current.index} does not offer")]
     return [CandidateChosen(generation=current.index, round=search.round, index=index,
                             reason=f"this branch explores candidate {index}")]
+
+
+def explored_round(current: Generation) -> SearchRound | None:
+    """The generation's last round, when every candidate has an outcome and none is chosen yet."""
+    search = current.rounds[-1] if current.rounds else None
+    if search is None or search.decided:
+        return None
+    return search if all(search.outcome(i) is not None for i in range(len(search.candidates))) else None
 
 
 def search_step(state: LoopState, current: Generation) -> list[BaseEvent]:
