@@ -201,7 +201,7 @@ class ForkServer:
             except subprocess.TimeoutExpired:
                 child.kill()
                 code = child.wait()
-            self._end(f"the fork server exited {code}: {_tail(self._stderr)}".strip())
+            self._end(f"the fork server exited {code}: {tail(self._stderr)}".strip())
             self._stderr.close()
 
     def _spawn(self, source: str, environment: dict[str, str],
@@ -244,7 +244,8 @@ class ForkServer:
         self._ready.set()
 
 
-def _tail(handle: IO[bytes]) -> str:
+def tail(handle: IO[bytes]) -> str:
+    """The last TAIL bytes of a log file, without reading the rest of it."""
     size = handle.seek(0, os.SEEK_END)
     handle.seek(max(0, size - TAIL))
     return handle.read(TAIL).decode("utf-8", "replace")

@@ -64,7 +64,6 @@ from sia.harness.seccomp import episode_filter
 RUNNER = Path(__file__).with_name("runner.py")
 EXAMPLES_VARIABLE = "SIA_TRAIN_EXAMPLES"
 """The environment variable naming the public examples file (the contract harnesses build on)."""
-TAIL = 4096
 KILL_GRACE_S = 5.0
 """How long a fork server has to report an episode it was told to kill."""
 RESULT_CAP = 8 * MAX_ANSWER_CHARS + 4096
@@ -130,13 +129,6 @@ def scrubbed_environment(home: str, model_socket: str | None, limits: Limits,
     if examples_path:
         env[EXAMPLES_VARIABLE] = examples_path
     return env
-
-
-def _tail(handle: IO[bytes]) -> str:
-    """The last TAIL bytes of a log file, without reading the rest of it."""
-    size = handle.seek(0, os.SEEK_END)
-    handle.seek(max(0, size - TAIL))
-    return handle.read(TAIL).decode("utf-8", "replace")
 
 
 def run_episode(source: str, sample: dict[str, Any], *, model_socket: Path | None,
@@ -208,7 +200,7 @@ def run_forked(source: str, sample: dict[str, Any], *, model_socket: Path | None
             finally:
                 server.forget(job_id)
             if not job.started and not ended.timed_out and ended.lost is None:
-                raise forkserver.ServerGone(f"the episode was not walled off: {_tail(stderr)[-500:]}")
+                raise forkserver.ServerGone(f"the episode was not walled off: {forkserver.tail(stderr)[-500:]}")
             return _outcome(ended, stdout, stderr, time.perf_counter() - started, limits)
     finally:
         os.close(read_end)
@@ -260,8 +252,8 @@ class _Ended(NamedTuple):
 
 def _outcome(ended: _Ended, stdout: IO[bytes], stderr: IO[bytes], wall_s: float,
              limits: Limits) -> EpisodeOutcome:
-    stderr_tail = _tail(stderr)
-    measures: dict[str, Any] = {"stdout_tail": _tail(stdout), "stderr_tail": stderr_tail,
+    stderr_tail = forkserver.tail(stderr)
+    measures: dict[str, Any] = {"stdout_tail": forkserver.tail(stdout), "stderr_tail": stderr_tail,
                                 "wall_s": round(wall_s, 3), "cpu_s": round(ended.cpu_s, 3),
                                 "max_rss_mb": round(ended.max_rss_mb, 1)}
     if ended.timed_out:

@@ -160,8 +160,7 @@ def _episode(job: dict, fds: list[int], walls_up: int, setup: Setup) -> None:
     room = setup.file_bytes + len(examples) + PAGE  # the examples take none of the episode's room
     _mount("tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV, f"size={room},mode=0755")
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid")
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SIA_")}
-    environment["SIA_LIMITS"] = os.environ["SIA_LIMITS"]
+    environment = dict(os.environ)  # the server's: built by sia, no socket and no examples
     if job.get("socket"):
         name = os.path.basename(str(job["socket"]))
         own = os.open(os.path.join(gateway, name), os.O_PATH)
