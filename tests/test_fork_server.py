@@ -269,6 +269,37 @@ def test_episodes_of_one_harness_share_one_server_started_once() -> None:
     assert [o.answer for o in outcomes] == [str(i) for i in range(128)] and len(started) == 1
 
 
+def test_episodes_of_every_gateway_share_the_harnesss_server() -> None:
+    """The smoke run's gateway, the next drive's and the next adapter's put their sockets in
+    one directory, so the server the smoke run started serves them all: one start, and each
+    episode reaches its own gateway's model (and sees no socket, its own included)."""
+    source = ("import os\n"
+              "def solve(sample, model):\n"
+              "    return model.complete('ping') + ' ' + repr(os.listdir('/sia/gateway'))\n")
+    servers = forkserver.ForkServers()
+    started: list[int] = []
+    real = forkserver.ForkServer.__init__
+
+    def counted(self: forkserver.ForkServer, *args: object, **kwargs: object) -> None:
+        started.append(1)
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    answers = []
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(forkserver.ForkServer, "__init__", counted)
+            for reply in ("pong", "pang"):
+                with ModelGateway(ScriptedBackend(replies={"ping": reply})) as opened:
+                    socket_path = opened.open_episode("e")
+                    answers.append(sandbox.run_forked(source, {}, model_socket=socket_path, limits=Limits(),
+                                                      examples=None, servers=servers).answer)
+                    opened.close_episode("e")
+                assert not socket_path.exists()
+    finally:
+        servers.close()
+    assert answers == ["pong []", "pang []"] and len(started) == 1
+
+
 def test_a_harness_compiled_by_the_server_runs_as_one_loaded_from_its_file(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The server compiles the harness once; an episode must not tell the difference: the same

@@ -1,7 +1,7 @@
 """The model gateway: an OpenAI-compatible server on one Unix socket per episode.
 
 The runtime starts one gateway per adapter. Each episode gets its own listening socket,
-`<gateway dir>/<random>.sock`, which the sandbox binds in as the harness's only way out:
+`<socket dir>/<random>.sock`, which the sandbox binds in as the harness's only way out:
 a call is attributed to the episode whose socket accepted the connection, never to
 anything the harness says, so an episode can spend only its own budget (there is no
 token to steal, and under bubblewrap no other episode's socket to see). A closed
@@ -16,10 +16,16 @@ a body needs a Content-Length that is present (411), a non-negative integer (400
 within `max_body_bytes` (413), refused before any of the body is read; every connection
 has a socket timeout, and an episode is served on at most `max_connections` at once (more
 wait in the socket's listen queue).
+
+Every gateway of a process puts its sockets in one directory (`socket_directory`), so that
+a harness's warm sandbox (`sia.harness.forkserver`), which binds that directory in, serves
+its episodes whichever gateway they use: the smoke run's, the next drive's, the next
+adapter's. An episode sees only its own socket either way.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -110,6 +116,26 @@ def _call_seed(episode: _Episode, index: int) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
+_DIRECTORIES: dict[Path | None, Path] = {}
+_DIRECTORIES_LOCK = threading.Lock()
+
+
+def socket_directory(root: Path | None = None) -> Path:
+    """This process's directory of episode sockets under `root` (the system's temporary
+    directory by default): private to its user, made on first use, removed at exit."""
+    with _DIRECTORIES_LOCK:
+        directory = _DIRECTORIES.get(root)
+        if directory is None or not directory.is_dir():
+            directory = _DIRECTORIES[root] = Path(tempfile.mkdtemp(prefix="sia-gateway-", dir=root))
+            atexit.register(_remove, directory, os.getpid())
+        return directory
+
+
+def _remove(directory: Path, owner: int) -> None:
+    if os.getpid() == owner:  # not a forked child's exit: the directory is its parent's
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 class ModelGateway:
     """Serve `backend` to harnesses, one Unix socket and one trajectory per open episode."""
 
@@ -117,7 +143,7 @@ class ModelGateway:
                  root: Path | None = None) -> None:
         self.backend = backend
         self.limits = limits
-        self.directory = Path(tempfile.mkdtemp(prefix="sia-gateway-", dir=root))
+        self.directory = socket_directory(root)
         self._episodes: dict[str, _Episode] = {}
         self._lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
@@ -172,10 +198,10 @@ class ModelGateway:
             episodes, self._episodes = list(self._episodes.values()), {}
         for episode in episodes:
             episode.listener.close()
+            episode.path.unlink(missing_ok=True)
         self._selector.close()
         os.close(self._wake_read)
         os.close(self._wake_write)
-        shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self
