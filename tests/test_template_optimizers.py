@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sia.agents.builtin import (
+    ALSO,
     BuiltinFeedback,
     Diagnosis,
     HarnessContext,
@@ -141,6 +142,17 @@ def test_a_multi_label_label_votes_item_by_item(examples_file: Path) -> None:
     assert list(weights) == ["alpha", "gamma", "beta"]
     assert h["solve"](SAMPLE, Replies("gamma", "x", "gamma.")) == "gamma"
     assert h["render_label"](["a", "b"]) == "a, b"
+
+
+def test_a_multi_label_harness_also_names_the_answers_nearly_as_supported(examples_file: Path) -> None:
+    h = harness(OPTIMIZED.with_(also=0.3))
+    weights = h["vote"](h["nearest"](SAMPLE, h["load_examples"](), 3))
+    assert weights["gamma"] >= 0.3 * weights["alpha"] > weights["beta"]
+    assert h["solve"](SAMPLE, Replies("zzz")) == "alpha, gamma"  # the vote answers, with gamma
+    assert h["solve"](SAMPLE, Replies("beta")) == "beta, alpha, gamma"  # the model's pick first
+    assert h["with_others"]("omega", weights) == "omega"  # no vote for it: nothing to compare with
+    assert h["with_others"]("a", {"a": 1.0, "b": 0.9, "c": 0.8, "d": 0.7}) == "a, b, c"  # two more at most
+    assert harness(OPTIMIZED)["solve"](SAMPLE, Replies("zzz")) == "alpha"  # 0: one answer
 
 
 def test_votes_tie_towards_the_nearer_label(examples_file: Path) -> None:
@@ -377,6 +389,20 @@ def test_a_search_also_proposes_the_optimizer_knobs_when_examples_are_public() -
     assert read_knobs(proposals[0]["harness"]).candidates == "knn"
 
 
+def test_a_harness_answering_from_the_neighbours_is_refined_there_first() -> None:
+    """Sampling knobs matter only to a model that names a candidate: a harness answering from
+    the nearest examples tries reading the sample more, more neighbours and (labels that are
+    lists) several answers first; any other harness tries the sampling knobs first."""
+    knn = OPTIMIZED.with_(samples=5, neighbours=10, overlap=2.0, prompt_chars=PUBLIC.prompt_chars)
+    lists = HarnessContext(examples_public=True, context_tokens=512, labels_are_lists=True)
+    first = knob_neighbours(knn, lists)[:4]
+    assert [(k.overlap, k.neighbours, k.also) for k in first] == [(0.0, 10, 0.0), (3.0, 10, 0.0),
+                                                                   (2.0, 15, 0.0), (2.0, 10, ALSO)]
+    assert all(k.also == 0 for k in knob_neighbours(knn, PUBLIC)), "one answer for single labels"
+    base = Knobs(extract="option", samples=5, fallback="first_option")
+    assert not knob_neighbours(base, lists)[0].optimized
+
+
 def test_a_wh_search_weighs_the_constrained_harness_from_its_first_round() -> None:
     """In mode WH the rule's first fix leaves the answer to the model (training's turn); a
     search's next candidates are the harnesses constrained to the neighbours' labels."""
@@ -438,6 +464,20 @@ def test_the_wired_policy_knows_the_examples_are_public_and_the_tiny_models_cont
     assert context == HarnessContext(examples_public=bool(task.public_examples()),
                                      context_tokens=config_for(task.pretraining_corpus()).max_positions)
     assert context.examples_public and context.prompt_chars == context.context_tokens * 7 // 8
+
+
+def test_the_wired_policy_knows_when_labels_are_lists(tmp_path: Path) -> None:
+    from sia.core.events.types import RunConfig
+    from sia.runtime.wiring import handlers_for
+    from sia.tasks.loader import load_task
+    from tests.test_public_labels import make_task
+
+    task = load_task(str(make_task(tmp_path / "labels")), cache=tmp_path / "tasks")  # one train label is a list
+    registry = handlers_for(RunConfig(task=task.name, sandbox="process"), task.identity(), home=tmp_path)
+    try:
+        assert registry.get("feedback").context.labels_are_lists
+    finally:
+        registry.close()
 
 
 @pytest.mark.parametrize("corpus", [["Classify the word: horse", "a quick brown fox, it jumps!"],

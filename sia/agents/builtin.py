@@ -24,7 +24,8 @@ When the run searches (`search.candidates` > 1) it proposes that many different
 decisions instead: the one the rules above take, then single-knob neighbours of each
 parent harness (the incumbent, or each generation on the Pareto front) and, in mode WH,
 weight updates with the algorithms that suit the reward shape, never one already tried
-in this generation.
+in this generation. The neighbours reach further than the rules: finer steps of the
+nearest-neighbour knobs and, when labels are lists, naming several answers.
 
 Every rule is task-agnostic: it reads the diagnosis, the knobs and `HarnessContext`, never a
 task's name. Demonstrations bootstrapped from the model's own successful train rollouts
@@ -64,6 +65,11 @@ OVERLAP = 2.0
 with 10 neighbours on LawBench 3-3 (5 splits) the dev F1 of the vote went from 0.342 to 0.407
 with 1, 0.433 with 2, 0.431 with 3 and 0.416 with 5 (bench/lawbench_harness.py knn --overlaps;
 chosen on dev; test F1 0.298 → 0.362)."""
+ALSO = 0.8
+"""How strong another voted answer must be, relative to the chosen one, to be named too, when
+labels are lists (`Knobs.also`): with 10 neighbours and overlap 2 on LawBench 3-3 (5 splits)
+the dev F1 was 0.433 with one answer, 0.429 at 0.8, 0.419 at 0.6 and 0.415 at 0.5 (chosen on
+dev: the highest of the thresholds; a search weighs it on its own dev split)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,8 @@ class HarnessContext:
     """The task's training labels are public: harnesses find them in SIA_TRAIN_EXAMPLES."""
     context_tokens: int | None = None
     """The target model's context length in tokens, when it is small enough to matter."""
+    labels_are_lists: bool = False
+    """The public labels are lists (a multi-label task): a harness may name several answers."""
 
     @property
     def prompt_chars(self) -> int:
@@ -204,9 +212,13 @@ ALGORITHMS_BY_SHAPE: dict[str, tuple[str, ...]] = {
 
 
 def knob_neighbours(knobs: Knobs, context: HarnessContext = HarnessContext()) -> list[Knobs]:
-    """Harnesses one knob away from `knobs`, the changes most likely to help first (the
-    optimizer knobs last, and only when the training labels are public)."""
-    options: list[Knobs] = [
+    """Harnesses one knob away from `knobs`, the changes most likely to help first.
+
+    With public training labels, a harness that already answers from the nearest examples'
+    labels is refined there first (how much the sample's text weighs, how many examples vote,
+    several answers for a multi-label task): the sampling knobs come after, since only a model
+    that names a candidate heeds them. Any other harness tries the sampling knobs first."""
+    sampling: list[Knobs] = [
         _format_fix(knobs, context, constrain=False)[0],
         knobs.with_(samples=min(15, knobs.samples + 4)),
         knobs.with_(temperature=0.7 if knobs.temperature > 0.7 else 1.0),
@@ -217,16 +229,21 @@ def knob_neighbours(knobs: Knobs, context: HarnessContext = HarnessContext()) ->
         knobs.with_(prompt="bare" if knobs.prompt == "fields" else "fields"),
         knobs.with_(max_tokens=knobs.max_tokens * 2),
     ]
+    examples: list[Knobs] = []
     if context.examples_public:
         constrained = _format_fix(knobs, context)[0]
-        options += [
+        examples = [
             constrained,
             constrained.with_(overlap=OVERLAP if knobs.overlap == 0 else 0.0),
+            *([constrained.with_(overlap=knobs.overlap * 1.5)] if knobs.overlap else []),
+            constrained.with_(neighbours=constrained.neighbours + NEIGHBOURS // 2),
+            *([constrained.with_(also=ALSO if knobs.also == 0 else 0.0)] if context.labels_are_lists else []),
             constrained.with_(demos=DEMOS if knobs.demos == 0 else 0),
             constrained.with_(neighbours=1 if knobs.neighbours > 1 else NEIGHBOURS * 2),
             knobs.with_(fallback="nearest" if knobs.fallback != "nearest" else "first_option",
                         neighbours=knobs.neighbours or NEIGHBOURS),
         ]
+    options = examples + sampling if knobs.candidates == "knn" else sampling + examples
     return [k for k in dict.fromkeys(options) if k != knobs]
 
 
@@ -329,7 +346,8 @@ def _optimizer_summary(knobs: Knobs) -> str:
     if not knobs.optimized:
         return ""
     return (f", candidates {knobs.candidates}, neighbours {knobs.neighbours}, demos {knobs.demos}, "
-            f"overlap {knobs.overlap:g}, prompt_chars {knobs.prompt_chars}")
+            f"overlap {knobs.overlap:g}, prompt_chars {knobs.prompt_chars}"
+            + (f", also {knobs.also:g}" if knobs.also else ""))
 
 
 class BuiltinMeta:

@@ -25,7 +25,7 @@ import ast
 from dataclasses import asdict, dataclass, fields, replace
 
 KNOB_NAMES = ("PROMPT", "EXTRACT", "SAMPLES", "TEMPERATURE", "MAX_TOKENS", "FALLBACK")
-OPTIMIZER_KNOB_NAMES = ("NEIGHBOURS", "DEMOS", "CANDIDATES", "PROMPT_CHARS", "OVERLAP")
+OPTIMIZER_KNOB_NAMES = ("NEIGHBOURS", "DEMOS", "CANDIDATES", "PROMPT_CHARS", "OVERLAP", "ALSO")
 """Knobs only the optimizer rendering has; a harness without them reads back with their defaults."""
 
 
@@ -56,6 +56,10 @@ class Knobs:
     """How much the neighbours' vote reads the sample (0 = not at all): each voted answer's
     log share of the vote plus OVERLAP times the share of its distinct characters that occur
     in the sample's own text."""
+    also: float = 0.0
+    """For a multi-label task (labels that are lists): besides the chosen answer, also name
+    each other voted answer (two at most) whose support is at least ALSO times the chosen
+    one's, so that a sample with two gold labels can get both (0 = one answer)."""
 
     def with_(self, **changes: object) -> Knobs:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -300,6 +304,15 @@ def choose(answers, polled, candidates, weights):
     return max(named, key=lambda a: (support(a), -rank.get(a, len(rank)), -named.index(a)))
 
 
+def with_others(first, weights):
+    """`first`, and the other voted answers at least ALSO times as supported, joined by ", "."""
+    if not ALSO or first not in weights:
+        return first
+    others = [answer for answer, weight in weights.items()
+              if answer != first and weight >= ALSO * weights[first]]
+    return ", ".join([first, *others[:2]])
+
+
 def solve(sample, model):
     options = sample.get("options") or []
     wanted = max(NEIGHBOURS, DEMOS)
@@ -317,9 +330,10 @@ def solve(sample, model):
         completions = [completions]
     answers = [a for a in (extract(c, candidates) for c in completions) if a]
     if answers:
-        return choose(answers, len(completions), candidates, weights if candidates == ranked else {})
+        return with_others(choose(answers, len(completions), candidates, weights if candidates == ranked else {}),
+                           weights)
     if FALLBACK == "nearest" and ranked:
-        return ranked[0]
+        return with_others(ranked[0], weights)
     if FALLBACK in ("first_option", "nearest") and options:
         return options[0]
     return ""

@@ -187,8 +187,10 @@ def _feedback(role: str, task: Task, check: Any, settings: Settings, draft: Any 
     if name == "builtin":
         from sia.agents.builtin import BuiltinFeedback, HarnessContext
 
-        context = HarnessContext(examples_public=bool(task.public_examples()),
-                                 context_tokens=_tiny_context(task) if target == "tiny" else None)
+        examples = task.public_examples()
+        context = HarnessContext(examples_public=bool(examples),
+                                 context_tokens=_tiny_context(task) if target == "tiny" else None,
+                                 labels_are_lists=any(isinstance(e.get("label"), list) for e in examples))
         return BuiltinFeedback(lambda request: {e.sample_id: task.options_of(e.sample_id)
                                                 for e in request.episodes}, shape_of, context)
     from sia.agents.llm import LLMFeedback
