@@ -170,6 +170,19 @@ def write_task(folder: Path, episodes: int) -> Path:
     return folder
 
 
+def fork_exit_ms(children: int = 200) -> float:
+    """Wall time of forking this process and reaping the child, which exits at once: what the
+    machine charges for a process, before any namespace or mount (a fork-server episode pays
+    it once, on a smaller interpreter). Virtual machines differ here by several times."""
+    started = time.perf_counter()
+    for _ in range(children):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    return round((time.perf_counter() - started) / children * 1000, 2)
+
+
 def cpu_s() -> tuple[float, float]:
     """CPU seconds so far of this process (sia: runtime, gateway, SDK, store) and of its reaped
     children (the sandboxes)."""
@@ -265,8 +278,9 @@ def main() -> None:
         root = Path(tmp)
         task_dir = write_task(root / "task", args.episodes)
         load_before = round(os.getloadavg()[0], 2)
+        forking = fork_exit_ms()
         print(f"{args.episodes} episodes, {args.latency * 1000:g} ms per model call, "
-              f"{CORES} cores, load {load_before:.2f}")
+              f"{CORES} cores, load {load_before:.2f}, fork and exit of this process {forking} ms")
         print(f"{'sandbox':<9}{'conc.':>6}{'seconds':>9}{'ep/s':>8}{'ideal ep/s':>12}{'ratio':>8}"
               f"{'CPU ms/ep':>11}{'of it sia':>11}{'CPU ceiling':>13}")
         for sandbox in args.sandbox:
@@ -284,7 +298,7 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     result = {"episodes": args.episodes, "latency_s": args.latency, "cores": CORES,
               "fork_server": "cold" if args.cold_server else "warm",
-              "load_before": load_before, "load_after": round(os.getloadavg()[0], 2), "rows": rows}
+              "load_before": load_before, "fork_exit_ms": forking, "load_after": round(os.getloadavg()[0], 2), "rows": rows}
     name = (f"episode_throughput_{round(args.latency * 1000)}ms_{args.episodes}ep"
             f"{'_cold' if args.cold_server else ''}.json")
     (out / name).write_text(json.dumps(result, indent=2))
