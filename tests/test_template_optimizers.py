@@ -391,8 +391,8 @@ def test_a_search_also_proposes_the_optimizer_knobs_when_examples_are_public() -
 
 def test_a_harness_answering_from_the_neighbours_is_refined_there_first() -> None:
     """Sampling knobs matter only to a model that names a candidate: a harness answering from
-    the nearest examples tries reading the sample more, more neighbours and (labels that are
-    lists) several answers first; any other harness tries the sampling knobs first."""
+    the nearest examples tries how much it reads the sample, more neighbours and (labels that
+    are lists) several answers first; any other harness tries the sampling knobs first."""
     knn = OPTIMIZED.with_(samples=5, neighbours=10, overlap=2.0, prompt_chars=PUBLIC.prompt_chars)
     lists = HarnessContext(examples_public=True, context_tokens=512, labels_are_lists=True)
     first = knob_neighbours(knn, lists)[:4]
