@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -245,59 +246,56 @@ def test_a_machine_without_fork_servers_runs_each_episode_in_a_sandbox_of_its_ow
     assert len(said) == 1 and "sandbox each" in said[0]  # said once, with the reason
 
 
-def test_episodes_of_one_harness_share_one_server_started_once() -> None:
+class CountedServers(NamedTuple):
+    servers: forkserver.ForkServers
+    started: list[int]
+    """One entry per server started."""
+
+
+@pytest.fixture
+def counted_servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountedServers]:
+    """Fork servers of their own, each start counted."""
+    counted = CountedServers(forkserver.ForkServers(), [])
+    real = forkserver.ForkServer.__init__
+
+    def counting(self: forkserver.ForkServer, *args: object, **kwargs: object) -> None:
+        counted.started.append(1)
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(forkserver.ForkServer, "__init__", counting)
+    try:
+        yield counted
+    finally:
+        counted.servers.close()
+
+
+def test_episodes_of_one_harness_share_one_server_started_once(counted_servers: CountedServers) -> None:
     """32 episodes arriving together start one server, not 32 (and 128 of them, each told its
     own end while the next are sent, all end ok)."""
     source = "def solve(sample, model):\n    return str(sample['i'])\n"
-    servers = forkserver.ForkServers()
-    started: list[int] = []
-    real = forkserver.ForkServer.__init__
-
-    def counted(self: forkserver.ForkServer, *args: object, **kwargs: object) -> None:
-        started.append(1)
-        real(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(forkserver.ForkServer, "__init__", counted)
-            with ThreadPoolExecutor(max_workers=32) as pool:
-                outcomes = list(pool.map(lambda i: sandbox.run_forked(
-                    source, {"i": i}, model_socket=None, limits=Limits(), examples=None,
-                    servers=servers), range(128)))
-    finally:
-        servers.close()
-    assert [o.answer for o in outcomes] == [str(i) for i in range(128)] and len(started) == 1
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        outcomes = list(pool.map(lambda i: sandbox.run_forked(
+            source, {"i": i}, model_socket=None, limits=Limits(), examples=None,
+            servers=counted_servers.servers), range(128)))
+    assert [o.answer for o in outcomes] == [str(i) for i in range(128)] and len(counted_servers.started) == 1
 
 
-def test_episodes_of_every_gateway_share_the_harnesss_server() -> None:
+def test_episodes_of_every_gateway_share_the_harnesss_server(counted_servers: CountedServers) -> None:
     """The smoke run's gateway, the next drive's and the next adapter's put their sockets in
     one directory, so the server the smoke run started serves them all: one start, and each
     episode reaches its own gateway's model (and sees no socket, its own included)."""
     source = ("import os\n"
               "def solve(sample, model):\n"
               "    return model.complete('ping') + ' ' + repr(os.listdir('/sia/gateway'))\n")
-    servers = forkserver.ForkServers()
-    started: list[int] = []
-    real = forkserver.ForkServer.__init__
-
-    def counted(self: forkserver.ForkServer, *args: object, **kwargs: object) -> None:
-        started.append(1)
-        real(self, *args, **kwargs)  # type: ignore[arg-type]
-
     answers = []
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(forkserver.ForkServer, "__init__", counted)
-            for reply in ("pong", "pang"):
-                with ModelGateway(ScriptedBackend(replies={"ping": reply})) as opened:
-                    socket_path = opened.open_episode("e")
-                    answers.append(sandbox.run_forked(source, {}, model_socket=socket_path, limits=Limits(),
-                                                      examples=None, servers=servers).answer)
-                    opened.close_episode("e")
-                assert not socket_path.exists()
-    finally:
-        servers.close()
-    assert answers == ["pong []", "pang []"] and len(started) == 1
+    for reply in ("pong", "pang"):
+        with ModelGateway(ScriptedBackend(replies={"ping": reply})) as opened:
+            socket_path = opened.open_episode("e")
+            answers.append(sandbox.run_forked(source, {}, model_socket=socket_path, limits=Limits(),
+                                              examples=None, servers=counted_servers.servers).answer)
+            opened.close_episode("e")
+        assert not socket_path.exists()
+    assert answers == ["pong []", "pang []"] and len(counted_servers.started) == 1
 
 
 def test_a_harness_compiled_by_the_server_runs_as_one_loaded_from_its_file(
