@@ -31,6 +31,13 @@ SECRET = "label-7f3a9c"
 SIBLINGS = DISARM + '''
 import ctypes, glob, json, os, socket, time
 
+RENDEZVOUS = [("abstract listener", socket.AF_UNIX, socket.SOCK_STREAM, "\\0sia-sibling"),
+              ("abstract datagram", socket.AF_UNIX, socket.SOCK_DGRAM, "\\0sia-sibling-dgram"),
+              ("tcp on loopback", socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", 4242)),
+              ("udp on loopback", socket.AF_INET, socket.SOCK_DGRAM, ("127.0.0.1", 4242)),
+              ("tcp6 on loopback", socket.AF_INET6, socket.SOCK_STREAM, ("::1", 4242))]
+KEEP = []
+
 def _holder(sample):
     open("/episode/secret.txt", "w").write(sample["secret"])
     for place in ("/tmp", "/sia", "/dev/shm", "/", "/sia/gateway"):
@@ -38,13 +45,21 @@ def _holder(sample):
             open(os.path.join(place, "secret.txt"), "w").write(sample["secret"])
         except OSError:
             pass
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind("\\0sia-sibling")
-    listener.listen(4)
+    opened = []
+    for name, family, kind, address in RENDEZVOUS:
+        try:
+            rendezvous = socket.socket(family, kind)
+            rendezvous.bind(address)
+            if kind == socket.SOCK_STREAM:
+                rendezvous.listen(4)
+            opened.append(name)
+            KEEP.append(rendezvous)
+        except OSError:
+            pass
     libc = ctypes.CDLL(None, use_errno=True)
     shm = libc.shmget(0x5151, 4096, 0o1666)
     time.sleep(3)
-    return json.dumps({"shm": shm})
+    return json.dumps({"shm": shm, "opened": opened})
 
 def _seeker(sample):
     time.sleep(1)
@@ -63,12 +78,17 @@ def _seeker(sample):
             found.append(f"pid {pid}")
         except OSError:
             pass
-    try:
-        with socket.socket(socket.AF_UNIX) as client:
-            client.connect("\\0sia-sibling")
-            found.append("abstract socket")
-    except OSError:
-        pass
+    for name, family, kind, address in RENDEZVOUS:
+        try:
+            with socket.socket(family, kind) as client:
+                client.settimeout(1)
+                if kind == socket.SOCK_STREAM:
+                    client.connect(address)
+                else:
+                    client.sendto(b"hello", address)
+                found.append(name)
+        except OSError:
+            pass
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.shmget(0x5151, 4096, 0o666) >= 0:
         found.append("shared memory")
@@ -87,9 +107,12 @@ def gateway() -> Iterator[ModelGateway]:
 
 
 def test_siblings_can_neither_see_nor_reach_each_other(gateway: ModelGateway) -> None:
-    """The holder writes the secret everywhere it can, listens on an abstract socket and makes
-    SysV shared memory; its sibling of the same harness, in the same server at the same time,
-    looks for all of it (files, /proc, signals, the socket, the memory) and finds nothing."""
+    """The holder writes the secret everywhere it can, tries to open a meeting point on every
+    kind of socket (abstract Unix stream and datagram, TCP and UDP on loopback) and makes SysV
+    shared memory; its sibling of the same harness, in the same server at the same time, looks
+    for all of it (files, /proc, signals, each socket, the memory) and finds nothing. Siblings
+    share the server's network namespace, so it is the seccomp filter that leaves the holder
+    no socket to open."""
     holder = {"role": "holder", "secret": SECRET}
     seeker = {"role": "seeker", "secret_reversed": SECRET[::-1]}
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -99,10 +122,11 @@ def test_siblings_can_neither_see_nor_reach_each_other(gateway: ModelGateway) ->
         sought = pool.submit(run_episode, SIBLINGS, seeker, model_socket=gateway.open_episode("seeker"),
                              examples=b'{"id": "holder", "label": "other"}\n')
         seen, kept = sought.result(), held.result()
-    assert kept.status == "ok" and json.loads(kept.answer or "{}")["shm"] >= 0, kept
-    assert seen.status == "ok", seen
+    assert kept.status == "ok" and seen.status == "ok", (kept, seen)
     report = json.loads(seen.answer or "{}")
     assert report == {"found": [], "processes": ["1"], "gateway": []}
+    opened = json.loads(kept.answer or "{}")
+    assert opened["opened"] == [] and opened["shm"] >= 0
 
 
 def _descendants(root: int) -> list[int]:

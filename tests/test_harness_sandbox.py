@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from sia.harness import sandbox
 from sia.harness.backends import ScriptedBackend
 from sia.harness.contract import MAX_ANSWER_CHARS
 from sia.harness.gateway import ModelGateway
@@ -202,6 +203,47 @@ def _cmdline(process: Path) -> bytes:
         return (process / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+SOCKETS = DISARM + '''
+import errno, socket
+
+def solve(sample, model):
+    refused = []
+    for name, family, kind in (("inet", socket.AF_INET, socket.SOCK_STREAM),
+                               ("udp", socket.AF_INET, socket.SOCK_DGRAM),
+                               ("inet6", socket.AF_INET6, socket.SOCK_STREAM),
+                               ("netlink", socket.AF_NETLINK, socket.SOCK_RAW),
+                               ("unix datagram", socket.AF_UNIX, socket.SOCK_DGRAM),
+                               ("unix seqpacket", socket.AF_UNIX, socket.SOCK_SEQPACKET)):
+        try:
+            socket.socket(family, kind).close()
+        except PermissionError:
+            refused.append(name)
+    stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    stream.bind("\\0sia-meet")
+    try:
+        stream.listen(1)
+    except PermissionError:
+        refused.append("listen")
+    left, right = socket.socketpair()
+    left.sendall(b"pair")
+    return " ".join(refused) + " | " + right.recv(4).decode() + " | " + model.complete(sample["sentence"])
+'''
+
+
+@pytest.mark.parametrize("own_sandbox", [False, True], ids=["forked", "own sandbox"])
+def test_a_harness_can_make_no_socket_but_a_unix_stream_client(
+        model_socket: Path, own_sandbox: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seccomp filter, not the audit hook (disarmed here), refuses every other socket and
+    `listen`: episodes forked from one server share its network namespace, so a socket that
+    could listen or receive datagrams would let siblings meet. A socket pair and the gateway
+    still work."""
+    if own_sandbox:
+        monkeypatch.setattr(sandbox, "forking_unavailable_reason", lambda: "a sandbox each")
+    outcome = run_episode(SOCKETS, SAMPLE, model_socket=model_socket, isolation="bwrap")
+    assert (outcome.status, outcome.answer) == (
+        "ok", "inet udp inet6 netlink unix datagram unix seqpacket listen | pair | fruit"), outcome
 
 
 def test_a_system_call_of_a_foreign_abi_kills_the_episode() -> None:

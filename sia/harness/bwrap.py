@@ -20,7 +20,9 @@ The options travel through a file descriptor (`--args`), so bwrap's command line
 the host's process list shows to every user, names no gateway socket.
 
 A fork server (`fork_server_options`, `sia.harness.zygote`) gets the same view, and makes
-the same one again for each episode it forks: its own namespaces, /episode, /proc and socket.
+the same one again for each episode it forks: its own namespaces, /episode, /proc and socket,
+but the network namespace, which its episodes share (the seccomp filter leaves them no socket
+to meet on).
 """
 
 from __future__ import annotations

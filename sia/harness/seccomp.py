@@ -1,7 +1,7 @@
 """The seccomp filter every bubblewrap episode runs under: one process, no kernel side doors.
 
 Namespaces give the harness its own view of files, processes and the network, but they
-leave three things open that this filter closes:
+leave four things open that this filter closes:
 
 * **Limits a child could multiply.** RLIMIT_AS and RLIMIT_CPU bind one process; a fork
   would get fresh ones. Cgroups would bound a whole tree, but the only portable way to
@@ -17,6 +17,13 @@ leave three things open that this filter closes:
   should a mount ever leak one, these would read its memory), `unshare`/`setns`/`mount`
   and friends (a nested user namespace re-grants capabilities), bpf, perf events,
   userfaultfd, module and kexec loading, handle-based opens.
+* **Sockets other than a client's.** `socket` makes Unix stream sockets only, and `listen`
+  fails: a harness can connect to its gateway socket and to nothing else, since no process
+  of its network namespace listens. So the episodes of one fork server, which share the
+  server's network namespace (loopback alone, made by bwrap), have no socket to meet on:
+  no TCP or UDP on loopback, no abstract listener, no datagram socket (whose autobound or
+  abstract address a sibling could write to). A network namespace per episode would fence
+  the same, at a kernel network stack built and torn down per episode (a third of its CPU).
 
 A fork server (`sia.harness.zygote`) runs under `fork_server_filter`, which allows what
 starting an episode takes (fork, unshare, setns, mount); each episode installs this filter on
@@ -46,7 +53,7 @@ _DENIED_NAMES = (
     "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
     "kexec_load", "init_module", "finit_module", "delete_module", "open_by_handle_at",
     "name_to_handle_at", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick",
-    "mount_setattr", "swapon", "swapoff", "reboot", "acct", "quotactl",
+    "mount_setattr", "swapon", "swapoff", "reboot", "acct", "quotactl", "listen",
 )
 
 SYSCALLS: dict[str, dict[str, int]] = {
@@ -59,7 +66,7 @@ SYSCALLS: dict[str, dict[str, int]] = {
         "init_module": 175, "finit_module": 313, "delete_module": 176, "open_by_handle_at": 304,
         "name_to_handle_at": 303, "open_tree": 428, "move_mount": 429, "fsopen": 430,
         "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442, "swapon": 167,
-        "swapoff": 168, "reboot": 169, "acct": 163, "quotactl": 179,
+        "swapoff": 168, "reboot": 169, "acct": 163, "quotactl": 179, "socket": 41, "listen": 50,
     },
     "aarch64": {
         "clone": 220, "clone3": 435, "ptrace": 117, "process_vm_readv": 270,
@@ -70,19 +77,21 @@ SYSCALLS: dict[str, dict[str, int]] = {
         "finit_module": 273, "delete_module": 106, "open_by_handle_at": 265,
         "name_to_handle_at": 264, "open_tree": 428, "move_mount": 429, "fsopen": 430,
         "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442, "swapon": 224,
-        "swapoff": 225, "reboot": 142, "acct": 89, "quotactl": 60,
+        "swapoff": 225, "reboot": 142, "acct": 89, "quotactl": 60, "socket": 198, "listen": 201,
     },
 }
 """System call numbers per machine; aarch64 has no fork or vfork (it forks through clone)."""
 
 _LD_W_ABS = 0x20
+_AND_K = 0x54
 _JEQ_K = 0x15
 _JGE_K = 0x35
 _JSET_K = 0x45
 _RET_K = 0x06
 _RET_KILL_PROCESS = 0x80000000
 _RET_ALLOW = 0x7FFF0000
-_OFFSET_NR, _OFFSET_ARCH, _OFFSET_ARG0 = 0, 4, 16
+_OFFSET_NR, _OFFSET_ARCH, _OFFSET_ARG0, _OFFSET_ARG1 = 0, 4, 16, 24
+AF_UNIX, SOCK_STREAM, SOCK_TYPE_MASK = 1, 1, 0xF
 
 
 def _errno(code: int) -> int:
@@ -140,4 +149,11 @@ def _program(machine: str | None, denied: tuple[str, ...], *, one_process: bool)
                     _insn(_JSET_K, 0, 1, CLONE_THREAD),
                     _insn(_RET_K, 0, 0, _RET_ALLOW),
                     _insn(_RET_K, 0, 0, _errno(errno.EPERM))]
+    program += [_insn(_JEQ_K, 0, 6, table["socket"]),  # else on to the final allow
+                _insn(_LD_W_ABS, 0, 0, _OFFSET_ARG0),
+                _insn(_JEQ_K, 0, 3, AF_UNIX),
+                _insn(_LD_W_ABS, 0, 0, _OFFSET_ARG1),
+                _insn(_AND_K, 0, 0, SOCK_TYPE_MASK),  # without SOCK_NONBLOCK and SOCK_CLOEXEC
+                _insn(_JEQ_K, 1, 0, SOCK_STREAM),
+                _insn(_RET_K, 0, 0, _errno(errno.EPERM))]
     return b"".join([*program, _insn(_RET_K, 0, 0, _RET_ALLOW)])

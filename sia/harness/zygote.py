@@ -6,8 +6,8 @@ machine near 50 episodes a second however slow the model is. Here one interprete
 imports the runner once; an episode costs a fork and a few system calls.
 
 Each episode is forked into a pid namespace made for it alone (it is pid 1 there; the server
-returns its own later children to its own namespace), enters new mount, ipc and network
-namespaces and, before loading the harness:
+returns its own later children to its own namespace), enters new mount and ipc namespaces
+and, before loading the harness:
 
 * mounts its own size-capped tmpfs on /episode (the harness, the sample and the public
   examples are copied in, the examples bound read-only over themselves: the same layout as a
@@ -18,11 +18,14 @@ namespaces and, before loading the harness:
 * enters a user namespace of its own as uid 65534 (so RLIMIT_NPROC counts its threads alone),
   which leaves it no capability where the sandbox's mounts and namespaces live; drops the
   capabilities of the new namespace too, and installs the episode's seccomp filter (no second
-  process, no unshare, setns, mount, ptrace, ...) on top of the server's.
+  process, no unshare, setns, mount, ptrace, ..., and no socket but a Unix stream client's)
+  on top of the server's.
 
 So an episode cannot see, signal or trace a sibling (each is alone in its pid namespace), share
-memory or abstract sockets with one (ipc and network namespaces), or read or write a sibling's
-files (each /episode is a different tmpfs, and nothing else is writable). What the server's
+memory with one (its ipc namespace), meet one on a socket (the episodes share the server's
+network namespace, which has loopback alone, but the filter lets none of them listen or make
+any socket other than a Unix stream client: see `sia.harness.seccomp`), or read or write a
+sibling's files (each /episode is a different tmpfs, and nothing else is writable). What the server's
 memory holds is inherited by every episode, so it holds the harness and nothing of any
 sample: an episode's files arrive as descriptors that only the episode reads.
 
@@ -54,7 +57,7 @@ from types import CodeType, ModuleType
 from typing import NamedTuple
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID = 0x00020000, 0x10000000, 0x20000000
-CLONE_NEWIPC, CLONE_NEWNET = 0x08000000, 0x40000000
+CLONE_NEWIPC = 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
@@ -150,7 +153,7 @@ def _close_all_but(keep: set[int]) -> None:
 
 def _episode(job: dict, fds: list[int], walls_up: int, setup: Setup) -> None:
     """Wall the episode off (see the module's docstring), then hand over to the runner."""
-    _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET), "unshare namespaces")
+    _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare namespaces")
     os.setsid()  # its own session (and no terminal), as bwrap's --new-session gives a sandbox
     result, stdout, stderr, sample = fds[:4]
     _mount("none", "/", None, MS_REC | MS_PRIVATE)
