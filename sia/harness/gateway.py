@@ -120,9 +120,17 @@ _DIRECTORIES: dict[Path | None, Path] = {}
 _DIRECTORIES_LOCK = threading.Lock()
 
 
+MEMORY_ROOT = Path("/dev/shm")
+
+
 def socket_directory(root: Path | None = None) -> Path:
-    """This process's directory of episode sockets under `root` (the system's temporary
-    directory by default): private to its user, made on first use, removed at exit."""
+    """This process's directory of episode sockets under `root`: private to its user, made on
+    first use, removed at exit. By default in memory (`MEMORY_ROOT`, else the system's
+    temporary directory): every episode binds a socket and unlinks it, churn that a disk
+    filesystem pays for (ext4's inode allocator reads each recently deleted inode it passes
+    over, so the binds grow slower as the episodes add up)."""
+    if root is None and os.access(MEMORY_ROOT, os.W_OK | os.X_OK) and MEMORY_ROOT.is_dir():
+        root = MEMORY_ROOT
     with _DIRECTORIES_LOCK:
         directory = _DIRECTORIES.get(root)
         if directory is None or not directory.is_dir():

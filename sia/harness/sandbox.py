@@ -160,7 +160,7 @@ def run_episode(source: str, sample: dict[str, Any], *, model_socket: Path | Non
     start = _bwrap_child if isolation == "bwrap" else _process_child
     read_end, write_end = os.pipe()
     try:
-        with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        with captured("stdout") as stdout, captured("stderr") as stderr:
             started = time.perf_counter()
             with start(source, sample, examples or None, model_socket, limits, write_end, stdout,
                        stderr) as child:
@@ -172,6 +172,14 @@ def run_episode(source: str, sample: dict[str, Any], *, model_socket: Path | Non
         os.close(read_end)
         if write_end >= 0:
             os.close(write_end)
+
+
+def captured(name: str) -> IO[bytes]:
+    """A file for the child's stdout or stderr, in memory: every episode makes two and drops
+    them at once, churn that a disk filesystem pays for (ext4's inode allocator reads each
+    recently deleted inode it passes over, so after a few thousand episodes every new file
+    costs milliseconds of kernel time). The child's RLIMIT_FSIZE (`Limits.file_mb`) bounds each."""
+    return os.fdopen(os.memfd_create(name, os.MFD_CLOEXEC), "w+b")
 
 
 def run_forked(source: str, sample: dict[str, Any], *, model_socket: Path | None, limits: Limits,
@@ -187,7 +195,7 @@ def run_forked(source: str, sample: dict[str, Any], *, model_socket: Path | None
     server = servers.acquire(source, environment, model_socket.parent if model_socket else None)
     read_end, write_end = os.pipe()
     try:
-        with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        with captured("stdout") as stdout, captured("stderr") as stderr:
             started = time.perf_counter()
             try:
                 job_id, job = server.start(result_fd=write_end, stdout=stdout, stderr=stderr,
