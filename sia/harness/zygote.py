@@ -163,13 +163,12 @@ def _episode(job: dict, fds: list[int], walls_up: int, setup: Setup) -> None:
     room = setup.file_bytes + len(examples) + PAGE  # the examples take none of the episode's room
     _mount("tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV, f"size={room},mode=0755")
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid")
-    environment = dict(os.environ)  # the server's: built by sia, no socket and no examples
     if job.get("socket"):
         name = os.path.basename(str(job["socket"]))
         own = os.open(os.path.join(gateway, name), os.O_PATH)
         _mount(f"/proc/self/fd/{own}", model_socket, None, MS_BIND)
         os.close(own)
-        environment["SIA_MODEL_SOCKET"] = model_socket
+        os.environ["SIA_MODEL_SOCKET"] = model_socket  # the server's has neither variable
     _mount("tmpfs", gateway, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k")
     _write(f"{home}/harness.py", setup.harness, 0o644)
     _write(f"{home}/sample.json", _read_all(sample), 0o644)
@@ -177,10 +176,8 @@ def _episode(job: dict, fds: list[int], walls_up: int, setup: Setup) -> None:
         _write(setup.layout["examples"], examples, 0o444)
         _mount(setup.layout["examples"], setup.layout["examples"], None, MS_BIND)
         _mount("none", setup.layout["examples"], None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-        environment["SIA_TRAIN_EXAMPLES"] = setup.layout["examples"]
+        os.environ["SIA_TRAIN_EXAMPLES"] = setup.layout["examples"]
     _enter_own_user_namespace()
-    os.environ.clear()
-    os.environ.update(environment)
     null = os.open("/dev/null", os.O_RDONLY)
     for source, target in ((null, 0), (stdout, 1), (stderr, 2)):
         os.dup2(source, target)
@@ -303,6 +300,8 @@ def main() -> None:
         program = handle.read()
     for name in WARM_MODULES:
         __import__(name)
+    for name in ("mount", "capset", "prctl"):  # looked up here, not in every episode
+        getattr(libc, name)
     runner = _load(layout["runner"])
     runner.system_roots()
     try:
