@@ -185,6 +185,16 @@ def fork_exit_ms(children: int = 200) -> float:
     return round((time.perf_counter() - started) / children * 1000, 2)
 
 
+def interpreter_speed_s(iterations: int = 3_000_000) -> float:
+    """Seconds this interpreter takes for a fixed loop of arithmetic: a virtual machine's
+    CPU is shared with its host's other guests and runs from one to two times slower from
+    one minute to the next, so the bench times it before and after its runs."""
+    started, total = time.perf_counter(), 0
+    for i in range(iterations):
+        total += i * i
+    return round(time.perf_counter() - started, 3)
+
+
 def cpu_s() -> tuple[float, float]:
     """CPU seconds so far of this process (sia: runtime, gateway, SDK, store) and of its reaped
     children (the sandboxes)."""
@@ -290,9 +300,10 @@ def main() -> None:
         root = Path(tmp)
         task_dir = write_task(root / "task", args.episodes)
         load_before = round(os.getloadavg()[0], 2)
-        forking = fork_exit_ms()
+        forking, speed_before = fork_exit_ms(), interpreter_speed_s()
         print(f"{args.episodes} episodes, {args.latency * 1000:g} ms per model call, "
-              f"{CORES} cores, load {load_before:.2f}, fork and exit of this process {forking} ms")
+              f"{CORES} cores, load {load_before:.2f}, fork and exit of this process {forking} ms, "
+              f"interpreter loop {speed_before} s")
         print(f"{'sandbox':<9}{'conc.':>6}{'seconds':>9}{'ep/s':>8}{'ideal ep/s':>12}{'ratio':>8}"
               f"{'CPU ms/ep':>11}{'of it sia':>11}{'machine':>9}{'CPU ceiling':>13}")
         for sandbox in args.sandbox:
@@ -311,7 +322,8 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     result = {"episodes": args.episodes, "latency_s": args.latency, "cores": CORES,
               "fork_server": "cold" if args.cold_server else "warm",
-              "load_before": load_before, "fork_exit_ms": forking, "load_after": round(os.getloadavg()[0], 2), "rows": rows}
+              "load_before": load_before, "fork_exit_ms": forking, "load_after": round(os.getloadavg()[0], 2),
+              "interpreter_loop_s": [speed_before, interpreter_speed_s()], "rows": rows}
     name = (f"episode_throughput_{round(args.latency * 1000)}ms_{args.episodes}ep"
             f"{'_cold' if args.cold_server else ''}.json")
     (out / name).write_text(json.dumps(result, indent=2))
