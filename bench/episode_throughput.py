@@ -29,6 +29,7 @@ included).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
@@ -254,6 +255,7 @@ def measure(root: Path, task_dir: Path, server: Served, sandbox: str,
         registry = handlers_for(config, task.identity(), home=home, settings=settings)
         runtime = Runtime(store, registry, concurrency=concurrency, cache="off", home=home,
                           observer=clock)
+        gc.freeze()  # as `sia run` does once it is wired
         run_id = runtime.create(config, task.identity())
         runtime.drive(run_id, max_batches=1)  # Meta, whose smoke run starts the fork server
         if cold_server:
