@@ -177,8 +177,8 @@ def run_episode(source: str, sample: dict[str, Any], *, model_socket: Path | Non
 def captured(name: str) -> IO[bytes]:
     """A file for the child's stdout or stderr, in memory: every episode makes two and drops
     them at once, churn that a disk filesystem pays for (ext4's inode allocator reads each
-    recently deleted inode it passes over, so after a few thousand episodes every new file
-    costs milliseconds of kernel time). The child's RLIMIT_FSIZE (`Limits.file_mb`) bounds each."""
+    recently deleted inode it passes over: after a few thousand episodes, a third of sia's CPU
+    went there). The child's RLIMIT_FSIZE (`Limits.file_mb`) bounds each."""
     return os.fdopen(os.memfd_create(name, os.MFD_CLOEXEC), "w+b")
 
 

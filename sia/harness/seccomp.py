@@ -23,7 +23,7 @@ leave four things open that this filter closes:
   server's network namespace (loopback alone, made by bwrap), have no socket to meet on:
   no TCP or UDP on loopback, no abstract listener, no datagram socket (whose autobound or
   abstract address a sibling could write to). A network namespace per episode would fence
-  the same, at a kernel network stack built and torn down per episode (a third of its CPU).
+  the same at the price of a network stack the kernel builds and tears down for each one.
 
 A fork server (`sia.harness.zygote`) runs under `fork_server_filter`, which allows what
 starting an episode takes (fork, unshare, setns, mount); each episode installs this filter on

@@ -25,9 +25,9 @@ So an episode cannot see, signal or trace a sibling (each is alone in its pid na
 memory with one (its ipc namespace), meet one on a socket (the episodes share the server's
 network namespace, which has loopback alone, but the filter lets none of them listen or make
 any socket other than a Unix stream client: see `sia.harness.seccomp`), or read or write a
-sibling's files (each /episode is a different tmpfs, and nothing else is writable). What the server's
-memory holds is inherited by every episode, so it holds the harness and nothing of any
-sample: an episode's files arrive as descriptors that only the episode reads.
+sibling's files (each /episode is a different tmpfs, and nothing else is writable). What the
+server's memory holds is inherited by every episode, so it holds the harness and nothing of
+any sample: an episode's files arrive as descriptors that only the episode reads.
 
 Protocol on the control socket (SOCK_SEQPACKET, JSON messages): the host sends
 `{"run": id, "socket": name|null, "examples": bool}` with the descriptors result, stdout,
