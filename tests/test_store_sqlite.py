@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from sia.core.events.envelope import EncodedEvent, StoredEvent, seal
-from sia.store.base import EventStore
+from sia.store.base import CacheEntry, EventStore
+from sia.store.blobs import FileBlobStore
 from sia.store.clock import Clock
 from sia.store.conformance import EventStoreConformance
 from sia.store.redact import Redactor
@@ -65,3 +69,55 @@ class outsider:
             for statement in APPEND_ONLY_TRIGGERS.values():
                 self.conn.execute(statement)
             self.conn.execute("COMMIT")
+
+
+class _RecordedConnection:
+    """The store's connection, noting each write transaction's start in `order`."""
+
+    def __init__(self, conn: sqlite3.Connection, order: list[str]) -> None:
+        self._conn, self._order = conn, order
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql.startswith("BEGIN"):
+            self._order.append("BEGIN")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+
+def test_a_blob_is_durable_before_any_transaction_that_may_refer_to_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's blobs defer their fsyncs (an episode's worker no longer waits on them),
+    so every write transaction first fsyncs each blob put since the last one, its folder and
+    the root: whatever the transaction records, a power loss cannot leave it pointing at a
+    blob that never reached the disk."""
+    order: list[str] = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (order.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                fsync(fd))[1])
+    store = SqliteEventStore(tmp_path / "sia.sqlite", blob_root=tmp_path / "blobs")
+    store._conn = _RecordedConnection(store._conn, order)  # type: ignore[assignment]
+    order.clear()
+    blob = store.blobs.path(store.blobs.put_text("a trajectory"))
+    assert order == []
+    store.create_run("run-1", [EncodedEvent("RunStarted", 1, '{"x": 1}')])
+    assert order == [str(blob), str(blob.parent), str(tmp_path / "blobs"), "BEGIN"]
+    order.clear()
+    store.cache_put(CacheEntry(key="k", kind="episode", effect_id="k", run_id="run-1",
+                               result="{}", usage="{}"))
+    assert order == ["BEGIN"]
+    store.close()
+
+
+def test_blobs_of_their_own_are_durable_when_put(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blob store outside an event store (no transaction to wait for) fsyncs on each put."""
+    synced: list[str] = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                 fsync(fd))[1])
+    blobs = FileBlobStore(tmp_path / "blobs")
+    path = blobs.path(blobs.put(b"weights"))
+    assert len(synced) == 2 and Path(synced[0]).parent == path.parent  # the file, before its rename
+    assert synced[1] == str(path.parent) and path.read_bytes() == b"weights"

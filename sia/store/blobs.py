@@ -16,10 +16,11 @@ is rebuilt from a fixed schema): the scan costs ~2 ms per 10 MB of weights per s
 from __future__ import annotations
 
 import hashlib
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from sia.store.files import atomic_write
+from sia.store.files import atomic_write, fsync_dir, fsync_file
 from sia.store.home import make_private_dir
 from sia.store.redact import Redactor, redactor_from_environment
 
@@ -69,6 +70,9 @@ class BlobStore(ABC):
     def get_text(self, sha: str) -> str:
         return self.get(sha).decode("utf-8")
 
+    def sync(self) -> None:
+        """Make every blob put so far durable (a no-op where puts already are, or nothing is)."""
+
 
 class MemoryBlobStore(BlobStore):
     def __init__(self, redactor: Redactor | None = None) -> None:
@@ -92,11 +96,20 @@ class MemoryBlobStore(BlobStore):
 
 
 class FileBlobStore(BlobStore):
-    """Blobs as files `root/ab/cdef…` (0600, in 0700 folders), written to a temp name and renamed."""
+    """Blobs as files `root/ab/cdef…` (0600, in 0700 folders), written to a temp name and renamed.
 
-    def __init__(self, root: Path, redactor: Redactor | None = None) -> None:
+    A put is durable when it returns, unless `deferred`: then the fsyncs wait for `sync`,
+    which an event store calls before each write transaction, so that nothing it records
+    refers to a blob a power loss could take. Deferred, an episode's put no longer holds its
+    worker for two fsyncs (5-7 ms each under 32 concurrent episodes), and the fsyncs of the
+    blobs a transaction follows share one journal commit."""
+
+    def __init__(self, root: Path, redactor: Redactor | None = None, *, deferred: bool = False) -> None:
         super().__init__(redactor)
         self.root = Path(root)
+        self.deferred = deferred
+        self._unsynced: list[Path] = []
+        self._lock = threading.Lock()
         make_private_dir(self.root)
 
     def path(self, sha: str) -> Path:
@@ -109,7 +122,22 @@ class FileBlobStore(BlobStore):
         if target.exists():
             return
         make_private_dir(target.parent)
-        atomic_write(target, data)
+        atomic_write(target, data, durable=not self.deferred)
+        if self.deferred:
+            with self._lock:
+                self._unsynced.append(target)
+
+    def sync(self) -> None:
+        """fsync every blob put since the last sync, then their folders and the root (whose
+        entries for new folders a crash could otherwise lose)."""
+        with self._lock:
+            unsynced, self._unsynced = self._unsynced, []
+        if not unsynced:
+            return
+        for path in unsynced:
+            fsync_file(path)
+        for folder in [*sorted({path.parent for path in unsynced}), self.root]:
+            fsync_dir(folder)
 
     def get(self, sha: str) -> bytes:
         try:

@@ -7,8 +7,11 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write `data` to `path` via a temp file in the same directory, fsync, rename."""
+def atomic_write(path: Path, data: bytes | str, *, durable: bool = True) -> None:
+    """Write `data` to `path` via a temp file in the same directory, fsync, rename.
+
+    `durable=False` leaves out both fsyncs (the file's and its directory's): the caller must
+    then `fsync_file` and `fsync_dir` before anything durable refers to the file."""
     path = Path(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -18,12 +21,26 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def fsync_file(path: Path) -> None:
+    """fsync a file written earlier; one that is gone has nothing left to make durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

@@ -90,7 +90,7 @@ class SqliteEventStore(EventStore):
         make_private_dir(self.path.parent)
         self.redactor = redactor_from_environment() if redactor is None else redactor
         self.blobs = FileBlobStore(Path(blob_root) if blob_root else self.path.parent / "blobs",
-                                   self.redactor)
+                                   self.redactor, deferred=True)
         self.notices: list[str] = []
         """What opening changed that the user should hear about (printed by the CLI)."""
         self._clock = clock
@@ -213,7 +213,9 @@ class SqliteEventStore(EventStore):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction holding SQLite's write lock from its first statement."""
+        """One write transaction holding SQLite's write lock from its first statement, after
+        every blob put so far is durable (what it records may refer to them)."""
+        self.blobs.sync()
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
