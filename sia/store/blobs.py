@@ -101,7 +101,7 @@ class FileBlobStore(BlobStore):
     A put is durable when it returns, unless `deferred`: then the fsyncs wait for `sync`,
     which an event store calls before each write transaction, so that nothing it records
     refers to a blob a power loss could take. Deferred, an episode's put no longer holds its
-    worker for two fsyncs (5-7 ms each under 32 concurrent episodes), and the fsyncs of the
+    worker for two fsyncs (6-7 ms together under 32 concurrent episodes), and the fsyncs of the
     blobs a transaction follows share one journal commit."""
 
     def __init__(self, root: Path, redactor: Redactor | None = None, *, deferred: bool = False) -> None:
