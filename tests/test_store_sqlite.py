@@ -86,16 +86,27 @@ class _RecordedConnection:
         return getattr(self._conn, name)
 
 
+@pytest.fixture
+def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The path of every file or folder fsynced from here on, in order (the fsyncs are real)."""
+    paths: list[str] = []
+    fsync = os.fsync
+
+    def recorded(fd: int) -> None:
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recorded)
+    return paths
+
+
 def test_a_blob_is_durable_before_any_transaction_that_may_refer_to_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, fsynced: list[str]) -> None:
     """The store's blobs defer their fsyncs (an episode's worker no longer waits on them),
     so every write transaction first fsyncs each blob put since the last one, its folder and
     the root: whatever the transaction records, a power loss cannot leave it pointing at a
     blob that never reached the disk."""
-    order: list[str] = []
-    fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (order.append(os.readlink(f"/proc/self/fd/{fd}")),
-                                                fsync(fd))[1])
+    order = fsynced
     store = SqliteEventStore(tmp_path / "sia.sqlite", blob_root=tmp_path / "blobs")
     store._conn = _RecordedConnection(store._conn, order)  # type: ignore[assignment]
     order.clear()
@@ -110,14 +121,36 @@ def test_a_blob_is_durable_before_any_transaction_that_may_refer_to_it(
     store.close()
 
 
-def test_blobs_of_their_own_are_durable_when_put(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_blobs_of_their_own_are_durable_when_put(tmp_path: Path, fsynced: list[str]) -> None:
     """A blob store outside an event store (no transaction to wait for) fsyncs on each put."""
-    synced: list[str] = []
-    fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
-                                                 fsync(fd))[1])
+    synced = fsynced
     blobs = FileBlobStore(tmp_path / "blobs")
     path = blobs.path(blobs.put(b"weights"))
     assert len(synced) == 2 and Path(synced[0]).parent == path.parent  # the file, before its rename
     assert synced[1] == str(path.parent) and path.read_bytes() == b"weights"
+
+
+def test_a_failed_blob_fsync_fails_the_transaction_and_is_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fails an fsync (EIO) fails the write that would have referred to the blob,
+    records nothing, and the next write fsyncs the blob again before its own transaction."""
+    store = SqliteEventStore(tmp_path / "sia.sqlite", blob_root=tmp_path / "blobs")
+    blob = store.blobs.path(store.blobs.put_text("a trajectory"))
+    fsync, tried = os.fsync, []
+
+    def failing(fd: int) -> None:
+        tried.append(os.readlink(f"/proc/self/fd/{fd}"))
+        raise OSError(5, "Input/output error")
+
+    def recovered(fd: int) -> None:
+        tried.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError, match="Input/output"):
+        store.create_run("run-1", [EncodedEvent("RunStarted", 1, '{"x": 1}')])
+    assert tried == [str(blob)] and store.list_runs() == []
+    monkeypatch.setattr(os, "fsync", recovered)
+    store.create_run("run-1", [EncodedEvent("RunStarted", 1, '{"x": 1}')])
+    assert tried[1] == str(blob) and [run.run_id for run in store.list_runs()] == ["run-1"]
+    store.close()

@@ -134,10 +134,15 @@ class FileBlobStore(BlobStore):
             unsynced, self._unsynced = self._unsynced, []
         if not unsynced:
             return
-        for path in unsynced:
-            fsync_file(path)
-        for folder in [*sorted({path.parent for path in unsynced}), self.root]:
-            fsync_dir(folder)
+        try:
+            for path in unsynced:
+                fsync_file(path)
+            for folder in [*sorted({path.parent for path in unsynced}), self.root]:
+                fsync_dir(folder)
+        except BaseException:  # the next transaction tries them again
+            with self._lock:
+                self._unsynced[:0] = unsynced
+            raise
 
     def get(self, sha: str) -> bytes:
         try:
