@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 from contextlib import closing
@@ -100,12 +101,18 @@ def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return paths
 
 
+def in_folder_of(blob: Path) -> bytes:
+    """Other bytes whose blob goes in `blob`'s folder (the first two hex digits of its hash)."""
+    return next(data for i in range(100_000) if hashlib.sha256(data := f"{i}".encode()).hexdigest()
+                .startswith(blob.parent.name) and data != blob.read_bytes())
+
+
 def test_a_blob_is_durable_before_any_transaction_that_may_refer_to_it(
         tmp_path: Path, fsynced: list[str]) -> None:
     """The store's blobs defer their fsyncs (an episode's worker no longer waits on them),
     so every write transaction first fsyncs each blob put since the last one, its folder and
-    the root: whatever the transaction records, a power loss cannot leave it pointing at a
-    blob that never reached the disk."""
+    (the first time the store writes in that folder) the root: whatever the transaction
+    records, a power loss cannot leave it pointing at a blob that never reached the disk."""
     order = fsynced
     store = SqliteEventStore(tmp_path / "sia.sqlite", blob_root=tmp_path / "blobs")
     store._conn = _RecordedConnection(store._conn, order)  # type: ignore[assignment]
@@ -118,6 +125,11 @@ def test_a_blob_is_durable_before_any_transaction_that_may_refer_to_it(
     store.cache_put(CacheEntry(key="k", kind="episode", effect_id="k", run_id="run-1",
                                result="{}", usage="{}"))
     assert order == ["BEGIN"]
+    order.clear()
+    again = store.blobs.path(store.blobs.put(in_folder_of(blob)))
+    store.cache_put(CacheEntry(key="k2", kind="episode", effect_id="k2", run_id="run-1",
+                               result="{}", usage="{}"))
+    assert order == [str(again), str(blob.parent), "BEGIN"]  # the root: once per folder
     store.close()
 
 
@@ -126,8 +138,11 @@ def test_blobs_of_their_own_are_durable_when_put(tmp_path: Path, fsynced: list[s
     synced = fsynced
     blobs = FileBlobStore(tmp_path / "blobs")
     path = blobs.path(blobs.put(b"weights"))
-    assert len(synced) == 2 and Path(synced[0]).parent == path.parent  # the file, before its rename
-    assert synced[1] == str(path.parent) and path.read_bytes() == b"weights"
+    assert len(synced) == 3 and Path(synced[0]).parent == path.parent  # the file, before its rename
+    assert synced[1:] == [str(path.parent), str(tmp_path / "blobs")]  # its folder, new: the root too
+    assert path.read_bytes() == b"weights"
+    blobs.put(in_folder_of(path))
+    assert len(synced) == 5 and synced[-1] == str(path.parent)  # the root once per folder
 
 
 def test_a_failed_blob_fsync_fails_the_transaction_and_is_tried_again(

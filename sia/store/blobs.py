@@ -16,6 +16,7 @@ is rebuilt from a fixed schema): the scan costs ~2 ms per 10 MB of weights per s
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -23,6 +24,8 @@ from pathlib import Path
 from sia.store.files import atomic_write, fsync_dir, fsync_file
 from sia.store.home import make_private_dir
 from sia.store.redact import Redactor, redactor_from_environment
+
+SHA256_HEX = re.compile("[0-9a-f]{64}")
 
 
 class BlobMissing(KeyError):
@@ -109,11 +112,13 @@ class FileBlobStore(BlobStore):
         self.root = Path(root)
         self.deferred = deferred
         self._unsynced: list[Path] = []
+        self._rooted: set[str] = set()
+        """Folders whose entry in the root this store has fsynced."""
         self._lock = threading.Lock()
         make_private_dir(self.root)
 
     def path(self, sha: str) -> Path:
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        if not isinstance(sha, str) or SHA256_HEX.fullmatch(sha) is None:
             raise BlobMissing(sha)
         return self.root / sha[:2] / sha[2:]
 
@@ -126,10 +131,12 @@ class FileBlobStore(BlobStore):
         if self.deferred:
             with self._lock:
                 self._unsynced.append(target)
+        else:
+            self._root_entries([target.parent])
 
     def sync(self) -> None:
-        """fsync every blob put since the last sync, then their folders and the root (whose
-        entries for new folders a crash could otherwise lose)."""
+        """fsync every blob put since the last sync, then their folders and, if one of them
+        may be new, the root (whose entry for it a crash could otherwise lose)."""
         with self._lock:
             unsynced, self._unsynced = self._unsynced, []
         if not unsynced:
@@ -137,12 +144,21 @@ class FileBlobStore(BlobStore):
         try:
             for path in unsynced:
                 fsync_file(path)
-            for folder in [*sorted({path.parent for path in unsynced}), self.root]:
+            folders = sorted({path.parent for path in unsynced})
+            for folder in folders:
                 fsync_dir(folder)
+            self._root_entries(folders)
         except BaseException:  # the next transaction tries them again
             with self._lock:
                 self._unsynced[:0] = unsynced
             raise
+
+    def _root_entries(self, folders: list[Path]) -> None:
+        """fsync the root unless every folder's entry in it is known durable: once per
+        folder and process, not once per transaction."""
+        if any(folder.name not in self._rooted for folder in folders):
+            fsync_dir(self.root)
+            self._rooted.update(folder.name for folder in folders)
 
     def get(self, sha: str) -> bytes:
         try:
