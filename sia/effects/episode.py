@@ -64,12 +64,26 @@ def target_usage(calls: list[ModelCall], wall_s: float) -> Usage:
 class EpisodeHandler:
     kind = "episode"
 
+    KEPT_SOURCES = 16
+
     def __init__(self, task: Task, targets: TargetPool, *, isolation: Isolation) -> None:
         self.task, self.targets, self.isolation = task, targets, isolation
         self.limits = sandbox_limits(task)
+        self._sources: dict[str, str] = {}
+
+    def source(self, harness_hash: str, blobs: BlobStore) -> str:
+        """The harness's code, read (and checked against its hash) once: a generation's
+        episodes all run the same few harnesses."""
+        source = self._sources.get(harness_hash)
+        if source is None:
+            source = blobs.get_text(harness_hash)
+            if len(self._sources) >= self.KEPT_SOURCES:
+                self._sources.clear()
+            self._sources[harness_hash] = source
+        return source
 
     def run(self, request: EpisodeRequest, ctx: EffectContext) -> EffectResult:
-        source = ctx.blobs.get_text(request.harness_hash)
+        source = self.source(request.harness_hash, ctx.blobs)
         sample = self.task.sample(request.sample_id)
         outcome, calls = play(source, sample, episode_id=ctx.effect_id, seed=ctx.seed,
                               adapter_hash=request.adapter_hash, targets=self.targets,

@@ -200,6 +200,7 @@ def code_sandbox_options(python: Interpreter, *, read_only: tuple[str, ...], run
     return [*arguments, *_environment_and_filter(environment, seccomp_fd)]
 
 
+@functools.cache
 def bwrap_path() -> str | None:
     return shutil.which("bwrap", path="/usr/local/bin:/usr/bin:/bin")
 
