@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -88,17 +89,26 @@ class _RecordedConnection:
 
 
 @pytest.fixture
-def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The path of every file or folder fsynced from here on, in order (the fsyncs are real)."""
+def fsynced(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], threading.Event]:
+    """The path of every file or folder fsynced from here on, in order (the fsyncs are real),
+    and a gate that holds every fsync until it is opened (open unless a test closes it)."""
     paths: list[str] = []
+    gate = threading.Event()
+    gate.set()
     fsync = os.fsync
 
     def recorded(fd: int) -> None:
-        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        gate.wait()
         fsync(fd)
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
 
     monkeypatch.setattr(os, "fsync", recorded)
-    return paths
+    return paths, gate
+
+
+def is_temp_of(path: str, blob: Path) -> bool:
+    """`path` is a temp file a blob was written to before its rename to `blob`."""
+    return Path(path).parent == blob.parent and Path(path).name.startswith(f".{blob.name}.tmp-")
 
 
 def in_folder_of(blob: Path) -> bytes:
@@ -108,19 +118,33 @@ def in_folder_of(blob: Path) -> bytes:
 
 
 def test_a_blob_is_durable_before_any_transaction_that_may_refer_to_it(
-        tmp_path: Path, fsynced: list[str]) -> None:
-    """The store's blobs defer their fsyncs (an episode's worker no longer waits on them),
-    so every write transaction first fsyncs each blob put since the last one, its folder and
-    (the first time the store writes in that folder) the root: whatever the transaction
-    records, a power loss cannot leave it pointing at a blob that never reached the disk."""
-    order = fsynced
+        tmp_path: Path, fsynced: tuple[list[str], threading.Event]) -> None:
+    """The store's blobs are made durable behind their puts (an episode's worker does not wait
+    on its trajectory's fsyncs), and every write transaction first waits until each blob put
+    before it is durable: its file, its name in its folder and (the first time the store writes
+    in that folder) the folder's in the root. Whatever the transaction records, a power loss
+    cannot leave it pointing at a blob that never reached the disk; and until the blob is
+    durable its name does not exist, so no later put of the same bytes can take a name that
+    a power loss would leave empty for the blob's own."""
+    order, gate = fsynced
     store = SqliteEventStore(tmp_path / "sia.sqlite", blob_root=tmp_path / "blobs")
     store._conn = _RecordedConnection(store._conn, order)  # type: ignore[assignment]
     order.clear()
-    blob = store.blobs.path(store.blobs.put_text("a trajectory"))
-    assert order == []
-    store.create_run("run-1", [EncodedEvent("RunStarted", 1, '{"x": 1}')])
-    assert order == [str(blob), str(blob.parent), str(tmp_path / "blobs"), "BEGIN"]
+    gate.clear()
+    sha = store.blobs.put_text("a trajectory")  # returns while its fsync is held
+    blob = store.blobs.path(sha)
+    assert order == [] and not blob.exists()
+    assert store.blobs.get_text(sha) == "a trajectory" and store.blobs.has(sha)
+    writing = threading.Thread(target=store.create_run,
+                               args=("run-1", [EncodedEvent("RunStarted", 1, '{"x": 1}')]))
+    writing.start()
+    writing.join(timeout=0.3)
+    assert writing.is_alive() and order == [], "the transaction began before its blob was durable"
+    gate.set()
+    writing.join(timeout=10)
+    assert len(order) == 4 and is_temp_of(order[0], blob)
+    assert order[1:] == [str(blob.parent), str(tmp_path / "blobs"), "BEGIN"]
+    assert blob.read_text() == "a trajectory"
     order.clear()
     store.cache_put(CacheEntry(key="k", kind="episode", effect_id="k", run_id="run-1",
                                result="{}", usage="{}"))
@@ -129,16 +153,18 @@ def test_a_blob_is_durable_before_any_transaction_that_may_refer_to_it(
     again = store.blobs.path(store.blobs.put(in_folder_of(blob)))
     store.cache_put(CacheEntry(key="k2", kind="episode", effect_id="k2", run_id="run-1",
                                result="{}", usage="{}"))
-    assert order == [str(again), str(blob.parent), "BEGIN"]  # the root: once per folder
+    assert len(order) == 3 and is_temp_of(order[0], again)
+    assert order[1:] == [str(blob.parent), "BEGIN"]  # the root: once per folder
     store.close()
 
 
-def test_blobs_of_their_own_are_durable_when_put(tmp_path: Path, fsynced: list[str]) -> None:
-    """A blob store outside an event store (no transaction to wait for) fsyncs on each put."""
-    synced = fsynced
+def test_blobs_of_their_own_are_durable_when_put(
+        tmp_path: Path, fsynced: tuple[list[str], threading.Event]) -> None:
+    """A blob store outside an event store (no transaction to wait for) is durable on each put."""
+    synced, _ = fsynced
     blobs = FileBlobStore(tmp_path / "blobs")
     path = blobs.path(blobs.put(b"weights"))
-    assert len(synced) == 3 and Path(synced[0]).parent == path.parent  # the file, before its rename
+    assert len(synced) == 3 and is_temp_of(synced[0], path)  # the file, before its rename
     assert synced[1:] == [str(path.parent), str(tmp_path / "blobs")]  # its folder, new: the root too
     assert path.read_bytes() == b"weights"
     blobs.put(in_folder_of(path))
@@ -147,25 +173,24 @@ def test_blobs_of_their_own_are_durable_when_put(tmp_path: Path, fsynced: list[s
 
 def test_a_failed_blob_fsync_fails_the_transaction_and_is_tried_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A disk that fails an fsync (EIO) fails the write that would have referred to the blob,
-    records nothing, and the next write fsyncs the blob again before its own transaction."""
+    """A disk that fails an fsync (EIO) fails the write that would have referred to the blob
+    (its publisher failed, and so does the transaction's own try), records nothing and leaves
+    the blob's name free; the next write publishes the blob before its own transaction."""
     store = SqliteEventStore(tmp_path / "sia.sqlite", blob_root=tmp_path / "blobs")
-    blob = store.blobs.path(store.blobs.put_text("a trajectory"))
     fsync, tried = os.fsync, []
 
     def failing(fd: int) -> None:
         tried.append(os.readlink(f"/proc/self/fd/{fd}"))
         raise OSError(5, "Input/output error")
 
-    def recovered(fd: int) -> None:
-        tried.append(os.readlink(f"/proc/self/fd/{fd}"))
-        fsync(fd)
-
     monkeypatch.setattr(os, "fsync", failing)
+    sha = store.blobs.put_text("a trajectory")
+    blob = store.blobs.path(sha)
     with pytest.raises(OSError, match="Input/output"):
         store.create_run("run-1", [EncodedEvent("RunStarted", 1, '{"x": 1}')])
-    assert tried == [str(blob)] and store.list_runs() == []
-    monkeypatch.setattr(os, "fsync", recovered)
+    assert len(tried) == 2 and all(is_temp_of(path, blob) for path in tried)
+    assert store.list_runs() == [] and not blob.exists()
+    monkeypatch.setattr(os, "fsync", fsync)
     store.create_run("run-1", [EncodedEvent("RunStarted", 1, '{"x": 1}')])
-    assert tried[1] == str(blob) and [run.run_id for run in store.list_runs()] == ["run-1"]
+    assert blob.read_text() == "a trajectory" and [run.run_id for run in store.list_runs()] == ["run-1"]
     store.close()

@@ -417,6 +417,7 @@ class SqliteEventStore(EventStore):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        self.blobs.close()
 
 
 def _make_private_file(path: Path) -> None:
