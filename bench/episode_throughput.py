@@ -2,6 +2,7 @@
 
     python bench/episode_throughput.py [--episodes 64] [--latency 0.2] [--concurrency 1 8 32]
                                        [--sandbox process bwrap] [--repeats 1] [--cold-server]
+                                       [--fsync-delay-ms 0]
 
 A loopback vLLM-compatible server, in a process of its own, answers every completion after
 a fixed `--latency` (many at once: one thread per connection). For each sandbox and concurrency, a fresh sia
@@ -201,6 +202,19 @@ def interpreter_speed_s(iterations: int = 3_000_000) -> float:
     return round(time.perf_counter() - started, 3)
 
 
+def slow_fsyncs(delay_s: float) -> None:
+    """Every `os.fsync` of this process (the event store's blobs and folders) waits `delay_s`
+    first: this machine's disk takes 5-6 ms an fsync in its slow minutes, and a bench that
+    waits for such minutes cannot compare two versions in the same ones."""
+    fsync = os.fsync
+
+    def slow(fd: int) -> None:
+        time.sleep(delay_s)
+        fsync(fd)
+
+    os.fsync = slow
+
+
 def cpu_s() -> tuple[float, float]:
     """CPU seconds so far of this process (sia: runtime, gateway, SDK, store) and of its reaped
     children (the sandboxes)."""
@@ -305,7 +319,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per cell; the median is kept (of two, the better)")
     parser.add_argument("--cold-server", action="store_true",
                         help="close the harness's fork server before the episodes (default: warm, as in a run)")
+    parser.add_argument("--fsync-delay-ms", type=float, default=0.0,
+                        help="make every fsync of sia's process this much slower: a slow disk, on purpose")
     args = parser.parse_args()
+    if args.fsync_delay_ms > 0:
+        slow_fsyncs(args.fsync_delay_ms / 1000)
     os.environ.pop("OPENAI_API_KEY", None)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sia-bench-throughput-") as tmp, \
@@ -334,11 +352,13 @@ def main() -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     result = {"episodes": args.episodes, "latency_s": args.latency, "cores": CORES,
+              "fsync_delay_ms": args.fsync_delay_ms,
               "fork_server": "cold" if args.cold_server else "warm",
               "load_before": load_before, "fork_exit_ms": forking, "load_after": round(os.getloadavg()[0], 2),
               "interpreter_loop_s": [speed_before, interpreter_speed_s()], "rows": rows}
     name = (f"episode_throughput_{round(args.latency * 1000)}ms_{args.episodes}ep"
-            f"{'_cold' if args.cold_server else ''}.json")
+            f"{'_cold' if args.cold_server else ''}"
+            f"{f'_fsync{args.fsync_delay_ms:g}ms' if args.fsync_delay_ms else ''}.json")
     (out / name).write_text(json.dumps(result, indent=2))
     print(f"wrote bench/results/{name}")
 
