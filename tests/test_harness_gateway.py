@@ -4,6 +4,7 @@ to its episode, and nothing a client sends makes it read, allocate or wait witho
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -58,12 +59,15 @@ def post(path: Path, route: str, body: Any) -> tuple[int, dict[str, Any]]:
     return request(path, "POST", route, body)
 
 
-def raw(path: Path, data: bytes, *, then_send: int = 0) -> bytes:
-    """Send `data` (then `then_send` more bytes, as fast as the gateway takes them); the reply."""
+def raw(path: Path, data: bytes, *, then_send: int = 0, then_end: bool = False) -> bytes:
+    """Send `data` (then `then_send` more bytes, as fast as the gateway takes them, or the end
+    of what this client sends); the reply."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(10)
         client.connect(str(path))
         client.sendall(data)
+        if then_end:
+            client.shutdown(socket.SHUT_WR)
         try:
             chunk = b"x" * 65536
             for _ in range(then_send // len(chunk)):
@@ -219,6 +223,35 @@ def test_bad_lengths_and_heads_are_refused_without_reading_the_body(
     reply = raw(path, HEAD + headers + b"\r\n", then_send=64 << 20)
     assert reply.startswith(b"HTTP/1.1 " + status), reply[:200]
     assert gateway.close_episode("e") == []
+
+
+BODY = b'{"prompt": "p", "max_tokens": 2}'
+POST = b"POST /v1/completions HTTP/1.1\r\nContent-Length: %d\r\n" % len(BODY)
+
+
+@pytest.mark.parametrize(("data", "replies"), [
+    (b"GARBAGE\r\n\r\n", [b"400"]),
+    (b"GET /v1/models HTTP/2\r\n\r\n", [b"400"]),
+    (POST + b" X-Folded: 1\r\n\r\n" + BODY, [b"400"]),
+    (POST + b"No colon here\r\n\r\n" + BODY, [b"400"]),
+    (b"DELETE /v1/models HTTP/1.1\r\n\r\n", [b"501"]),
+    (b"POST /v1/completions HTTP/1.1\r\nContent-Length: 40\r\n\r\n" + BODY, []),
+    (b"\r\n" + POST + b"\r\n" + BODY + POST + b"Connection: close\r\n\r\n" + BODY, [b"200", b"200"]),
+    (POST + b"Connection: close\r\n\r\n" + BODY + POST + b"\r\n" + BODY, [b"200"]),
+    (POST.replace(b"1.1", b"1.0") + b"\r\n" + BODY + POST + b"\r\n" + BODY, [b"200"]),
+    (POST + b"Expect: 100-continue\r\nConnection: close\r\n\r\n" + BODY, [b"100", b"200"]),
+], ids=["garbage", "http2", "folded-header", "no-colon", "delete", "short-body", "keep-alive",
+        "close", "http1.0", "expect-continue"])
+def test_requests_are_read_as_http_1_1_and_anything_else_is_refused_and_closed(
+        gateway: ModelGateway, data: bytes, replies: list[bytes]) -> None:
+    """The gateway's own HTTP/1.1: a bad request line or header is a 400, another method a 501
+    (then the connection closes), a keep-alive connection takes request after request, and
+    `Connection: close` or HTTP/1.0 ends it after its answer; a body cut short is not served."""
+    path = gateway.open_episode("e")
+    reply = raw(path, data, then_end=True)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)
+    assert statuses == replies, reply[:300]
+    assert [call.status for call in gateway.close_episode("e")] == [200] * replies.count(b"200")
 
 
 def test_slow_clients_are_cut_off_and_an_episode_is_served_on_few_connections_at_once() -> None:
