@@ -430,6 +430,10 @@ def _shut(connection: socket.socket) -> None:
         pass
 
 
+CRLF = "\r\n"
+ROUTES: dict[str, Endpoint] = {"completions": "completions", "chat/completions": "chat"}
+
+
 class _Request(NamedTuple):
     method: str
     path: str
@@ -506,7 +510,3 @@ def _send(connection: socket.socket, status: int, payload: dict[str, Any], *, cl
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n{'Connection: close' + CRLF if close else ''}{CRLF}")
     connection.sendall(head.encode("ascii") + body)
-
-
-CRLF = "\r\n"
-ROUTES: dict[str, Endpoint] = {"completions": "completions", "chat/completions": "chat"}
