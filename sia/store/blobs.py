@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from sia.store.files import fsync_dir, publish, write_temp
+from sia.store.files import atomic_write, fsync_dir, publish, write_temp
 from sia.store.home import make_private_dir
 from sia.store.redact import Redactor, redactor_from_environment
 
@@ -141,10 +141,11 @@ class FileBlobStore(BlobStore):
         if target in self._pending or target.exists():
             return
         make_private_dir(target.parent)
-        tmp = write_temp(target, data)
         if not self.deferred:
-            self._publish(tmp, target)
+            atomic_write(target, data)
+            self._root_entry(target.parent)
             return
+        tmp = write_temp(target, data)
         with self._lock:
             if target in self._pending:  # the same blob, put at the same time
                 tmp.unlink()
@@ -154,11 +155,15 @@ class FileBlobStore(BlobStore):
             self._pending[target] = (tmp, self._publishers.submit(self._publish, tmp, target))
 
     def _publish(self, tmp: Path, target: Path) -> None:
-        if tmp.exists() or not target.exists():  # not renamed yet (a retry may find it was)
-            publish(tmp, target)
-        if target.parent.name not in self._rooted:
+        publish(tmp, target)
+        self._root_entry(target.parent)
+
+    def _root_entry(self, folder: Path) -> None:
+        """fsync the root the first time this store writes in `folder`, which may be new (a
+        crash could otherwise lose its entry)."""
+        if folder.name not in self._rooted:
             fsync_dir(self.root)
-            self._rooted.add(target.parent.name)
+            self._rooted.add(folder.name)
 
     def sync(self) -> None:
         """Wait until every blob put so far is durable. One whose publication failed (EIO, a
