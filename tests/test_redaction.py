@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -167,8 +169,10 @@ def test_a_key_in_a_real_run_reaches_no_file_under_the_home(tmp_path: Path) -> N
     assert "[redacted:OPENAI_API_KEY]" in log
     assert CANARY not in log
     files = [p for p in home.rglob("*") if p.is_file()]
-    marked = [p for p in files if b"[redacted:OPENAI_API_KEY]" in p.read_bytes()]
-    assert any("blobs" in p.parts for p in marked), "the trajectories were not redacted"
+    with closing(sqlite3.connect(home / "sia.sqlite")) as db:
+        marked = db.execute("SELECT count(*) FROM blobs WHERE instr(data, ?)",
+                            (b"[redacted:OPENAI_API_KEY]",)).fetchone()[0]
+    assert marked, "the trajectories were not redacted"
     assert [p for p in files if CANARY.encode() in p.read_bytes()] == []
     assert "intact" in sia(home, "verify", "leaky", env=env).stdout
 

@@ -22,7 +22,7 @@ from sia.core.events.envelope import event_hash
 from sia.store.base import IntegrityError, StoreError, StoreTampered
 from sia.store.conformance import encoded
 from sia.store.home import make_home_private
-from sia.store.sqlite import APPEND_ONLY_TRIGGERS, SqliteEventStore
+from sia.store.sqlite import APPEND_ONLY_TRIGGERS, SqliteBlobStore, SqliteEventStore
 from tests.cli import sia
 
 
@@ -229,6 +229,9 @@ def modes(root: Path) -> dict[str, int]:
 def test_the_home_and_the_store_files_are_private(tmp_path: Path) -> None:
     home = tmp_path / "home"
     toy_run(home, "r")
+    store = SqliteEventStore.open_home(home)
+    store.blobs.put(os.urandom(SqliteBlobStore.INLINE_BYTES + 1))  # large: a file of its own
+    store.close()
     found = modes(home)
     assert found["."] == 0o700
     for name in ("sia.sqlite", "keys/chain.key"):

@@ -1,21 +1,21 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
-import threading
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from sia.core.events.envelope import EncodedEvent, StoredEvent, seal
-from sia.store.base import CacheEntry, EventStore
-from sia.store.blobs import FileBlobStore
+from sia.store.base import ConcurrencyError, EventStore
+from sia.store.blobs import BlobCorrupt, FileBlobStore
 from sia.store.clock import Clock
 from sia.store.conformance import EventStoreConformance
 from sia.store.redact import Redactor
-from sia.store.sqlite import APPEND_ONLY_TRIGGERS, SqliteEventStore
+from sia.store.sqlite import APPEND_ONLY_TRIGGERS, SqliteBlobStore, SqliteEventStore
 
 _COLUMNS = "run_id, seq, type, schema_version, payload, prev_hash, hash, recorded_at"
 
@@ -73,37 +73,18 @@ class outsider:
             self.conn.execute("COMMIT")
 
 
-class _RecordedConnection:
-    """The store's connection, noting each write transaction's start in `order`."""
-
-    def __init__(self, conn: sqlite3.Connection, order: list[str]) -> None:
-        self._conn, self._order = conn, order
-
-    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
-        if sql.startswith("BEGIN"):
-            self._order.append("BEGIN")
-        return self._conn.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._conn, name)
-
-
 @pytest.fixture
-def fsynced(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], threading.Event]:
-    """The path of every file or folder fsynced from here on, in order (the fsyncs are real),
-    and a gate that holds every fsync until it is opened (open unless a test closes it)."""
+def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The path of every file or folder fsynced from here on, in order (the fsyncs are real)."""
     paths: list[str] = []
-    gate = threading.Event()
-    gate.set()
     fsync = os.fsync
 
     def recorded(fd: int) -> None:
-        gate.wait()
         fsync(fd)
         paths.append(os.readlink(f"/proc/self/fd/{fd}"))
 
     monkeypatch.setattr(os, "fsync", recorded)
-    return paths, gate
+    return paths
 
 
 def is_temp_of(path: str, blob: Path) -> bool:
@@ -117,80 +98,92 @@ def in_folder_of(blob: Path) -> bytes:
                 .startswith(blob.parent.name) and data != blob.read_bytes())
 
 
-def test_a_blob_is_durable_before_any_transaction_that_may_refer_to_it(
-        tmp_path: Path, fsynced: tuple[list[str], threading.Event]) -> None:
-    """The store's blobs are made durable behind their puts (an episode's worker does not wait
-    on its trajectory's fsyncs), and every write transaction first waits until each blob put
-    before it is durable: its file, its name in its folder and (the first time the store writes
-    in that folder) the folder's in the root. Whatever the transaction records, a power loss
-    cannot leave it pointing at a blob that never reached the disk; and until the blob is
-    durable its name does not exist, so no later put of the same bytes can take a name that
-    a power loss would leave empty for the blob's own."""
-    order, gate = fsynced
-    store = SqliteEventStore(tmp_path / "sia.sqlite", blob_root=tmp_path / "blobs")
-    store._conn = _RecordedConnection(store._conn, order)  # type: ignore[assignment]
-    order.clear()
-    gate.clear()
-    sha = store.blobs.put_text("a trajectory")  # returns while its fsync is held
-    blob = store.blobs.path(sha)
-    assert order == [] and not blob.exists()
+def other_store(tmp_path: Path) -> SqliteEventStore:
+    """A second store on the same files: it sees what the first has committed, nothing else."""
+    return SqliteEventStore(tmp_path / "sia.sqlite", blob_root=tmp_path / "blobs")
+
+
+def test_a_small_blob_commits_with_the_next_write_and_no_fsync_of_its_own(
+        tmp_path: Path, fsynced: list[str]) -> None:
+    """An episode's trajectory is put by its worker and named by the events the next write
+    transaction records: it is written by that transaction, so it is exactly as durable as
+    they are, with no file, inode or fsync of its own."""
+    store, reader = other_store(tmp_path), other_store(tmp_path)
+    fsynced.clear()  # the home's new key
+    sha = store.blobs.put_text("a trajectory")
     assert store.blobs.get_text(sha) == "a trajectory" and store.blobs.has(sha)
-    writing = threading.Thread(target=store.create_run,
-                               args=("run-1", [EncodedEvent("RunStarted", 1, '{"x": 1}')]))
-    writing.start()
-    writing.join(timeout=0.3)
-    assert writing.is_alive() and order == [], "the transaction began before its blob was durable"
-    gate.set()
-    writing.join(timeout=10)
-    assert len(order) == 4 and is_temp_of(order[0], blob)
-    assert order[1:] == [str(blob.parent), str(tmp_path / "blobs"), "BEGIN"]
-    assert blob.read_text() == "a trajectory"
-    order.clear()
-    store.cache_put(CacheEntry(key="k", kind="episode", effect_id="k", run_id="run-1",
-                               result="{}", usage="{}"))
-    assert order == ["BEGIN"]
-    order.clear()
-    again = store.blobs.path(store.blobs.put(in_folder_of(blob)))
-    store.cache_put(CacheEntry(key="k2", kind="episode", effect_id="k2", run_id="run-1",
-                               result="{}", usage="{}"))
-    assert len(order) == 3 and is_temp_of(order[0], again)
-    assert order[1:] == [str(blob.parent), "BEGIN"]  # the root: once per folder
+    assert not reader.blobs.has(sha), "a blob was written before any transaction"
+    store.create_run("run-1", [EncodedEvent("RunStarted", 1, json.dumps({"trajectory": sha}))])
+    assert reader.blobs.get_text(sha) == "a trajectory"
+    assert store.blobs.pending() == 0
+    assert fsynced == [] and not any(p.is_file() for p in (tmp_path / "blobs").rglob("*"))
+    store.close()
+    reader.close()
+
+
+def test_a_rolled_back_write_keeps_its_blobs_for_the_next(tmp_path: Path) -> None:
+    store, reader = other_store(tmp_path), other_store(tmp_path)
+    store.create_run("run-1", [EncodedEvent("RunStarted", 1, "{}")])
+    sha = store.blobs.put_text("a trajectory")
+    with pytest.raises(ConcurrencyError):
+        store.append("run-1", [EncodedEvent("EpisodeRecorded", 1, json.dumps({"t": sha}))],
+                     expected_last_seq=7)
+    assert not reader.blobs.has(sha) and store.blobs.get_text(sha) == "a trajectory"
+    store.append("run-1", [EncodedEvent("EpisodeRecorded", 1, json.dumps({"t": sha}))],
+                 expected_last_seq=1)
+    assert reader.blobs.get_text(sha) == "a trajectory"
+    store.close()
+    reader.close()
+
+
+def test_blobs_put_after_the_last_write_are_written_at_close(tmp_path: Path) -> None:
+    store = other_store(tmp_path)
+    sha = store.blobs.put(b"harness source")
+    store.close()
+    reopened = other_store(tmp_path)
+    assert reopened.blobs.get(sha) == b"harness source"
+    reopened.close()
+
+
+def test_a_large_blob_is_a_file_durable_when_put(tmp_path: Path, fsynced: list[str]) -> None:
+    store, reader = other_store(tmp_path), other_store(tmp_path)
+    fsynced.clear()  # the home's new key
+    data = os.urandom(SqliteBlobStore.INLINE_BYTES + 1)
+    sha = store.blobs.put(data)
+    path = store.blobs.path(sha)
+    assert len(fsynced) == 3 and is_temp_of(fsynced[0], path)  # the file, before its rename
+    assert fsynced[1:] == [str(path.parent), str(tmp_path / "blobs")]
+    assert path.read_bytes() == data and reader.blobs.get(sha) == data
+    store.close()
+    reader.close()
+
+
+def test_blob_files_of_an_older_home_are_read(tmp_path: Path) -> None:
+    """Before schema v4 every blob was a file; a store of today reads them as they are."""
+    sha = FileBlobStore(tmp_path / "blobs").put(b"weights")
+    store = other_store(tmp_path)
+    assert store.blobs.get(sha) == b"weights" and store.blobs.has(sha)
     store.close()
 
 
-def test_blobs_of_their_own_are_durable_when_put(
-        tmp_path: Path, fsynced: tuple[list[str], threading.Event]) -> None:
-    """A blob store outside an event store (no transaction to wait for) is durable on each put."""
-    synced, _ = fsynced
+def test_a_blob_altered_in_the_database_is_refused(tmp_path: Path) -> None:
+    store = other_store(tmp_path)
+    sha = store.blobs.put(b"harness source")
+    store.close()
+    with closing(sqlite3.connect(tmp_path / "sia.sqlite")) as conn, conn:
+        conn.execute("UPDATE blobs SET data = ? WHERE sha = ?", (b"harness sourcE", sha))
+    store = other_store(tmp_path)
+    with pytest.raises(BlobCorrupt):
+        store.blobs.get(sha)
+    store.close()
+
+
+def test_blobs_of_their_own_are_durable_when_put(tmp_path: Path, fsynced: list[str]) -> None:
+    """A blob store outside an event store (no transaction to join) is durable on each put."""
     blobs = FileBlobStore(tmp_path / "blobs")
     path = blobs.path(blobs.put(b"weights"))
-    assert len(synced) == 3 and is_temp_of(synced[0], path)  # the file, before its rename
-    assert synced[1:] == [str(path.parent), str(tmp_path / "blobs")]  # its folder, new: the root too
+    assert len(fsynced) == 3 and is_temp_of(fsynced[0], path)  # the file, before its rename
+    assert fsynced[1:] == [str(path.parent), str(tmp_path / "blobs")]  # its folder, new: the root too
     assert path.read_bytes() == b"weights"
     blobs.put(in_folder_of(path))
-    assert len(synced) == 5 and synced[-1] == str(path.parent)  # the root once per folder
-
-
-def test_a_failed_blob_fsync_fails_the_transaction_and_is_tried_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A disk that fails an fsync (EIO) fails the write that would have referred to the blob
-    (its publisher failed, and so does the transaction's own try), records nothing and leaves
-    the blob's name free; the next write publishes the blob before its own transaction."""
-    store = SqliteEventStore(tmp_path / "sia.sqlite", blob_root=tmp_path / "blobs")
-    fsync, tried = os.fsync, []
-
-    def failing(fd: int) -> None:
-        tried.append(os.readlink(f"/proc/self/fd/{fd}"))
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(os, "fsync", failing)
-    sha = store.blobs.put_text("a trajectory")
-    blob = store.blobs.path(sha)
-    with pytest.raises(OSError, match="Input/output"):
-        store.create_run("run-1", [EncodedEvent("RunStarted", 1, '{"x": 1}')])
-    assert len(tried) == 2 and all(is_temp_of(path, blob) for path in tried)
-    assert store.list_runs() == [] and not blob.exists()
-    monkeypatch.setattr(os, "fsync", fsync)
-    store.create_run("run-1", [EncodedEvent("RunStarted", 1, '{"x": 1}')])
-    assert blob.read_text() == "a trajectory" and [run.run_id for run in store.list_runs()] == ["run-1"]
-    store.close()
+    assert len(fsynced) == 5 and fsynced[-1] == str(path.parent)  # the root once per folder

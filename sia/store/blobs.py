@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from abc import ABC, abstractmethod
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from sia.store.files import atomic_write, fsync_dir, publish, write_temp
+from sia.store.files import atomic_write, fsync_dir
 from sia.store.home import make_private_dir
 from sia.store.redact import Redactor, redactor_from_environment
 
@@ -74,12 +72,6 @@ class BlobStore(ABC):
     def get_text(self, sha: str) -> str:
         return self.get(sha).decode("utf-8")
 
-    def sync(self) -> None:
-        """Make every blob put so far durable (a no-op where puts already are, or nothing is)."""
-
-    def close(self) -> None:
-        """Finish the writes under way (a no-op where a put is done when it returns)."""
-
 
 class MemoryBlobStore(BlobStore):
     def __init__(self, redactor: Redactor | None = None) -> None:
@@ -103,32 +95,16 @@ class MemoryBlobStore(BlobStore):
 
 
 class FileBlobStore(BlobStore):
-    """Blobs as files `root/ab/cdef…` (0600, in 0700 folders), written to a temp name and renamed
-    once durable: a name never points at data a power loss could take, so a put that finds the
-    name taken can skip the write.
+    """Blobs as files `root/ab/cdef…` (0600, in 0700 folders), durable when a put returns: each
+    is written to a temp name, fsynced and renamed, and its folder fsynced (the root too, the
+    first time this store writes in a folder). A name never points at data a power loss could
+    take, so a put that finds the name taken can skip the write."""
 
-    A put is durable when it returns, unless `deferred`: then the put writes the temp file and
-    hands the rest (its fsync, the rename, the folder's fsync and, for a new folder, the
-    root's) to a few threads, and `sync`, which an event store calls before each write
-    transaction, waits for every blob put so far, so that nothing it records refers to a blob
-    that is not durable. A pending blob is read from its temp file.
-
-    Deferred, an episode's worker does not wait on its trajectory's fsyncs (6-7 ms under 32
-    concurrent episodes), and the transactions' thread does not fsync one blob after another:
-    when the disk is slow (5 ms an fsync) that thread fell seconds behind the episodes."""
-
-    PUBLISHERS = 4
-
-    def __init__(self, root: Path, redactor: Redactor | None = None, *, deferred: bool = False) -> None:
+    def __init__(self, root: Path, redactor: Redactor | None = None) -> None:
         super().__init__(redactor)
         self.root = Path(root)
-        self.deferred = deferred
-        self._pending: dict[Path, tuple[Path, Future[None]]] = {}
-        """Blob path -> its temp file and its publication, until a sync sees it done."""
-        self._publishers: ThreadPoolExecutor | None = None
         self._rooted: set[str] = set()
         """Folders whose entry in the root this store has fsynced."""
-        self._lock = threading.Lock()
         make_private_dir(self.root)
 
     def path(self, sha: str) -> Path:
@@ -138,72 +114,25 @@ class FileBlobStore(BlobStore):
 
     def _write(self, sha: str, data: bytes) -> None:
         target = self.path(sha)
-        if target in self._pending or target.exists():
+        if target.exists():
             return
         make_private_dir(target.parent)
-        if not self.deferred:
-            atomic_write(target, data)
-            self._root_entry(target.parent)
-            return
-        tmp = write_temp(target, data)
-        with self._lock:
-            if target in self._pending:  # the same blob, put at the same time
-                tmp.unlink()
-                return
-            if self._publishers is None:
-                self._publishers = ThreadPoolExecutor(self.PUBLISHERS, thread_name_prefix="sia-blob")
-            self._pending[target] = (tmp, self._publishers.submit(self._publish, tmp, target))
-
-    def _publish(self, tmp: Path, target: Path) -> None:
-        publish(tmp, target)
-        self._root_entry(target.parent)
-
-    def _root_entry(self, folder: Path) -> None:
-        """fsync the root the first time this store writes in `folder`, which may be new (a
-        crash could otherwise lose its entry)."""
-        if folder.name not in self._rooted:
+        atomic_write(target, data)
+        if target.parent.name not in self._rooted:  # the folder may be new: a crash could lose its entry
             fsync_dir(self.root)
-            self._rooted.add(folder.name)
-
-    def sync(self) -> None:
-        """Wait until every blob put so far is durable. One whose publication failed (EIO, a
-        full disk) is tried again here, and stays pending, for the next sync, if it fails again."""
-        with self._lock:
-            pending = list(self._pending.items())
-        for target, (tmp, publication) in pending:
-            try:
-                publication.result()
-            except Exception:  # noqa: BLE001 - whatever failed it, it is tried again here
-                self._publish(tmp, target)
-            with self._lock:
-                self._pending.pop(target, None)
-
-    def close(self) -> None:
-        """Finish the publications under way and stop their threads (a later put starts them again)."""
-        with self._lock:
-            publishers, self._publishers = self._publishers, None
-        if publishers is not None:
-            publishers.shutdown(wait=True)
+            self._rooted.add(target.parent.name)
 
     def get(self, sha: str) -> bytes:
-        target = self.path(sha)
-        pending = self._pending.get(target)
-        candidates = (pending[0], target) if pending else (target,)  # the temp file first: it is
-        for candidate in candidates:                                # renamed to the target, never lost
-            try:
-                data = candidate.read_bytes()
-                break
-            except FileNotFoundError:
-                continue
-        else:
-            raise BlobMissing(sha)
+        try:
+            data = self.path(sha).read_bytes()
+        except FileNotFoundError:
+            raise BlobMissing(sha) from None
         if hashlib.sha256(data).hexdigest() != sha:
             raise BlobCorrupt(sha)
         return data
 
     def has(self, sha: str) -> bool:
         try:
-            target = self.path(sha)
+            return self.path(sha).is_file()
         except BlobMissing:
             return False
-        return target in self._pending or target.is_file()
