@@ -1,6 +1,6 @@
 """Episode throughput under concurrency (issue I): episodes/s against a slow model server.
 
-    python bench/episode_throughput.py [--episodes 64] [--latency 0.2] [--concurrency 1 8 32]
+    python bench/episode_throughput.py [--episodes 1024] [--latency 0.2] [--concurrency 1 8 32]
                                        [--sandbox process bwrap] [--repeats 1] [--cold-server]
                                        [--fsync-delay-ms 0]
 
@@ -311,7 +311,9 @@ def measure(root: Path, task_dir: Path, server: Served, sandbox: str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=64)
+    parser.add_argument("--episodes", type=int, default=1024,
+                        help="dev samples, one episode each (at 32, 64 are two bursts: their ratio "
+                             "measures a burst's start more than a steady rate)")
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per completion")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--sandbox", nargs="+", default=["process", "bwrap"],
