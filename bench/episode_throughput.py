@@ -1,6 +1,6 @@
 """Episode throughput under concurrency (issue I): episodes/s against a slow model server.
 
-    python bench/episode_throughput.py [--episodes 1024] [--latency 0.2] [--concurrency 1 8 32]
+    python bench/episode_throughput.py [--rounds 32 | --episodes N] [--latency 0.2] [--concurrency 1 8 32]
                                        [--sandbox process bwrap] [--repeats 1] [--cold-server]
                                        [--fsync-delay-ms 0]
 
@@ -311,9 +311,11 @@ def measure(root: Path, task_dir: Path, server: Served, sandbox: str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=1024,
-                        help="dev samples, one episode each (at 32, 64 are two bursts: their ratio "
-                             "measures a burst's start more than a steady rate)")
+    parser.add_argument("--rounds", type=int, default=32,
+                        help="episodes per slot: each cell runs rounds × concurrency episodes, so "
+                             "its ideal time is rounds × latency whatever the concurrency (a run of "
+                             "only 2 rounds measures a burst's start more than a steady rate)")
+    parser.add_argument("--episodes", type=int, help="the same count in every cell instead")
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per completion")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--sandbox", nargs="+", default=["process", "bwrap"],
@@ -331,34 +333,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sia-bench-throughput-") as tmp, \
             served_elsewhere(args.latency) as server:
         root = Path(tmp)
-        task_dir = write_task(root / "task", args.episodes)
+        counts = {c: args.episodes or args.rounds * c for c in args.concurrency}
+        tasks = {n: write_task(root / f"task-{n}", n) for n in set(counts.values())}
         load_before = round(os.getloadavg()[0], 2)
         forking, speed_before = fork_exit_ms(), interpreter_speed_s()
-        print(f"{args.episodes} episodes, {args.latency * 1000:g} ms per model call, "
+        print(f"{args.episodes or f'{args.rounds} rounds of'} episodes, {args.latency * 1000:g} ms per model call, "
               f"{CORES} cores, load {load_before:.2f}, fork and exit of this process {forking} ms, "
               f"interpreter loop {speed_before} s")
-        print(f"{'sandbox':<9}{'conc.':>6}{'seconds':>9}{'ep/s':>8}{'ideal ep/s':>12}{'ratio':>8}"
+        print(f"{'sandbox':<9}{'conc.':>6}{'episodes':>9}{'seconds':>9}{'ep/s':>8}{'ideal ep/s':>12}{'ratio':>8}"
               f"{'CPU ms/ep':>11}{'of it sia':>11}{'machine':>9}{'CPU ceiling':>13}{'ep. wall ms':>13}")
         for sandbox in args.sandbox:
             for concurrency in args.concurrency:
-                runs = [measure(root, task_dir, server, sandbox, concurrency, args.episodes,
+                episodes = counts[concurrency]
+                runs = [measure(root, tasks[episodes], server, sandbox, concurrency, episodes,
                                 args.cold_server) for _ in range(args.repeats)]
                 row = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]
                 row["ratios"] = [r["ratio"] for r in runs]
                 rows.append(row)
-                print(f"{sandbox:<9}{concurrency:>6}{row['seconds']:>9.2f}{row['episodes_per_s']:>8.1f}"
+                print(f"{sandbox:<9}{concurrency:>6}{episodes:>9}{row['seconds']:>9.2f}{row['episodes_per_s']:>8.1f}"
                       f"{row['ideal_episodes_per_s']:>12.1f}{row['ratio']:>8.2f}"
                       f"{row['cpu_ms_per_episode']:>11.1f}{row['sia_cpu_ms_per_episode']:>11.1f}"
                       f"{row['machine_cpu_ms_per_episode']:>9.1f}"
                       f"{row['cpu_ceiling']:>13.2f}{row['episode_wall_ms']:>13.1f}", flush=True)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    result = {"episodes": args.episodes, "latency_s": args.latency, "cores": CORES,
+    result = {"episodes": args.episodes, "rounds": None if args.episodes else args.rounds, "latency_s": args.latency, "cores": CORES,
               "fsync_delay_ms": args.fsync_delay_ms,
               "fork_server": "cold" if args.cold_server else "warm",
               "load_before": load_before, "fork_exit_ms": forking, "load_after": round(os.getloadavg()[0], 2),
               "interpreter_loop_s": [speed_before, interpreter_speed_s()], "rows": rows}
-    name = (f"episode_throughput_{round(args.latency * 1000)}ms_{args.episodes}ep"
+    name = (f"episode_throughput_{round(args.latency * 1000)}ms_"
+            f"{f'{args.episodes}ep' if args.episodes else f'{args.rounds}rounds'}"
             f"{'_cold' if args.cold_server else ''}"
             f"{f'_fsync{args.fsync_delay_ms:g}ms' if args.fsync_delay_ms else ''}.json")
     (out / name).write_text(json.dumps(result, indent=2))
