@@ -39,6 +39,13 @@ class BlobCorrupt(ValueError):
         self.sha = sha
 
 
+def verified(sha: str, data: bytes) -> bytes:
+    """`data`, read under the name `sha`, if it still hashes to it; BlobCorrupt otherwise."""
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise BlobCorrupt(sha)
+    return data
+
+
 class BlobStore(ABC):
     def __init__(self, redactor: Redactor | None = None) -> None:
         """`redactor` None: redact the secrets of the process's environment."""
@@ -86,9 +93,7 @@ class MemoryBlobStore(BlobStore):
             data = self._blobs[sha]
         except KeyError:
             raise BlobMissing(sha) from None
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise BlobCorrupt(sha)
-        return data
+        return verified(sha, data)
 
     def has(self, sha: str) -> bool:
         return sha in self._blobs
@@ -127,9 +132,7 @@ class FileBlobStore(BlobStore):
             data = self.path(sha).read_bytes()
         except FileNotFoundError:
             raise BlobMissing(sha) from None
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise BlobCorrupt(sha)
-        return data
+        return verified(sha, data)
 
     def has(self, sha: str) -> bool:
         try:

@@ -18,7 +18,6 @@ reads use the raw connection; `executemany` measured ~4-5x faster than `insert_a
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import stat
@@ -45,7 +44,7 @@ from sia.store.base import (
     holder_is_dead,
     segment_bounds,
 )
-from sia.store.blobs import BlobCorrupt, FileBlobStore
+from sia.store.blobs import FileBlobStore, verified
 from sia.store.clock import SYSTEM_CLOCK, Clock
 from sia.store.home import (
     PRIVATE_FILE,
@@ -491,9 +490,7 @@ class SqliteBlobStore(FileBlobStore):
             if row is None:
                 return super().get(sha)
             data = bytes(row[0])
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise BlobCorrupt(sha)
-        return data
+        return verified(sha, data)
 
     def has(self, sha: str) -> bool:
         with self._lock:
