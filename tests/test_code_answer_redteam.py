@@ -302,20 +302,24 @@ def test_no_thread_of_the_answer_runs_between_its_calls() -> None:
 
 
 def test_a_slow_kernel_that_reports_no_time_scores_no_better_than_its_real_speed() -> None:
+    """The reward is the reference's runtime over the answer's as the scorer measured it.
+
+    Both runtimes vary with the machine's load (the reference measured 572 us and 3289 us in
+    two runs), so the test checks what holds under any load: the liar's measured runtime
+    includes its 5 ms sleep, and its reward is computed from that runtime, not its report.
+    """
     liar = trimul(honest_kernel_unless("_sleep(0.005)", LIAR))
-    honest = trimul(honest_kernel_unless("time.sleep(0.005)", "import time"))
-    assert liar.failure is None and honest.failure is None, (liar, honest)
-    # Compare the answers' measured runtimes: each reward also divides by the reference's
-    # runtime timed in its own evaluation, which varied 374-603 us between two of them.
-    assert liar.reward < 0.2 and measured_us(liar) > 0.8 * measured_us(honest), (liar, honest)
-    assert measured_us(liar) >= 4750.0, liar  # its 5 ms sleep less the channel's calibrated overhead
+    assert liar.failure is None, liar
+    runtime_us, reference_us = measured_us(liar)
+    assert runtime_us >= 4750.0, liar  # its 5 ms sleep less the channel's calibrated overhead
+    assert liar.reward == pytest.approx(reference_us / runtime_us, rel=1e-3), liar
 
 
-def measured_us(outcome: CodeOutcome) -> float:
-    """The answer's runtime the scorer measured, as its outcome's detail states it."""
-    found = re.match(r"([0-9.]+) us vs reference", outcome.detail)
+def measured_us(outcome: CodeOutcome) -> tuple[float, float]:
+    """The answer's and the reference's runtimes the scorer measured, as its detail states them."""
+    found = re.match(r"([0-9.]+) us vs reference ([0-9.]+) us", outcome.detail)
     assert found is not None, outcome
-    return float(found.group(1))
+    return float(found.group(1)), float(found.group(2))
 
 
 def test_a_slow_kernel_that_tells_the_truth_scores_below_the_reference() -> None:
@@ -418,15 +422,15 @@ def test_a_choice_of_isolation_reaches_its_own_evaluations_only() -> None:
     assert forged.detail == "forged", "inside the block, the weaker sandbox was used"
     after = run_isolated("denoise", FORGING_DENOISER, DENOISE)
     assert after.reward == 0.0 and after.detail != "forged", "after it, bwrap again"
-    with pytest.raises(ValueError, match="unknown isolation 'docker'"):
-        with code_answers.answers_isolated_by("docker"):  # type: ignore[arg-type]
-            pass
+    with pytest.raises(ValueError, match="unknown isolation 'docker'"), \
+            code_answers.answers_isolated_by("docker"):  # type: ignore[arg-type]
+        pass
 
 
 def test_the_evaluate_handler_scores_code_answers_in_its_runs_sandbox(tmp_path: Path) -> None:
     """The loop's evaluation of a code task runs its answers where the run's `sandbox` says:
     the forger that wins in the process sandbox scores nothing under bwrap."""
-    from sia.core.effect_models import EvaluateRequest
+    from sia.core.effect_models import EvaluateRequest, EvaluateResult
     from sia.effects.base import EffectContext
     from sia.effects.evaluate import EvaluateHandler
     from sia.store.blobs import MemoryBlobStore
@@ -439,5 +443,6 @@ def test_the_evaluate_handler_scores_code_answers_in_its_runs_sandbox(tmp_path: 
                         blobs=MemoryBlobStore(), home=tmp_path)
     weaker = EvaluateHandler(task, isolation="process").run(asked, ctx).result
     default = EvaluateHandler(task).run(asked, ctx).result
+    assert isinstance(weaker, EvaluateResult) and isinstance(default, EvaluateResult)
     assert set(weaker.rewards) == {1.0} and set(default.rewards) == {0.0}
     assert code_answers.chosen_isolation() == "bwrap"

@@ -4,6 +4,7 @@ path, toy in the listing, and one clear stderr line with a non-zero exit for eve
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def assert_user_error(result, *fragments: str) -> None:
         assert fragment in lines[0], (fragment, lines[0])
 
 
-def write_jsonl(path: Path, rows: list[object]) -> Path:
+def write_jsonl(path: Path, rows: Sequence[object]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
 
